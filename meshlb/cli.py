@@ -1,0 +1,27 @@
+"""The `meshlb` command line: one group, one module per sub-command under meshlb/commands/."""
+
+from __future__ import annotations
+
+import click
+
+from meshlb import __version__
+from meshlb.commands.sim_ollama import sim_ollama_command
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="meshlb")
+def cli() -> None:
+    """meshlb: one fault-tolerant Ollama made of many hosts.
+
+    Run `meshlb node` beside Ollama on every host; the nodes find each other by gossip,
+    and a request sent to any node runs on the best host that has the model.
+    Try `meshlb demo` first: a local mesh with simulated Ollamas, nothing else needed.
+    """
+
+
+cli.add_command(sim_ollama_command)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli()

@@ -1,0 +1,108 @@
+"""Start real meshlb processes on loopback for integration tests, and always stop them.
+
+Why a helper: every integration test needs the same dance (free port, spawn, wait until
+the HTTP endpoint answers, kill on exit, show the process log when something fails).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import httpx
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    """A port the OS says is free on 127.0.0.1 right now (TCP by default, UDP with SOCK_DGRAM)."""
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Proc:
+    """A running child process with its log file."""
+
+    args: list[str]
+    popen: subprocess.Popen[bytes]
+    log_path: str
+    url: str = ""
+    extra: dict[str, object] = field(default_factory=dict)
+
+    def log(self) -> str:
+        with open(self.log_path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+
+    def stop(self, timeout_s: float = 10.0) -> int | None:
+        """SIGTERM, wait, then SIGKILL; returns the exit code."""
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(5)
+        return self.popen.returncode
+
+
+def meshlb_argv(*args: str) -> list[str]:
+    """argv that runs the meshlb CLI of this checkout with this interpreter."""
+    return [sys.executable, "-m", "meshlb", *args]
+
+
+def wait_http(url: str, proc: Proc, timeout_s: float = 20.0, path: str = "/healthz") -> None:
+    """Poll until `url + path` answers (any status below 500), or fail with the process log."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.popen.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.popen.returncode}:\n{proc.log()}")
+        try:
+            r = httpx.get(url + path, timeout=1.0)
+            if r.status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"{url}{path} did not answer within {timeout_s}s:\n{proc.log()}")
+
+
+@contextlib.contextmanager
+def spawn(args: list[str], url: str, ready_path: str = "/healthz",
+          env: dict[str, str] | None = None, timeout_s: float = 20.0) -> Iterator[Proc]:
+    """Run `args`, wait until `url` answers on `ready_path`, stop the process on exit."""
+    fd, log_path = tempfile.mkstemp(prefix="meshlb-test-", suffix=".log")
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    with os.fdopen(fd, "wb") as log:
+        popen = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=full_env)
+    proc = Proc(args=args, popen=popen, log_path=log_path, url=url)
+    try:
+        wait_http(url, proc, timeout_s=timeout_s, path=ready_path)
+        yield proc
+    finally:
+        proc.stop()
+        with contextlib.suppress(OSError):
+            os.unlink(log_path)
+
+
+@contextlib.contextmanager
+def sim_ollama(*extra: str, models: str = "llama3.2:1b,nomic-embed-text",
+               tokens_per_second: float = 200.0, parallel: int = 4) -> Iterator[Proc]:
+    """A `meshlb sim-ollama` process on a free loopback port."""
+    port = free_port()
+    args = meshlb_argv("sim-ollama", "--host", "127.0.0.1", "--port", str(port),
+                       "--models", models, "--tokens-per-second", str(tokens_per_second),
+                       "--parallel", str(parallel), *extra)
+    with spawn(args, f"http://127.0.0.1:{port}", ready_path="/api/version") as p:
+        yield p
