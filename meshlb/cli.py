@@ -5,6 +5,8 @@ from __future__ import annotations
 import click
 
 from meshlb import __version__
+from meshlb.commands.demo import demo_command
+from meshlb.commands.node import node_command
 from meshlb.commands.sim_ollama import sim_ollama_command
 
 
@@ -19,6 +21,8 @@ def cli() -> None:
     """
 
 
+cli.add_command(demo_command)
+cli.add_command(node_command)
 cli.add_command(sim_ollama_command)
 
 

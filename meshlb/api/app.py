@@ -1,0 +1,41 @@
+"""The ASGI app of a node: Starlette routing, JSON errors, nothing else.
+
+Starlette (served by hypercorn's trio worker) because it is small, fast and runs on
+Trio through anyio; the handlers stay plain async functions over a `NodeContext`.
+"""
+
+from __future__ import annotations
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from meshlb.api.errors import ApiError, error_response, handle_api_error, handle_unexpected
+from meshlb.api.node_routes import node_routes
+from meshlb.api.ollama_routes import ollama_routes
+from meshlb.api.task_routes import task_routes
+from meshlb.node_context import NodeContext
+
+
+async def handle_http_exception(request: Request, exc: Exception) -> Response:
+    """Starlette's own 404/405 in meshlb's JSON error shape."""
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        return error_response(404, f"no such endpoint: {request.method} {request.url.path}")
+    if exc.status_code == 405:
+        return error_response(405, f"method {request.method} is not allowed on "
+                                   f"{request.url.path}", dict(exc.headers or {}))
+    return error_response(exc.status_code, str(exc.detail))
+
+
+def build_app(ctx: NodeContext) -> Starlette:
+    """All routes of a node over one context."""
+    return Starlette(
+        routes=[*node_routes(ctx), *ollama_routes(ctx), *task_routes(ctx, ctx.tasks)],
+        exception_handlers={
+            ApiError: handle_api_error,
+            HTTPException: handle_http_exception,
+            Exception: handle_unexpected,
+        },
+    )

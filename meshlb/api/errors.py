@@ -1,0 +1,46 @@
+"""Errors as the client sees them: `{"error": "<sentence>"}` with the right status.
+
+Why one exception type: handlers raise `ApiError` wherever they find a problem, and
+one Starlette handler turns it into JSON; anything else escaping a handler is a bug
+in meshlb, logged with its traceback and answered 500 with a sentence.
+"""
+
+from __future__ import annotations
+
+import json
+
+import structlog
+from starlette.requests import Request
+from starlette.responses import Response
+
+log = structlog.get_logger()
+
+
+class ApiError(Exception):
+    """An HTTP error with a human sentence and optional extra headers (e.g. Retry-After)."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers or {}
+
+
+def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    """The one JSON error shape meshlb answers with."""
+    return Response(json.dumps({"error": message}), status_code=status,
+                    media_type="application/json", headers=headers)
+
+
+async def handle_api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return error_response(exc.status, exc.message, exc.headers)
+
+
+async def handle_unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error", path=request.url.path, method=request.method)
+    return error_response(500, f"meshlb hit an internal error ({type(exc).__name__}); "
+                               "it was logged on the node")
+
+
+def retry_after(seconds: float) -> dict[str, str]:
+    """A Retry-After header with a whole number of seconds, at least 1."""
+    return {"Retry-After": str(max(1, round(seconds)))}

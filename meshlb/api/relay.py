@@ -1,0 +1,140 @@
+"""Run one Ollama-API task locally and relay Ollama's answer to the client byte by byte.
+
+Why a custom ASGI response: the task waits for its turn, then streams, and the
+client may leave at any moment. One `__call__` watches for `http.disconnect` the
+whole time (hypercorn reports it on `receive`, it does not cancel the app), so a client
+that leaves while queued takes its task out of the queue, and one that leaves
+mid-stream cancels the upstream request. The slot is given back exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import httpx
+import structlog
+import trio
+from starlette.types import Receive, Scope, Send
+
+from meshlb.backend.ollama import BackendError, describe_http_error
+from meshlb.tokens import tokens_from_tail
+
+if TYPE_CHECKING:
+    from meshlb.node_context import NodeContext
+
+log = structlog.get_logger()
+
+# Passed from Ollama to the client; hop-by-hop and length headers are not (we re-chunk).
+FORWARDED_HEADERS = ("content-type", "content-encoding")
+# Ollama answered 503 "server busy" this many times in a row: give the 503 to the client.
+MAX_BUSY_RETRIES = 20
+TAIL_BYTES = 4096
+
+
+@dataclass
+class LocalTask:
+    """An accepted Ollama-API request, already queued under `task_id`."""
+
+    task_id: str
+    path: str
+    body: bytes
+    model: str
+
+
+def _json_error_line(message: str) -> bytes:
+    return json.dumps({"error": message}).encode() + b"\n"
+
+
+class RelayResponse:
+    """ASGI response: wait for the turn, call the local Ollama, stream its answer through."""
+
+    def __init__(self, ctx: NodeContext, task: LocalTask) -> None:
+        self.ctx = ctx
+        self.task = task
+        self._holding_slot = False
+        self._tail = b""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._watch_disconnect, receive, nursery.cancel_scope)
+            try:
+                await self._run(send)
+            finally:
+                nursery.cancel_scope.cancel()
+                if self._holding_slot:
+                    self.ctx.scheduler.finish(self.task.task_id, tokens_from_tail(self._tail))
+                    self._holding_slot = False
+
+    async def _watch_disconnect(self, receive: Receive, scope: trio.CancelScope) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                log.info("client disconnected, task cancelled", task=self.task.task_id)
+                self.ctx.counters["client_disconnects"] += 1
+                scope.cancel()
+                return
+
+    async def _open_upstream(self) -> tuple[httpx.Response, float]:
+        """Start the request at Ollama once the scheduler allows it; requeue while it is busy."""
+        sched = self.ctx.scheduler
+        waited_s = await sched.wait_turn(self.task.task_id)
+        self._holding_slot = True
+        for _ in range(MAX_BUSY_RETRIES):
+            upstream = await self.ctx.backend.open_stream("POST", self.task.path, self.task.body)
+            if upstream.status_code != 503:
+                return upstream, waited_s
+            await upstream.aclose()
+            self._holding_slot = False
+            waited_s += await sched.requeue_busy(self.task.task_id)
+            self._holding_slot = True
+        return upstream, waited_s
+
+    def _headers(self, waited_s: float, content_type: str) -> list[tuple[bytes, bytes]]:
+        return [
+            (b"content-type", content_type.encode()),
+            (b"x-meshlb-task-id", self.task.task_id.encode()),
+            (b"x-meshlb-node", self.ctx.node_id.encode()),
+            (b"x-meshlb-queue-ms", str(round(waited_s * 1000)).encode()),
+        ]
+
+    async def _send_error(self, send: Send, status: int, message: str, retry_s: int) -> None:
+        headers = self._headers(0.0, "application/json")
+        headers.append((b"retry-after", str(retry_s).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": _json_error_line(message)})
+
+    async def _run(self, send: Send) -> None:
+        try:
+            upstream, waited_s = await self._open_upstream()
+        except BackendError as e:
+            log.warning("ollama unreachable", task=self.task.task_id, reason=e.reason)
+            await self._send_error(send, 503, f"{e}; try again shortly", 5)
+            return
+        try:
+            await self._relay(send, upstream, waited_s)
+        finally:
+            with trio.CancelScope(shield=True):
+                await upstream.aclose()
+
+    async def _relay(self, send: Send, upstream: httpx.Response, waited_s: float) -> None:
+        headers = self._headers(waited_s, upstream.headers.get("content-type", "application/json"))
+        if "content-encoding" in upstream.headers:
+            headers.append((b"content-encoding", upstream.headers["content-encoding"].encode()))
+        await send({"type": "http.response.start", "status": upstream.status_code,
+                    "headers": headers})
+        try:
+            async for chunk in upstream.aiter_raw():
+                self._tail = (self._tail + chunk)[-TAIL_BYTES:]
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except httpx.HTTPError as e:
+            reason = describe_http_error(e)
+            log.warning("ollama failed mid-answer", task=self.task.task_id, reason=reason)
+            self.ctx.counters["backend_failures"] += 1
+            # Never a silent truncation: end the stream with an Ollama-style error object.
+            await send({"type": "http.response.body", "more_body": True,
+                        "body": _json_error_line(f"the Ollama at {self.ctx.backend.base_url} "
+                                                 f"{reason}")})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        self.ctx.counters["completed"] += 1

@@ -1,0 +1,128 @@
+"""The task API: `POST /v1/tasks`, `GET /v1/tasks[/{id}]`, `DELETE /v1/tasks/{id}`.
+
+Validation splits by kind of mistake, as SPEC.md says: a missing field or a value of
+the wrong type is 400 (malformed), a well-typed value outside its range is 422.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from meshlb.api.body import PRIORITY_HEADER, parse_json_object, parse_priority, read_body
+from meshlb.api.errors import ApiError
+from meshlb.api.ollama_routes import check_model, refused_to_error
+from meshlb.node_context import NodeContext
+from meshlb.sched.driver import Refused
+from meshlb.tasks.model import FINAL_STATES
+from meshlb.tasks.service import TaskService, TaskSpec
+
+MAX_WAIT_S = 300.0
+TYPE_ERRORS = ("missing", "type", "parsing", "extra_forbidden", "literal_error", "_type")
+STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+
+
+class TaskSubmitBody(BaseModel):
+    """`POST /v1/tasks` body (SPEC.md)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    kind: Literal["generate", "chat", "embed"]
+    model: str = Field(min_length=1)
+    request: dict[str, Any] = Field(default_factory=dict)
+    priority: int | None = Field(default=None, ge=1, le=10)
+    timeout_s: float | int | None = Field(default=None, gt=0, le=7 * 86400)
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=200)
+
+
+def validation_error(e: ValidationError) -> ApiError:
+    """400 for malformed fields, 422 for out-of-range values; the message names the field."""
+    first = e.errors()[0]
+    field = ".".join(str(p) for p in first["loc"]) or "body"
+    status = 400 if any(t in first["type"] for t in TYPE_ERRORS) else 422
+    if first["type"] == "extra_forbidden":
+        return ApiError(400, f"unknown field '{field}'")
+    return ApiError(status, f"field '{field}': {first['msg']}")
+
+
+def parse_wait(raw: str | None) -> float:
+    if raw is None:
+        return 0.0
+    try:
+        wait_s = float(raw)
+    except ValueError:
+        raise ApiError(400, f"query parameter wait must be a number of seconds, got {raw!r}") \
+            from None
+    if not math.isfinite(wait_s) or not 0 <= wait_s <= MAX_WAIT_S:
+        raise ApiError(422, f"query parameter wait must be from 0 to {MAX_WAIT_S:g} seconds")
+    return wait_s
+
+
+def task_routes(ctx: NodeContext, service: TaskService) -> list[Route]:
+    def not_found(task_id: str) -> ApiError:
+        return ApiError(404, f"task '{task_id}' not found")
+
+    async def submit(request: Request) -> Response:
+        if ctx.draining:
+            raise ApiError(503, "this node is shutting down; send the task to another node",
+                           {"Retry-After": "1"})
+        payload = parse_json_object(await read_body(request, ctx.settings.max_body_bytes))
+        try:
+            body = TaskSubmitBody.model_validate(payload)
+        except ValidationError as e:
+            raise validation_error(e) from None
+        priority = body.priority or parse_priority(request.headers.get(PRIORITY_HEADER))
+        await check_model(ctx, body.model)
+        spec = TaskSpec(kind=body.kind, model=body.model, request=body.request,
+                        priority=priority, timeout_s=body.timeout_s,
+                        idempotency_key=body.idempotency_key)
+        try:
+            record, created = await service.submit(spec)
+        except Refused as refused:
+            raise refused_to_error(refused) from None
+        ctx.counters["tasks_accepted" if created else "tasks_idempotent_hits"] += 1
+        return JSONResponse(record.to_public(), status_code=202 if created else 200,
+                            headers={"X-Meshlb-Task-Id": record.id, "X-Meshlb-Node": ctx.node_id,
+                                     "Location": f"/v1/tasks/{record.id}"})
+
+    async def get_task(request: Request) -> Response:
+        task_id = request.path_params["task_id"]
+        wait_s = parse_wait(request.query_params.get("wait"))
+        record = await service.wait_final(task_id, wait_s) if wait_s else service.get(task_id)
+        if record is None:
+            raise not_found(task_id)
+        return JSONResponse(record.to_public())
+
+    async def delete_task(request: Request) -> Response:
+        task_id = request.path_params["task_id"]
+        record = service.get(task_id)
+        if record is None:
+            raise not_found(task_id)
+        if record.state in FINAL_STATES:
+            raise ApiError(409, f"task '{task_id}' already finished ({record.state}); "
+                                "nothing to cancel")
+        record = await service.cancel(task_id)
+        assert record is not None
+        return JSONResponse(record.to_public())
+
+    async def list_tasks(request: Request) -> Response:
+        state = request.query_params.get("state")
+        if state is not None and state not in STATES:
+            raise ApiError(422, f"query parameter state must be one of {', '.join(STATES)}")
+        limit_raw = request.query_params.get("limit", "100")
+        if not limit_raw.isdigit() or not 1 <= int(limit_raw) <= 1000:
+            raise ApiError(422, "query parameter limit must be an integer from 1 to 1000")
+        rows = service.store.list(state, int(limit_raw))
+        return JSONResponse({"tasks": [r.to_public() for r in rows]})
+
+    return [
+        Route("/v1/tasks", submit, methods=["POST"]),
+        Route("/v1/tasks", list_tasks, methods=["GET"]),
+        Route("/v1/tasks/{task_id}", get_task, methods=["GET"]),
+        Route("/v1/tasks/{task_id}", delete_task, methods=["DELETE"]),
+    ]

@@ -1,0 +1,176 @@
+"""Node settings: defaults < YAML file < MESHLB_* environment < command-line flags.
+
+Why one pydantic model: every source is merged into one plain dict first and validated
+once, so a bad value is reported the same way wherever it came from (the key, the
+value, why) and a half-valid configuration can never start a node (exit code 2).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+MIB = 1024 * 1024
+
+
+class ConfigError(Exception):
+    """A configuration problem, phrased for the operator; the CLI exits with code 2."""
+
+    def __init__(self, key: str, value: object, why: str) -> None:
+        self.key, self.value, self.why = key, value, why
+        super().__init__(f"bad configuration: {key}={value!r}: {why}")
+
+
+def parse_host_port(text: str, default_host: str = "0.0.0.0") -> tuple[str, int]:
+    """Split `HOST:PORT` (or `:PORT`, `[v6]:PORT`) into a pair; ValueError says why not."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep:
+        raise ValueError("expected HOST:PORT, e.g. 0.0.0.0:11435")
+    host = host.strip("[]") or default_host
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ValueError(f"port {port_text!r} is not a number") from None
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port {port} is outside 0-65535")
+    return host, port
+
+
+class NodeSettings(BaseModel):
+    """Everything a node needs to run; each default says why it is what it is."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Hostname: unique per machine in a fleet, and readable in `meshlb peers`.
+    node_id: str = Field(default_factory=socket.gethostname, min_length=1, max_length=64)
+    # 11435 = Ollama's 11434 + 1: clients switch by changing one digit.
+    http: str = "0.0.0.0:11435"
+    # 7946 is the port Serf/memberlist use for gossip; operators know it.
+    gossip: str = "0.0.0.0:7946"
+    # Address peers should use when the bind address is 0.0.0.0 or behind NAT.
+    advertise: str | None = None
+    # Seed peers' gossip addresses; empty = the first node of a new mesh.
+    join: list[str] = Field(default_factory=list)
+    # Ollama's own default address.
+    ollama: str = "http://127.0.0.1:11434"
+    # Ollama's default OLLAMA_NUM_PARALLEL is up to 4; more only queues inside Ollama.
+    max_concurrency: int | None = Field(default=4, ge=1, le=4096)
+    # No request/token budgets unless the operator sets them (a local GPU has none).
+    rpm: int | None = Field(default=None, ge=1)
+    tpm: int | None = Field(default=None, ge=1)
+    # 1000 queued tasks is minutes of work for a small fleet; beyond, fail fast with 503.
+    max_queue: int = Field(default=1000, ge=1, le=1_000_000)
+    # A waiting task gains one priority level per aging_s, so nothing starves.
+    aging_s: float = Field(default=30.0, gt=0)
+    # Token estimate when a request does not say num_predict/max_tokens.
+    default_num_predict: int = Field(default=256, ge=1)
+    # Durable task journal; None = memory only (said at start-up).
+    data_dir: Path | None = None
+    # Shared secret for gossip and node-to-node HTTP; None = open mesh.
+    cluster_key: str | None = Field(default=None, min_length=8)
+    log_format: Literal["json", "console"] = "console"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # Ollama accepts images inline; 32 MiB holds a few large ones.
+    max_body_bytes: int = Field(default=32 * MIB, ge=1024)
+    # Finished async tasks stay readable this long.
+    task_retention_s: float = Field(default=3600.0, gt=0)
+    # How often the local Ollama's model list is re-read.
+    models_refresh_s: float = Field(default=10.0, gt=0)
+
+    @field_validator("http", "gossip")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        parse_host_port(value)
+        return value
+
+    @field_validator("join")
+    @classmethod
+    def _seeds(cls, value: list[str]) -> list[str]:
+        for seed in value:
+            parse_host_port(seed, default_host="127.0.0.1")
+        return value
+
+    @field_validator("ollama")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL, e.g. http://127.0.0.1:11434")
+        return value.rstrip("/")
+
+    @property
+    def http_bind(self) -> tuple[str, int]:
+        return parse_host_port(self.http)
+
+    @property
+    def gossip_bind(self) -> tuple[str, int]:
+        return parse_host_port(self.gossip)
+
+    def advertised_host(self) -> str:
+        """The host peers should dial: --advertise, else the bind host, else loopback."""
+        if self.advertise:
+            return self.advertise
+        host = self.http_bind[0]
+        return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+
+
+FIELD_NAMES = tuple(NodeSettings.model_fields)
+LIST_FIELDS = frozenset({"join"})
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Read the YAML config file; keys may use '-' or '_'."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ConfigError("config", str(path), f"cannot read the file ({e.strerror})") from None
+    except yaml.YAMLError as e:
+        raise ConfigError("config", str(path), f"not valid YAML ({e})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError("config", str(path), "the file must hold a mapping of key: value")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def read_env(environ: Mapping[str, str]) -> dict[str, Any]:
+    """MESHLB_<NAME> variables; list keys are comma-separated."""
+    out: dict[str, Any] = {}
+    for name in FIELD_NAMES:
+        raw = environ.get(f"MESHLB_{name.upper()}")
+        if raw is None:
+            continue
+        out[name] = [s.strip() for s in raw.split(",") if s.strip()] if name in LIST_FIELDS else raw
+    return out
+
+
+def load_settings(
+    config_file: Path | None = None,
+    flags: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> NodeSettings:
+    """Merge every source (flag beats env beats file beats default) and validate once."""
+    merged: dict[str, Any] = {}
+    if config_file is not None:
+        merged.update(read_yaml(config_file))
+    merged.update(read_env(os.environ if environ is None else environ))
+    merged.update({k: v for k, v in (flags or {}).items() if v is not None and v != ()})
+    for key in LIST_FIELDS:
+        if isinstance(merged.get(key), tuple):
+            merged[key] = list(merged[key])
+    try:
+        return NodeSettings.model_validate(merged)
+    except ValidationError as e:
+        first = e.errors()[0]
+        key = ".".join(str(p) for p in first["loc"]) or "config"
+        top = str(first["loc"][0]) if first["loc"] else key
+        value = merged.get(top, first.get("input"))
+        why = first["msg"].removeprefix("Value error, ")
+        if first["type"] == "extra_forbidden":
+            why = f"unknown key; known keys are: {', '.join(FIELD_NAMES)}"
+        raise ConfigError(key, value, why) from None

@@ -1,0 +1,38 @@
+"""Serve an ASGI app with hypercorn's trio worker inside the caller's `trio.run`.
+
+Why hypercorn: a well-kept HTTP/1.1 server that runs on Trio natively; it reports a
+client disconnect to the app, so a relay can cancel its upstream request.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve
+from starlette.applications import Starlette
+
+
+def hypercorn_config(host: str, port: int) -> Config:
+    config = Config()
+    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")
+    config.keep_alive_timeout = 75  # clients keep connections to a node warm for long
+    config.graceful_timeout = 5
+    config.backlog = 1024
+    return config
+
+
+async def serve_app(app: Starlette, host: str, port: int, shutdown: trio.Event,
+                    *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """Serve until `shutdown` is set; `task_status.started()` once the socket listens."""
+    config = hypercorn_config(host, port)
+
+    async def serve_with_status(*, task_status: trio.TaskStatus[list[str]]) -> None:
+        await serve(app, config, shutdown_trigger=shutdown.wait, task_status=task_status)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(serve_with_status)
+        task_status.started()

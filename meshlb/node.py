@@ -1,0 +1,90 @@
+"""The composition root of a node: build the parts, wire them, run until told to stop.
+
+Stopping (SIGINT/SIGTERM) is graceful: the node stops taking work (readyz turns 503,
+new requests get 503 with Retry-After so clients go elsewhere), lets running work
+finish for a bounded time, then exits 0.
+"""
+
+from __future__ import annotations
+
+import signal
+
+import structlog
+import trio
+
+from meshlb.api.app import build_app
+from meshlb.backend.catalog import ModelCatalog
+from meshlb.backend.ollama import OllamaBackend
+from meshlb.config import NodeSettings
+from meshlb.http_server import serve_app
+from meshlb.node_context import NodeContext
+from meshlb.sched.driver import LocalScheduler
+from meshlb.sched.limits import Limits
+from meshlb.tasks.journal import Journal
+from meshlb.tasks.service import TaskService
+
+log = structlog.get_logger()
+DRAIN_TIMEOUT_S = 30.0
+
+
+def build_context(settings: NodeSettings) -> NodeContext:
+    """Every part of a node, unstarted."""
+    pool = (settings.max_concurrency or 16) + 4  # slots plus metadata calls
+    backend = OllamaBackend(settings.ollama, pool_size=pool)
+    limits = Limits(max_concurrency=settings.max_concurrency, rpm=settings.rpm,
+                    tpm=settings.tpm, max_queue=settings.max_queue, aging_s=settings.aging_s)
+    scheduler = LocalScheduler(limits)
+    journal = Journal(settings.data_dir) if settings.data_dir is not None else None
+    tasks = TaskService(settings.node_id, scheduler, backend, journal,
+                        settings.task_retention_s, settings.default_num_predict)
+    return NodeContext(settings=settings, backend=backend,
+                       catalog=ModelCatalog(backend, refresh_s=settings.models_refresh_s),
+                       scheduler=scheduler, tasks=tasks)
+
+
+async def drain(ctx: NodeContext, timeout_s: float) -> None:
+    """Wait (bounded) until nothing is queued or running here."""
+    with trio.move_on_after(timeout_s):
+        while True:
+            stats = ctx.scheduler.stats()
+            if stats.queued == 0 and stats.running == 0:
+                return
+            await trio.sleep(0.1)
+    log.warning("drain timed out; stopping with work in flight", timeout_s=timeout_s)
+
+
+async def run_node(settings: NodeSettings, *,
+                   task_status: trio.TaskStatus[NodeContext] = trio.TASK_STATUS_IGNORED) -> None:
+    """Run one node until SIGINT/SIGTERM (or cancellation), then leave gracefully."""
+    ctx = build_context(settings)
+    host, port = settings.http_bind
+    shutdown = trio.Event()
+    if settings.data_dir is None:
+        log.warning("no --data-dir: async tasks are kept in memory only and are lost "
+                    "if this node dies")
+    log.info("node starting", node=ctx.node_id, http=f"{host}:{port}", ollama=settings.ollama,
+             max_concurrency=settings.max_concurrency, rpm=settings.rpm, tpm=settings.tpm,
+             journal=str(settings.data_dir) if settings.data_dir else "memory only")
+    try:
+        async with trio.open_nursery() as nursery:
+            await ctx.catalog.refresh()
+            nursery.start_soon(ctx.catalog.run)
+            nursery.start_soon(ctx.scheduler.run)
+            await nursery.start(ctx.tasks.run)
+            await nursery.start(serve_app, build_app(ctx), host, port, shutdown)
+            log.info("node ready", node=ctx.node_id, url=f"http://{settings.advertised_host()}:{port}")
+            task_status.started(ctx)
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for signum in signals:
+                    log.info("stopping", node=ctx.node_id, signal=signal.Signals(signum).name)
+                    break
+            ctx.draining = True
+            await drain(ctx, DRAIN_TIMEOUT_S)
+            shutdown.set()
+            nursery.cancel_scope.cancel()
+    finally:
+        with trio.CancelScope(shield=True):
+            await ctx.backend.aclose()
+        if ctx.tasks.journal is not None:
+            ctx.tasks.journal.close()
+    log.info("node stopped", node=ctx.node_id)

@@ -1,0 +1,39 @@
+"""What every HTTP handler of a node may use: settings, backend, scheduler, counters.
+
+Why one object: node.py builds the parts once and hands this to the app; handlers
+never construct clients or read globals, so tests can assemble a node in-process.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+from meshlb.backend.catalog import ModelCatalog
+from meshlb.backend.ollama import OllamaBackend
+from meshlb.config import NodeSettings
+from meshlb.sched.driver import LocalScheduler
+from meshlb.tasks.model import new_task_id
+from meshlb.tasks.service import TaskService
+
+__all__ = ["NodeContext", "new_task_id"]
+
+
+@dataclass
+class NodeContext:
+    """The parts of one running node, wired by node.py."""
+
+    settings: NodeSettings
+    backend: OllamaBackend
+    catalog: ModelCatalog
+    scheduler: LocalScheduler
+    tasks: TaskService
+    started_at_wall: float = field(default_factory=time.time)
+    counters: Counter[str] = field(default_factory=Counter)
+    # Set on SIGTERM: new work is refused with 503 while queued work finishes or moves.
+    draining: bool = False
+
+    @property
+    def node_id(self) -> str:
+        return self.settings.node_id

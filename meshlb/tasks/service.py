@@ -1,0 +1,265 @@
+"""Async tasks on one node: accept, journal, queue, run on the local Ollama, record.
+
+Each accepted task gets a worker (a Trio task) that waits its turn in the scheduler,
+calls Ollama non-streamed, and records the result. Invariants:
+- a task is journaled before the client hears 202, so a SIGKILL loses nothing accepted;
+- a task reaches a final state exactly once (`TaskRecord.finish` refuses a second);
+- the scheduler slot a worker holds is given back exactly once, whatever happens.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+import trio
+
+from meshlb.backend.ollama import BackendError, OllamaBackend
+from meshlb.sched.driver import LocalScheduler, Refused
+from meshlb.tasks.journal import Journal
+from meshlb.tasks.model import KIND_PATHS, AlreadyFinal, TaskRecord, new_task_id
+from meshlb.tasks.store import TaskStore
+from meshlb.tokens import estimate_tokens
+
+log = structlog.get_logger()
+
+# A local Ollama that is down is retried with backoff this many times before failing.
+MAX_BACKEND_ATTEMPTS = 5
+BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 16.0)
+EXPIRY_INTERVAL_S = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSpec:
+    """A validated `POST /v1/tasks` body."""
+
+    kind: str
+    model: str
+    request: dict[str, Any]
+    priority: int
+    timeout_s: float | None
+    idempotency_key: str | None
+
+
+def ollama_error_text(content: bytes, status: int) -> str:
+    """The sentence in an Ollama error body (`{"error": ...}`), else the status."""
+    try:
+        data = json.loads(content)
+    except ValueError:
+        return f"Ollama answered {status}"
+    if isinstance(data, dict) and isinstance(data.get("error"), str):
+        return str(data["error"])
+    return f"Ollama answered {status}"
+
+
+def result_tokens(result: Any) -> int | None:
+    if not isinstance(result, dict):
+        return None
+    counts = [result.get("prompt_eval_count"), result.get("eval_count")]
+    ints = [c for c in counts if isinstance(c, int)]
+    return sum(ints) if ints else None
+
+
+class TaskService:
+    """The async task API of one node, over its scheduler and its Ollama."""
+
+    def __init__(self, node_id: str, scheduler: LocalScheduler, backend: OllamaBackend,
+                 journal: Journal | None, retention_s: float, default_num_predict: int) -> None:
+        self.node_id = node_id
+        self.scheduler = scheduler
+        self.backend = backend
+        self.journal = journal
+        self.default_num_predict = default_num_predict
+        self.store = TaskStore(retention_s)
+        self._final_events: dict[str, trio.Event] = {}
+        self._scopes: dict[str, trio.CancelScope] = {}
+        self._cancel_requested: set[str] = set()
+        self._nursery: trio.Nursery | None = None
+
+    # ---- lifecycle -------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Recover journaled tasks, then run workers and expiry until cancelled."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            recovered = self._recover()
+            if recovered:
+                log.info("tasks recovered from journal", count=recovered,
+                         path=str(self.journal.path) if self.journal else None)
+            nursery.start_soon(self._expire_loop)
+            task_status.started()
+
+    def _recover(self) -> int:
+        if self.journal is None:
+            return 0
+        count = 0
+        for record in self.journal.load_all():
+            self.store.add(record)
+            if record.final:
+                continue
+            if record.state == "running":
+                record.mark_queued()  # it was running when the node died: run it again
+            self._final_events[record.id] = trio.Event()
+            self._start_worker(record, submitted=False)
+            count += 1
+        return count
+
+    async def _expire_loop(self) -> None:
+        while True:
+            await trio.sleep(EXPIRY_INTERVAL_S)
+            now = time.time()
+            dropped = self.store.expire(now)
+            for task_id in dropped:
+                self._final_events.pop(task_id, None)
+            if self.journal is not None and dropped:
+                await self.journal.delete_finished_before(now - self.store.retention_s)
+
+    # ---- API -----------------------------------------------------------------------
+
+    async def submit(self, spec: TaskSpec) -> tuple[TaskRecord, bool]:
+        """Accept a task (or return the one with the same idempotency key).
+
+        Returns (record, created). Raises `Refused` from the scheduler when full.
+        """
+        if spec.idempotency_key is not None:
+            existing = self.store.by_idempotency_key(spec.idempotency_key)
+            if existing is not None:
+                return existing, False
+        request = {**spec.request, "model": spec.model, "stream": False}
+        record = TaskRecord(
+            id=new_task_id(), kind=spec.kind, model=spec.model, request=request,
+            priority=spec.priority, origin=self.node_id, created_at=time.time(),
+            timeout_s=spec.timeout_s, idempotency_key=spec.idempotency_key,
+            est_tokens=estimate_tokens(request, spec.kind, self.default_num_predict))
+        self.scheduler.submit(record.id, record.priority, record.est_tokens)
+        self.store.add(record)
+        self._final_events[record.id] = trio.Event()
+        if self.journal is not None:
+            await self.journal.write(record)
+        self._start_worker(record)
+        log.info("task accepted", task=record.id, kind=record.kind, model=record.model,
+                 priority=record.priority)
+        return record, True
+
+    def get(self, task_id: str) -> TaskRecord | None:
+        return self.store.get(task_id)
+
+    async def wait_final(self, task_id: str, timeout_s: float) -> TaskRecord | None:
+        """The record once final, or as it is after `timeout_s` (long-poll)."""
+        event = self._final_events.get(task_id)
+        if event is not None:
+            with trio.move_on_after(timeout_s):
+                await event.wait()
+        return self.store.get(task_id)
+
+    async def cancel(self, task_id: str) -> TaskRecord | None:
+        """Cancel an unfinished task; its worker ends it in `cancelled`."""
+        record = self.store.get(task_id)
+        if record is None or record.final:
+            return record
+        self._cancel_requested.add(task_id)
+        scope = self._scopes.get(task_id)
+        if scope is not None:
+            scope.cancel()
+        await self.wait_final(task_id, 5.0)
+        return record
+
+    # ---- workers -------------------------------------------------------------------
+
+    def _start_worker(self, record: TaskRecord, submitted: bool = True) -> None:
+        assert self._nursery is not None, "TaskService.run must be started first"
+        self._nursery.start_soon(self._work, record, submitted)
+
+    async def _work(self, record: TaskRecord, submitted: bool) -> None:
+        deadline = trio.current_time() + (
+            record.deadline_at - time.time() if record.deadline_at is not None else float("inf"))
+        with trio.CancelScope(deadline=deadline) as scope:
+            self._scopes[record.id] = scope
+            await self._attempts(record, submitted)
+        self._scopes.pop(record.id, None)
+        if not record.final:
+            if record.id in self._cancel_requested:
+                await self._finish(record, "cancelled", error="cancelled by request")
+            else:
+                await self._finish(record, "failed", error_status=504,
+                                   error=f"task timed out after {record.timeout_s:g}s")
+        self._cancel_requested.discard(record.id)
+
+    async def _attempts(self, record: TaskRecord, submitted: bool) -> None:
+        """Run until a final state; the slot from `wait_turn` is released on every path."""
+        path = KIND_PATHS[record.kind]
+        if submitted:
+            await self.scheduler.wait_turn(record.id)
+        else:
+            await self._requeue(record)
+        while True:
+            try:
+                record.mark_running(self.node_id, time.time())
+                if self.journal is not None:
+                    await self.journal.write(record)
+                status, content = await self.backend.post_json(path, record.request)
+            except BackendError as e:
+                self.scheduler.finish(record.id, 0)
+                if record.attempts >= MAX_BACKEND_ATTEMPTS:
+                    await self._finish(record, "failed", error=f"{e}", error_status=503)
+                    return
+                log.warning("ollama unreachable, task will retry", task=record.id,
+                            attempt=record.attempts, reason=e.reason)
+                record.mark_queued()
+                await trio.sleep(BACKOFF_S[min(record.attempts, len(BACKOFF_S)) - 1])
+                await self._requeue(record)
+                continue
+            except BaseException:  # cancelled (timeout or DELETE) while running
+                self.scheduler.finish(record.id, 0)
+                raise
+            if status == 503:  # Ollama busy: back to the queue, keep the place
+                record.mark_queued()
+                await self.scheduler.requeue_busy(record.id)
+                continue
+            await self._complete(record, status, content)
+            return
+
+    async def _requeue(self, record: TaskRecord) -> None:
+        """Put an accepted task back in the queue; a full queue only delays it, never drops it."""
+        while True:
+            try:
+                self.scheduler.submit(record.id, record.priority, record.est_tokens)
+                break
+            except Refused:
+                await trio.sleep(1.0)
+        await self.scheduler.wait_turn(record.id)
+
+    async def _complete(self, record: TaskRecord, status: int, content: bytes) -> None:
+        result: Any = None
+        if status == 200:
+            try:
+                result = json.loads(content)
+            except ValueError:
+                result = None
+        self.scheduler.finish(record.id, result_tokens(result))
+        if status == 200 and result is not None:
+            await self._finish(record, "succeeded", result=result)
+        else:
+            await self._finish(record, "failed", error=ollama_error_text(content, status),
+                               error_status=status if status >= 400 else 502)
+
+    async def _finish(self, record: TaskRecord, state: str, *, result: Any = None,
+                      error: str | None = None, error_status: int | None = None) -> None:
+        try:
+            record.finish(state, time.time(), result=result, error=error,
+                          error_status=error_status)
+        except AlreadyFinal:
+            log.warning("duplicate final state dropped", task=record.id, state=state)
+            return
+        self.store.note_finished(record)
+        log.info("task finished", task=record.id, state=state, error=error,
+                 attempts=record.attempts)
+        with trio.CancelScope(shield=True):
+            if self.journal is not None:
+                await self.journal.write(record)
+        event = self._final_events.get(record.id)
+        if event is not None:
+            event.set()

@@ -1,0 +1,67 @@
+"""Token counting: estimate before a request runs, read the true count after.
+
+The scheduler charges the estimate against tokens-per-minute when a task starts and
+reconciles it with Ollama's own counts when it ends, so the window holds true numbers.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+_COUNT_RE = re.compile(
+    rb'"(prompt_eval_count|eval_count|prompt_tokens|completion_tokens)"\s*:\s*(\d+)')
+
+
+def _text_len(value: Any) -> int:
+    """Characters of prompt text in a field (str, list of str, chat messages)."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, list):
+        return sum(_text_len(v) for v in value)
+    if isinstance(value, dict):
+        return _text_len(value.get("content", ""))
+    return 0
+
+
+PROMPT_FIELDS = ("prompt", "system", "messages", "input", "suffix")
+
+
+def num_predict_of(payload: dict[str, Any]) -> int | None:
+    """Requested output length: options.num_predict (Ollama) or max_tokens (OpenAI)."""
+    options = payload.get("options")
+    raw = options.get("num_predict") if isinstance(options, dict) else None
+    if raw is None:
+        raw = payload.get("max_tokens") or payload.get("max_completion_tokens")
+    if isinstance(raw, int) and not isinstance(raw, bool) and raw > 0:
+        return raw
+    return None  # absent, or -1/-2 (Ollama's "until done"/"fill context")
+
+
+def estimate_tokens(payload: dict[str, Any], kind: str, default_num_predict: int) -> int:
+    """Tokens a request will use, estimated before it runs (reconciled after).
+
+    Rule of thumb: 4 characters per token for the prompt, plus the requested output
+    length (or a configurable default); embeddings produce no output tokens.
+    """
+    prompt_tokens = sum(_text_len(payload.get(f)) for f in PROMPT_FIELDS) // 4 + 1
+    if kind == "embed":
+        return prompt_tokens
+    return prompt_tokens + (num_predict_of(payload) or default_num_predict)
+
+
+def tokens_from_tail(tail: bytes) -> int | None:
+    """True token count from the end of an Ollama/OpenAI answer, if it is there.
+
+    Ollama's final chunk carries prompt_eval_count + eval_count; the OpenAI paths carry
+    usage.prompt_tokens + completion_tokens. A regex over the last few KiB avoids parsing
+    a large body (e.g. embeddings) just for two integers.
+    """
+    found: dict[bytes, int] = {}
+    for match in _COUNT_RE.finditer(tail):
+        found[match.group(1)] = int(match.group(2))
+    if b"prompt_eval_count" in found or b"eval_count" in found:
+        return found.get(b"prompt_eval_count", 0) + found.get(b"eval_count", 0)
+    if b"prompt_tokens" in found:
+        return found[b"prompt_tokens"] + found.get(b"completion_tokens", 0)
+    return None
