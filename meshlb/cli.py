@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from meshlb import __version__
+from meshlb.commands.client import peers_command, stats_command, submit_command
 from meshlb.commands.demo import demo_command
 from meshlb.commands.node import node_command
 from meshlb.commands.sim_ollama import sim_ollama_command
@@ -24,6 +25,9 @@ def cli() -> None:
 cli.add_command(demo_command)
 cli.add_command(node_command)
 cli.add_command(sim_ollama_command)
+cli.add_command(peers_command)
+cli.add_command(stats_command)
+cli.add_command(submit_command)
 
 
 def main() -> None:

@@ -106,3 +106,17 @@ def sim_ollama(*extra: str, models: str = "llama3.2:1b,nomic-embed-text",
                        "--parallel", str(parallel), *extra)
     with spawn(args, f"http://127.0.0.1:{port}", ready_path="/api/version") as p:
         yield p
+
+
+@contextlib.contextmanager
+def meshlb_node(ollama_url: str, *extra: str, node_id: str = "n1",
+                env: dict[str, str] | None = None) -> Iterator[Proc]:
+    """A `meshlb node` process on free loopback ports beside the given Ollama URL."""
+    http_port = free_port()
+    gossip_port = free_port(socket.SOCK_DGRAM)
+    args = meshlb_argv("node", "--node-id", node_id, "--http", f"127.0.0.1:{http_port}",
+                       "--gossip", f"127.0.0.1:{gossip_port}", "--ollama", ollama_url,
+                       "--log-format", "json", *extra)
+    with spawn(args, f"http://127.0.0.1:{http_port}", env=env) as p:
+        p.extra["gossip_port"] = gossip_port
+        yield p

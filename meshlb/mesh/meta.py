@@ -1,0 +1,94 @@
+"""A member's gossiped metadata: HTTP address, models, load and capacity.
+
+Every node places work from what its peers gossip, without asking them, so this is
+what travels in every alive message. It must stay small (gossip packets are at most
+1400 bytes; memberlist caps meta at 512): short msgpack keys, and a model list that is
+cut, with a flag, when it would not fit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import msgpack
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+MAX_META_BYTES = 512
+
+
+@dataclass(frozen=True, slots=True)
+class Load:
+    """Queue and capacity numbers a peer needs to estimate a completion time here."""
+
+    queued: int = 0
+    running: int = 0
+    max_concurrency: int | None = None
+    rpm_used: int = 0
+    rpm_limit: int | None = None
+    tpm_used: int = 0
+    tpm_limit: int | None = None
+    tokens_per_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class NodeMeta:
+    http_addr: str
+    models: tuple[str, ...] = ()
+    load: Load = field(default_factory=Load)
+    models_truncated: bool = False
+
+
+class _LoadWire(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    q: int = Field(0, ge=0)
+    r: int = Field(0, ge=0)
+    c: int | None = Field(None, ge=0)
+    ru: int = Field(0, ge=0)
+    rl: int | None = Field(None, ge=0)
+    tu: int = Field(0, ge=0)
+    tl: int | None = Field(None, ge=0)
+    tps: float = Field(0.0, ge=0)
+
+
+class _MetaWire(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    v: int
+    h: str = Field(max_length=300)
+    m: list[str] = Field(default_factory=list)
+    t: bool = False
+    lo: _LoadWire = Field(default_factory=_LoadWire)
+
+
+def _pack(meta: NodeMeta, models: tuple[str, ...], truncated: bool) -> bytes:
+    load = meta.load
+    return bytes(msgpack.packb({
+        "v": 1, "h": meta.http_addr, "m": list(models), "t": truncated,
+        "lo": {"q": load.queued, "r": load.running, "c": load.max_concurrency,
+               "ru": load.rpm_used, "rl": load.rpm_limit, "tu": load.tpm_used,
+               "tl": load.tpm_limit, "tps": round(load.tokens_per_s, 1)},
+    }))
+
+
+def encode_meta(meta: NodeMeta, limit: int = MAX_META_BYTES) -> bytes:
+    """msgpack bytes of at most `limit`; drops models from the end (flagged) to fit."""
+    models = meta.models
+    data = _pack(meta, models, meta.models_truncated)
+    while len(data) > limit and models:
+        models = models[:-1]
+        data = _pack(meta, models, True)
+    if len(data) > limit:
+        raise ValueError(f"node metadata does not fit in {limit} bytes even without models")
+    return data
+
+
+def decode_meta(data: bytes) -> NodeMeta | None:
+    """Parse gossiped metadata; None for anything malformed (never raises)."""
+    try:
+        wire = _MetaWire.model_validate(msgpack.unpackb(data, raw=False))
+    except (ValueError, ValidationError, msgpack.UnpackException, TypeError):
+        return None
+    lo = wire.lo
+    return NodeMeta(http_addr=wire.h, models=tuple(wire.m), models_truncated=wire.t,
+                    load=Load(queued=lo.q, running=lo.r, max_concurrency=lo.c,
+                              rpm_used=lo.ru, rpm_limit=lo.rl, tpm_used=lo.tu,
+                              tpm_limit=lo.tl, tokens_per_s=lo.tps))
