@@ -7,10 +7,12 @@ client disconnect to the app, so a relay can cancel its upstream request.
 from __future__ import annotations
 
 import logging
+from typing import cast
 
 import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
+from hypercorn.typing import Framework
 from starlette.applications import Starlette
 
 
@@ -31,7 +33,8 @@ async def serve_app(app: Starlette, host: str, port: int, shutdown: trio.Event,
     config = hypercorn_config(host, port)
 
     async def serve_with_status(*, task_status: trio.TaskStatus[list[str]]) -> None:
-        await serve(app, config, shutdown_trigger=shutdown.wait, task_status=task_status)
+        await serve(cast(Framework, app), config, shutdown_trigger=shutdown.wait,
+                    task_status=task_status)
 
     async with trio.open_nursery() as nursery:
         await nursery.start(serve_with_status)

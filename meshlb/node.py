@@ -22,6 +22,7 @@ from meshlb.sched.driver import LocalScheduler
 from meshlb.sched.limits import Limits
 from meshlb.tasks.journal import Journal
 from meshlb.tasks.service import TaskService
+from meshlb.tokens import RateAverage
 
 log = structlog.get_logger()
 DRAIN_TIMEOUT_S = 30.0
@@ -35,11 +36,12 @@ def build_context(settings: NodeSettings) -> NodeContext:
                     tpm=settings.tpm, max_queue=settings.max_queue, aging_s=settings.aging_s)
     scheduler = LocalScheduler(limits)
     journal = Journal(settings.data_dir) if settings.data_dir is not None else None
+    rate = RateAverage()
     tasks = TaskService(settings.node_id, scheduler, backend, journal,
-                        settings.task_retention_s, settings.default_num_predict)
+                        settings.task_retention_s, settings.default_num_predict, rate)
     return NodeContext(settings=settings, backend=backend,
                        catalog=ModelCatalog(backend, refresh_s=settings.models_refresh_s),
-                       scheduler=scheduler, tasks=tasks)
+                       scheduler=scheduler, tasks=tasks, generation_rate=rate)
 
 
 async def drain(ctx: NodeContext, timeout_s: float) -> None:

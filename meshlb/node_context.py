@@ -13,9 +13,11 @@ from dataclasses import dataclass, field
 from meshlb.backend.catalog import ModelCatalog
 from meshlb.backend.ollama import OllamaBackend
 from meshlb.config import NodeSettings
+from meshlb.mesh.view import MembershipSource
 from meshlb.sched.driver import LocalScheduler
 from meshlb.tasks.model import new_task_id
 from meshlb.tasks.service import TaskService
+from meshlb.tokens import RateAverage
 
 __all__ = ["NodeContext", "new_task_id"]
 
@@ -31,6 +33,10 @@ class NodeContext:
     tasks: TaskService
     started_at_wall: float = field(default_factory=time.time)
     counters: Counter[str] = field(default_factory=Counter)
+    # Measured generation speed of the local Ollama (gossiped for placement).
+    generation_rate: RateAverage = field(default_factory=RateAverage)
+    # Gossip membership (None until started, or in single-node tests).
+    gossip: MembershipSource | None = None
     # Set on SIGTERM: new work is refused with 503 while queued work finishes or moves.
     draining: bool = False
 

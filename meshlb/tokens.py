@@ -65,3 +65,33 @@ def tokens_from_tail(tail: bytes) -> int | None:
     if b"prompt_tokens" in found:
         return found[b"prompt_tokens"] + found.get(b"completion_tokens", 0)
     return None
+
+
+_RATE_RE = re.compile(rb'"(eval_count|eval_duration)"\s*:\s*(\d+)')
+
+
+def generation_rate_from_tail(tail: bytes) -> float | None:
+    """Tokens per second of a finished Ollama generation (eval_count / eval_duration)."""
+    found = {m.group(1): int(m.group(2)) for m in _RATE_RE.finditer(tail)}
+    count, duration_ns = found.get(b"eval_count"), found.get(b"eval_duration")
+    if not count or not duration_ns:
+        return None
+    return count / (duration_ns / 1e9)
+
+
+class RateAverage:
+    """Exponentially weighted mean of observed generation rates (tokens/s).
+
+    Gossiped so peers can estimate completion times here; a weight of 0.2 follows a
+    change within ~10 requests without jumping on one outlier.
+    """
+
+    def __init__(self, weight: float = 0.2) -> None:
+        self.weight = weight
+        self.value = 0.0
+
+    def observe(self, rate: float | None) -> None:
+        if rate is None or rate <= 0:
+            return
+        self.value = rate if self.value == 0.0 else (
+            self.weight * rate + (1 - self.weight) * self.value)

@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from meshlb.api.errors import ApiError, error_response, handle_api_error, handle_unexpected
+from meshlb.api.mesh_routes import mesh_routes
 from meshlb.api.node_routes import node_routes
 from meshlb.api.ollama_routes import ollama_routes
 from meshlb.api.task_routes import task_routes
@@ -32,7 +33,8 @@ async def handle_http_exception(request: Request, exc: Exception) -> Response:
 def build_app(ctx: NodeContext) -> Starlette:
     """All routes of a node over one context."""
     return Starlette(
-        routes=[*node_routes(ctx), *ollama_routes(ctx), *task_routes(ctx, ctx.tasks)],
+        routes=[*node_routes(ctx), *mesh_routes(ctx), *ollama_routes(ctx),
+                *task_routes(ctx, ctx.tasks)],
         exception_handlers={
             ApiError: handle_api_error,
             HTTPException: handle_http_exception,

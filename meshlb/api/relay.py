@@ -19,7 +19,7 @@ import trio
 from starlette.types import Receive, Scope, Send
 
 from meshlb.backend.ollama import BackendError, describe_http_error
-from meshlb.tokens import tokens_from_tail
+from meshlb.tokens import generation_rate_from_tail, tokens_from_tail
 
 if TYPE_CHECKING:
     from meshlb.node_context import NodeContext
@@ -64,6 +64,7 @@ class RelayResponse:
             finally:
                 nursery.cancel_scope.cancel()
                 if self._holding_slot:
+                    self.ctx.generation_rate.observe(generation_rate_from_tail(self._tail))
                     self.ctx.scheduler.finish(self.task.task_id, tokens_from_tail(self._tail))
                     self._holding_slot = False
 

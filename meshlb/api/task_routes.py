@@ -117,7 +117,7 @@ def task_routes(ctx: NodeContext, service: TaskService) -> list[Route]:
         limit_raw = request.query_params.get("limit", "100")
         if not limit_raw.isdigit() or not 1 <= int(limit_raw) <= 1000:
             raise ApiError(422, "query parameter limit must be an integer from 1 to 1000")
-        rows = service.store.list(state, int(limit_raw))
+        rows = service.store.recent(state, int(limit_raw))
         return JSONResponse({"tasks": [r.to_public() for r in rows]})
 
     return [

@@ -56,7 +56,7 @@ class _MetaWire(BaseModel):
     h: str = Field(max_length=300)
     m: list[str] = Field(default_factory=list)
     t: bool = False
-    lo: _LoadWire = Field(default_factory=_LoadWire)
+    lo: _LoadWire = Field(default_factory=lambda: _LoadWire())
 
 
 def _pack(meta: NodeMeta, models: tuple[str, ...], truncated: bool) -> bytes:

@@ -22,7 +22,7 @@ from meshlb.sched.driver import LocalScheduler, Refused
 from meshlb.tasks.journal import Journal
 from meshlb.tasks.model import KIND_PATHS, AlreadyFinal, TaskRecord, new_task_id
 from meshlb.tasks.store import TaskStore
-from meshlb.tokens import estimate_tokens
+from meshlb.tokens import RateAverage, estimate_tokens
 
 log = structlog.get_logger()
 
@@ -67,12 +67,14 @@ class TaskService:
     """The async task API of one node, over its scheduler and its Ollama."""
 
     def __init__(self, node_id: str, scheduler: LocalScheduler, backend: OllamaBackend,
-                 journal: Journal | None, retention_s: float, default_num_predict: int) -> None:
+                 journal: Journal | None, retention_s: float, default_num_predict: int,
+                 generation_rate: RateAverage | None = None) -> None:
         self.node_id = node_id
         self.scheduler = scheduler
         self.backend = backend
         self.journal = journal
         self.default_num_predict = default_num_predict
+        self.generation_rate = generation_rate or RateAverage()
         self.store = TaskStore(retention_s)
         self._final_events: dict[str, trio.Event] = {}
         self._scopes: dict[str, trio.CancelScope] = {}
@@ -240,6 +242,8 @@ class TaskService:
             except ValueError:
                 result = None
         self.scheduler.finish(record.id, result_tokens(result))
+        if isinstance(result, dict) and result.get("eval_count") and result.get("eval_duration"):
+            self.generation_rate.observe(result["eval_count"] / (result["eval_duration"] / 1e9))
         if status == 200 and result is not None:
             await self._finish(record, "succeeded", result=result)
         else:

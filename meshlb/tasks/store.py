@@ -54,7 +54,7 @@ class TaskStore:
             dropped.append(task_id)
         return dropped
 
-    def list(self, state: str | None = None, limit: int = 100) -> list[TaskRecord]:
+    def recent(self, state: str | None = None, limit: int = 100) -> list[TaskRecord]:
         """Newest first, optionally only one state."""
         rows = [r for r in self._by_id.values() if state is None or r.state == state]
         rows.sort(key=lambda r: r.created_at, reverse=True)

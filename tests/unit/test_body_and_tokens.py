@@ -63,3 +63,16 @@ def test_tokens_from_openai_usage_and_absent() -> None:
     body = b'{"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":7,"total_tokens":12}}'
     assert tokens_from_tail(body) == 12
     assert tokens_from_tail(b'data: {"choices":[]}\n\ndata: [DONE]\n\n') is None
+
+
+def test_generation_rate_and_average() -> None:
+    from meshlb.tokens import RateAverage, generation_rate_from_tail
+
+    tail = b'{"done":true,"eval_count":50,"eval_duration":2000000000}'
+    assert generation_rate_from_tail(tail) == 25.0
+    assert generation_rate_from_tail(b'{"done":true}') is None
+    avg = RateAverage(weight=0.5)
+    avg.observe(10.0)
+    avg.observe(None)
+    avg.observe(20.0)
+    assert avg.value == 15.0

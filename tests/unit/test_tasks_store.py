@@ -59,9 +59,9 @@ def test_list_filters_by_state_newest_first() -> None:
     for i in range(5):
         store.add(record(f"t{i}", created_at=float(i)))
     store.get("t3").finish("cancelled", 9.0)  # type: ignore[union-attr]
-    assert [r.id for r in store.list()] == ["t4", "t3", "t2", "t1", "t0"]
-    assert [r.id for r in store.list("cancelled")] == ["t3"]
-    assert len(store.list(limit=2)) == 2
+    assert [r.id for r in store.recent()] == ["t4", "t3", "t2", "t1", "t0"]
+    assert [r.id for r in store.recent("cancelled")] == ["t3"]
+    assert len(store.recent(limit=2)) == 2
 
 
 async def test_journal_round_trip_and_cleanup(tmp_path: Path) -> None:
