@@ -44,6 +44,24 @@ def build_context(settings: NodeSettings) -> NodeContext:
                        scheduler=scheduler, tasks=tasks, generation_rate=rate)
 
 
+async def log_queue_stats(ctx: NodeContext, interval_s: float = 5.0) -> None:
+    """Log the queue's numbers every interval in which they changed (not when idle)."""
+    last: tuple[object, ...] = ()
+    while True:
+        await trio.sleep(interval_s)
+        s = ctx.scheduler.stats()
+        key = (s.queued, s.running, s.counters, s.effective_concurrency)
+        if key == last:
+            continue
+        last = key
+        log.info("queue stats", queued=s.queued, running=s.running,
+                 depth_by_priority=s.depth_by_priority,
+                 effective_concurrency=s.effective_concurrency, rpm_used=s.rpm_used,
+                 tpm_used=s.tpm_used, wait_p50_ms=s.wait.p50_ms, wait_p99_ms=s.wait.p99_ms,
+                 started=s.counters.started, finished=s.counters.finished,
+                 rejected=s.counters.rejected)
+
+
 async def drain(ctx: NodeContext, timeout_s: float) -> None:
     """Wait (bounded) until nothing is queued or running here."""
     with trio.move_on_after(timeout_s):
@@ -73,6 +91,7 @@ async def run_node(settings: NodeSettings, *,
             nursery.start_soon(ctx.catalog.run)
             nursery.start_soon(ctx.scheduler.run)
             await nursery.start(ctx.tasks.run)
+            nursery.start_soon(log_queue_stats, ctx)
             await nursery.start(serve_app, build_app(ctx), host, port, shutdown)
             log.info("node ready", node=ctx.node_id, url=f"http://{settings.advertised_host()}:{port}")
             task_status.started(ctx)
@@ -87,6 +106,7 @@ async def run_node(settings: NodeSettings, *,
     finally:
         with trio.CancelScope(shield=True):
             await ctx.backend.aclose()
+            await ctx.peer_client.aclose()
         if ctx.tasks.journal is not None:
             ctx.tasks.journal.close()
     log.info("node stopped", node=ctx.node_id)

@@ -11,6 +11,7 @@ import json
 import time
 from typing import Any
 
+import structlog
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route as StarletteRoute
@@ -26,11 +27,18 @@ from meshlb.api.body import (
     require_model,
 )
 from meshlb.api.errors import ApiError, retry_after
+from meshlb.api.mesh_routes import current_peers
 from meshlb.api.relay import LocalTask, RelayResponse
+from meshlb.backend.catalog import canonical_model
 from meshlb.backend.ollama import BackendError
+from meshlb.mesh.candidates import candidates_from_peers, http_addr_of
+from meshlb.mesh.forward import HOPS_HEADER, ForwardedResponse, PeerUnavailable, open_on_peer
+from meshlb.mesh.placement import RunHere, SendTo, TaskNeeds, place
 from meshlb.node_context import NodeContext, new_task_id
 from meshlb.sched.driver import Refused
 from meshlb.tokens import estimate_tokens
+
+log = structlog.get_logger()
 
 
 def refused_to_error(refused: Refused) -> ApiError:
@@ -70,9 +78,12 @@ def make_task_handler(ctx: NodeContext, route: Route) -> Any:
         payload = parse_json_object(body)
         model = require_model(payload)
         check_stream_field(payload)
-        await check_model(ctx, model)
-        task_id = new_task_id()
         est_tokens = estimate_tokens(payload, route.kind, ctx.settings.default_num_predict)
+        hops = parse_hops(request.headers.get(HOPS_HEADER))
+        forwarded = await place_in_mesh(ctx, route.path, body, model, est_tokens, priority, hops)
+        if forwarded is not None:
+            return forwarded
+        task_id = new_task_id()
         try:
             ctx.scheduler.submit(task_id, priority, est_tokens)
         except Refused as refused:
@@ -83,11 +94,70 @@ def make_task_handler(ctx: NodeContext, route: Route) -> Any:
     return handler
 
 
+def parse_hops(raw: str | None) -> int:
+    """How many nodes a request already passed through (set by meshlb nodes only)."""
+    return int(raw) if raw is not None and raw.isdigit() else 0
+
+
+async def place_in_mesh(ctx: NodeContext, path: str, body: bytes, model: str, est_tokens: int,
+                        priority: int, hops: int) -> ForwardedResponse | None:
+    """Forward to a better peer and return its response, or None to run it here.
+
+    Raises 404 when no live member has the model, 503 when every one that has it failed.
+    """
+    wanted = canonical_model(model)
+    local_has = await ctx.catalog.knows(model)
+    peers = current_peers(ctx)
+    candidates = candidates_from_peers(peers, ctx.node_id)
+    failed: list[str] = []
+    while True:
+        usable = [c for c in candidates if c.node_id not in failed and
+                  (c.is_local or wanted in c.models)]
+        decision = place(TaskNeeds(wanted, est_tokens, hops), usable, ctx.rng)
+        if isinstance(decision, RunHere) and local_has:
+            return None
+        if not isinstance(decision, SendTo):
+            if failed:
+                raise ApiError(503, f"every node that has model '{model}' is unreachable "
+                                    f"right now ({', '.join(failed)})", retry_after(2))
+            await check_model(ctx, model)  # 404, or 503 if our Ollama is down
+            return None
+        peer_url = "http://" + (http_addr_of(peers, decision.node_id) or "")
+        try:
+            upstream = await open_on_peer(ctx.peer_client, peer_url, path, body, priority, hops)
+        except PeerUnavailable as e:
+            log.info("peer could not take the request, placing again", peer=decision.node_id,
+                     reason=str(e))
+            failed.append(decision.node_id)
+            continue
+        ctx.counters["forwarded"] += 1
+        log.info("request forwarded", peer=decision.node_id, model=model, eta_s=decision.eta_s,
+                 local_eta_s=decision.local_eta_s)
+        return ForwardedResponse(upstream)
+
+
+def mesh_model_entries(ctx: NodeContext) -> list[dict[str, Any]]:
+    """`/api/tags` entries: the local Ollama's own, plus models only live peers have.
+
+    Peers gossip model names, not Ollama's full entries, so a remote-only model is
+    listed with the fields Ollama always sends, the unknown ones empty.
+    """
+    entries = {canonical_model(str(e.get("name"))): e for e in ctx.catalog.entries()}
+    for peer in current_peers(ctx):
+        if peer.state != "alive" or peer.node_id == ctx.node_id:
+            continue
+        for name in peer.models:
+            entries.setdefault(canonical_model(name), {
+                "name": name, "model": name, "modified_at": "1970-01-01T00:00:00Z",
+                "size": 0, "digest": "", "details": {}})
+    return [entries[name] for name in sorted(entries)]
+
+
 def tags_handler(ctx: NodeContext) -> Any:
     async def handler(request: Request) -> Response:
         if not ctx.catalog.reachable:
             await ctx.catalog.refresh()
-        return JSONResponse({"models": ctx.catalog.entries()})
+        return JSONResponse({"models": mesh_model_entries(ctx)})
     return handler
 
 
@@ -95,8 +165,8 @@ def openai_models_handler(ctx: NodeContext) -> Any:
     async def handler(request: Request) -> Response:
         if not ctx.catalog.reachable:
             await ctx.catalog.refresh()
-        data = [{"id": name, "object": "model", "created": int(ctx.started_at_wall),
-                 "owned_by": "library"} for name in ctx.catalog.names]
+        data = [{"id": e["name"], "object": "model", "created": int(ctx.started_at_wall),
+                 "owned_by": "library"} for e in mesh_model_entries(ctx)]
         return JSONResponse({"object": "list", "data": data})
     return handler
 

@@ -154,7 +154,7 @@ class RateWindow:
 
     def fits(self, rpm: int | None, now: float) -> bool:
         """True if one more start at `now` keeps every 60-s window at or below `rpm`."""
-        return rpm is None or self._window.used(now) <= rpm
+        return rpm is None or self._window.used(now) + 1 <= rpm
 
     def record(self, now: float) -> Charge:
         return self._window.charge(1, now)

@@ -1,0 +1,64 @@
+"""Lifeguard dynamic suspicion timeout (Lifeguard §IV-B, memberlist suspicion.go).
+
+A suspicion starts at `max_s` and shrinks towards `min_s` as k independent members
+confirm it: timeout(c) = max(min, max - (max - min) * log(c + 1) / log(k + 1)).
+The member who raised the suspicion never counts as a confirmation. With k < 1 (too
+few members to confirm, or dynamic suspicion disabled) the timeout is `min_s` at once.
+The deadline is always measured from the start of the suspicion.
+"""
+
+from __future__ import annotations
+
+import math
+
+
+def suspicion_timeout_s(confirmations: int, k: int, min_s: float, max_s: float) -> float:
+    """Total suspicion time after `confirmations` independent confirmations."""
+    if k < 1:
+        return min_s
+    frac = math.log(confirmations + 1.0) / math.log(k + 1.0)
+    return max(min_s, max_s - frac * (max_s - min_s))
+
+
+class Suspicion:
+    """The suspicion timer of one member at one incarnation."""
+
+    __slots__ = (
+        "_confirmers",
+        "accuser",
+        "deadline",
+        "incarnation",
+        "k",
+        "max_s",
+        "min_s",
+        "n",
+        "start_at",
+    )
+
+    def __init__(
+        self, by: str, incarnation: int, k: int, min_s: float, max_s: float, now: float
+    ) -> None:
+        self.accuser = by
+        self.incarnation = incarnation
+        self.k = k
+        self.min_s = min_s
+        self.max_s = max_s
+        self.start_at = now
+        self.n = 0
+        self._confirmers = {by}
+        self.deadline = now + (max_s if k >= 1 else min_s)
+
+    def confirm(self, by: str) -> bool:
+        """Count an independent confirmation; True if it was new (then re-gossip it)."""
+        if self.n >= self.k or by in self._confirmers:
+            return False
+        self._confirmers.add(by)
+        self.n += 1
+        self.deadline = self.start_at + suspicion_timeout_s(self.n, self.k, self.min_s, self.max_s)
+        return True
+
+    def __repr__(self) -> str:
+        return (
+            f"Suspicion(by={self.accuser!r}, inc={self.incarnation}, "
+            f"n={self.n}/{self.k}, deadline={self.deadline:.3f})"
+        )
