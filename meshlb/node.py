@@ -15,8 +15,12 @@ import trio
 from meshlb.api.app import build_app
 from meshlb.backend.catalog import ModelCatalog
 from meshlb.backend.ollama import OllamaBackend
-from meshlb.config import NodeSettings
+from meshlb.config import NodeSettings, parse_host_port
+from meshlb.gossip.config import GossipConfig
+from meshlb.gossip.driver import GossipDriver
 from meshlb.http_server import serve_app
+from meshlb.mesh.announce import announce_loop, local_meta
+from meshlb.mesh.meta import encode_meta
 from meshlb.node_context import NodeContext
 from meshlb.sched.driver import LocalScheduler
 from meshlb.sched.limits import Limits
@@ -42,6 +46,16 @@ def build_context(settings: NodeSettings) -> NodeContext:
     return NodeContext(settings=settings, backend=backend,
                        catalog=ModelCatalog(backend, refresh_s=settings.models_refresh_s),
                        scheduler=scheduler, tasks=tasks, generation_rate=rate)
+
+
+def build_gossip(ctx: NodeContext) -> GossipDriver:
+    """The gossip member of this node, advertising where peers can reach it."""
+    settings = ctx.settings
+    host, port = settings.gossip_bind
+    seeds = [parse_host_port(seed, default_host="127.0.0.1") for seed in settings.join]
+    return GossipDriver(GossipConfig(), settings.node_id, (host, port),
+                        (settings.advertised_host(), port), seeds,
+                        encode_meta(local_meta(ctx)), settings.cluster_key, log)
 
 
 async def log_queue_stats(ctx: NodeContext, interval_s: float = 5.0) -> None:
@@ -92,6 +106,10 @@ async def run_node(settings: NodeSettings, *,
             nursery.start_soon(ctx.scheduler.run)
             await nursery.start(ctx.tasks.run)
             nursery.start_soon(log_queue_stats, ctx)
+            gossip = build_gossip(ctx)
+            await nursery.start(gossip.run)
+            ctx.gossip = gossip
+            nursery.start_soon(announce_loop, ctx, gossip)
             await nursery.start(serve_app, build_app(ctx), host, port, shutdown)
             log.info("node ready", node=ctx.node_id, url=f"http://{settings.advertised_host()}:{port}")
             task_status.started(ctx)
@@ -101,6 +119,7 @@ async def run_node(settings: NodeSettings, *,
                     break
             ctx.draining = True
             await drain(ctx, DRAIN_TIMEOUT_S)
+            await gossip.leave()
             shutdown.set()
             nursery.cancel_scope.cancel()
     finally:

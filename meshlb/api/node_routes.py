@@ -46,6 +46,8 @@ def node_routes(ctx: NodeContext) -> list[Route]:
         reasons = []
         if ctx.draining:
             reasons.append("node is shutting down")
+        if ctx.gossip is None or not ctx.gossip.joined:
+            reasons.append("not joined to the mesh yet (no seed has answered)")
         if not ctx.catalog.reachable:
             reasons.append(f"the Ollama at {ctx.backend.base_url} {ctx.catalog.last_error}")
         body = {"ready": not reasons, "node": ctx.node_id, "reasons": reasons}

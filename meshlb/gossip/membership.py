@@ -362,7 +362,8 @@ class Membership(MemberTable):
         self._probe = _Probe(m.node, seq, now + timeout, now + period)
         msgs: tuple[Message, ...] = (Ping(seq, m.node),)
         if m.state == SUSPECT and cfg.buddy_enabled:
-            msgs = (*msgs, Suspect(m.node, m.incarnation, self.node_id))
+            # Suspicion first: the target refutes before it acks, so the ack carries it.
+            msgs = (Suspect(m.node, m.incarnation, self.node_id), *msgs)
         self._send(m.addr, msgs)
 
     def _next_probe_target(self) -> _Member | None:

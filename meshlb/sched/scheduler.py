@@ -96,8 +96,9 @@ class Scheduler:
 
     # ------------------------------------------------------------------ commands
 
-    def submit(self, task_id: str, priority: int, est_tokens: int, now: float
-               ) -> Accepted | Rejected:
+    def submit(
+        self, task_id: str, priority: int, est_tokens: int, now: float
+    ) -> Accepted | Rejected:
         """Queue a task, or say why not. Raises ValueError on a priority outside 1-10
         or a negative estimate (the HTTP layer validates these first)."""
         if not MIN_PRIORITY <= priority <= MAX_PRIORITY:
@@ -145,7 +146,8 @@ class Scheduler:
                 break
             self._queue.pop()
             self._running[head.task_id] = _Running(
-                head, now, self._starts.record(now), self._tokens.record(head.est_tokens, now))
+                head, now, self._starts.record(now), self._tokens.record(head.est_tokens, now)
+            )
             waited_s = max(0.0, now - head.queued_at)
             self._waits.add(waited_s)
             self._counts["started"] += 1
@@ -175,8 +177,9 @@ class Scheduler:
         self._starts.refund(run.start_charge)
         self._tokens.refund(run.token_charge)
         old = run.task
-        self._queue.push(QueuedView(old.task_id, old.priority, old.est_tokens,
-                                    old.enqueued_at, now, old.seq))
+        self._queue.push(
+            QueuedView(old.task_id, old.priority, old.est_tokens, old.enqueued_at, now, old.seq)
+        )
         cap = max(1, len(self._running))
         if self._busy_cap is not None and self._backoff_until is not None:
             cap = min(cap, self._busy_cap)
@@ -204,6 +207,16 @@ class Scheduler:
     def limits(self) -> Limits:
         return self._limits
 
+    @property
+    def queued(self) -> int:
+        """Tasks waiting (O(1); `stats` gives the full picture)."""
+        return len(self._queue)
+
+    @property
+    def running(self) -> int:
+        """Tasks started and not yet finished or requeued (O(1))."""
+        return len(self._running)
+
     def is_queued(self, task_id: str) -> bool:
         return task_id in self._queue
 
@@ -225,8 +238,11 @@ class Scheduler:
         head = self._queue.peek()
         if head is None:
             return None
-        times = [self._last_now, self._starts.fits_at(self._limits.rpm),
-                 self._tokens.fits_at(self._limits.tpm, head.est_tokens)]
+        times = [
+            self._last_now,
+            self._starts.fits_at(self._limits.rpm),
+            self._tokens.fits_at(self._limits.tpm, head.est_tokens),
+        ]
         cap = self.effective_concurrency(self._last_now)
         if cap is not None and len(self._running) >= cap:
             full = self._limits.max_concurrency
@@ -274,22 +290,23 @@ class Scheduler:
 
     def _refusal(self, task_id: str, est_tokens: int, now: float) -> Rejected | None:
         if task_id in self._queue or task_id in self._running:
-            return Rejected("duplicate", f"task {task_id} is already queued or running here",
-                            None)
+            return Rejected("duplicate", f"task {task_id} is already queued or running here", None)
         tpm = self._limits.tpm
         if tpm is not None and est_tokens > tpm:
             return Rejected(
                 "never_fits",
                 f"this request needs about {est_tokens} tokens but this node allows only "
                 f"{tpm} tokens per minute, so it can never run here",
-                None)
+                None,
+            )
         if len(self._queue) >= self._limits.max_queue:
             retry_s = self._retry_after_s(now)
             return Rejected(
                 "queue_full",
                 f"the queue is full ({len(self._queue)} tasks waiting); "
                 f"retry in about {retry_s:.0f} s",
-                retry_s)
+                retry_s,
+            )
         return None
 
     def _retry_after_s(self, now: float) -> float:

@@ -36,6 +36,7 @@ class SimNode:
     core: Membership | None
     wake_at: float = INF
     backlog: list[tuple[int, Addr, object]] = field(default_factory=list)
+    stall_frozen: bool = True
     packets_out: int = 0
     bytes_out: int = 0
 
@@ -168,7 +169,7 @@ class GossipSim:
                 if nd.wake_at != t:
                     continue
                 nd.wake_at = INF
-            if kind != _RESUME and stalled(nd.addr) > t:
+            if kind != _RESUME and stalled(nd.addr) > t and (kind != _WAKE or nd.stall_frozen):
                 if kind != _WAKE:
                     nd.backlog.append((kind, src, payload))
                 continue
@@ -219,8 +220,15 @@ class GossipSim:
         nd.core.join([self.nodes[i].addr for i in seed_idx[:3]], self.now)
         self._after(nd)
 
-    def stall(self, idx: int, duration_s: float) -> None:
+    def stall(self, idx: int, duration_s: float, *, frozen: bool = True) -> None:
+        """Node idx stops processing packets for duration_s (they queue up).
+
+        frozen: its timers stop too (a paused process). Otherwise it is "deaf": timers
+        fire and it keeps sending, but reads nothing (a blocked receive path, the slow
+        member of the Lifeguard paper).
+        """
         nd = self.nodes[idx]
+        nd.stall_frozen = frozen
         self.net.stall(nd.addr, self.now + duration_s)
         self._push(self.now + duration_s, _RESUME, idx, nd.addr, None)
 

@@ -22,16 +22,21 @@ from meshlb.sched.limits import WINDOW_S, Limits, RateWindow, SlidingWindow, Tok
         ({"busy_backoff_s": math.inf}, "busy_backoff_s"),
     ],
 )
-def test_limits_reject_values_that_cannot_be_honoured(kwargs: dict[str, float], fragment: str
-                                                      ) -> None:
+def test_limits_reject_values_that_cannot_be_honoured(
+    kwargs: dict[str, float], fragment: str
+) -> None:
     with pytest.raises(ValueError, match=fragment):
         Limits(**kwargs)  # type: ignore[arg-type]
 
 
 def test_limits_defaults_and_unlimited() -> None:
     limits = Limits()
-    assert (limits.max_concurrency, limits.rpm, limits.tpm, limits.max_queue) == (4, None, None,
-                                                                                  1000)
+    assert (limits.max_concurrency, limits.rpm, limits.tpm, limits.max_queue) == (
+        4,
+        None,
+        None,
+        1000,
+    )
     Limits(max_concurrency=None, aging_s=math.inf)  # unlimited and no aging are valid
 
 

@@ -12,18 +12,22 @@ import meshlb.sched.queue
 import meshlb.sched.scheduler
 import meshlb.sched.stats
 from meshlb.sched.limits import Limits
-from meshlb.sched.scheduler import Accepted, Rejected, Scheduler
+from meshlb.sched.scheduler import Accepted, Rejected, Scheduler, Start
 
 
-def ids(starts: list[object]) -> list[str]:
-    return [s.task_id for s in starts]  # type: ignore[attr-defined]
+def ids(starts: list[Start]) -> list[str]:
+    return [s.task_id for s in starts]
 
 
 def test_core_modules_import_no_io() -> None:
     """Pure cores: no trio, time, socket, httpx, asyncio (DESIGN.md)."""
     banned = {"trio", "time", "socket", "httpx", "asyncio", "anyio"}
-    for module in (meshlb.sched.limits, meshlb.sched.queue, meshlb.sched.scheduler,
-                   meshlb.sched.stats):
+    for module in (
+        meshlb.sched.limits,
+        meshlb.sched.queue,
+        meshlb.sched.scheduler,
+        meshlb.sched.stats,
+    ):
         tree = ast.parse(Path(str(module.__file__)).read_text())
         for node in ast.walk(tree):
             names = []
@@ -56,8 +60,8 @@ def test_submit_then_poll_starts_in_priority_order_up_to_concurrency() -> None:
     ],
 )
 def test_rejections_carry_a_reason_and_a_sentence(
-        limits: Limits, setup: list[tuple[str, int]], tid: str, est: int, reason: str,
-        fragment: str) -> None:
+    limits: Limits, setup: list[tuple[str, int]], tid: str, est: int, reason: str, fragment: str
+) -> None:
     core = Scheduler(limits)
     for setup_id, setup_est in setup:
         core.submit(setup_id, 5, setup_est, 0.0)
