@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import sys
 import time
@@ -29,11 +30,12 @@ from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.gossip_udp_procs import converge_processes
+from _gossip_procs import converge_processes
 from meshlb.gossip.config import GossipConfig
 from meshlb.gossip.events import MemberDied, MemberSuspected, MetaChanged
 from meshlb.gossip.membership import Membership
 from meshlb.gossip.messages import ALIVE, MemberState
+from meshlb.gossip.messages import Suspect as Suspect_
 from meshlb.testing.gossip_sim import GossipSim
 from meshlb.testing.memnet import LinkModel
 
@@ -81,6 +83,7 @@ def crash_detection(n: int, crashes: int, seed: int) -> dict[str, Any]:
         "dead_at_all_p50_s": pct(all_dead, 0.5),
         "dead_at_all_p99_s": pct(all_dead, 0.99),
         "dead_per_member_p50_s": pct(member_dead, 0.5),
+        "max_packet_bytes": sim.max_packet_bytes,
     }
 
 
@@ -105,7 +108,8 @@ def dissemination(n: int, loss: float, trials: int, seed: int) -> dict[str, Any]
             mark = len(sim.log)
         times.append(max(seen.values()) - t0 if len(seen) == n - 1 else float("inf"))
         sim.run_for(5.0)
-    return {"loss": loss, "p50_s": pct(times, 0.5), "p99_s": pct(times, 0.99), "trials": trials}
+    return {"loss": loss, "p50_s": pct(times, 0.5), "p99_s": pct(times, 0.99), "trials": trials,
+            "max_packet_bytes": sim.max_packet_bytes}  # fmt: skip
 
 
 def traffic(n: int, seconds: float, seed: int) -> dict[str, Any]:
@@ -161,3 +165,172 @@ def stalls(n: int, seconds: float, lifeguard: bool, frozen: bool, seed: int) -> 
                     healthy_dead += 1
         sim.log.clear()
     return {"healthy": healthy_dead, "stalled": stalled_dead}
+
+
+def state_bytes(n: int) -> int:
+    """Heap bytes of one node's membership state at N members (tracemalloc)."""
+    rows = tuple(MemberState(f"node-{i:04d}", (f"10.0.{i >> 8}.{i & 255}", 7946), 3, ALIVE,
+                             META + bytes(4)) for i in range(n))  # fmt: skip
+    tracemalloc.start()
+    before = tracemalloc.take_snapshot()
+    core = Membership(GossipConfig(), "node-x", ("10.9.9.9", 7946), META, random.Random(1), 0.0)
+    core.preload(rows, 0.0)
+    for i in range(0, n, 10):  # some suspicions, timers and queued updates in flight
+        core.on_suspect(Suspect_(rows[i].node, 3, "node-y"), 1.0)
+    core.snapshot()
+    after = tracemalloc.take_snapshot()
+    tracemalloc.stop()
+    return sum(s.size_diff for s in after.compare_to(before, "filename"))
+
+
+def sim_wall_time(n: int, seconds: float, seed: int) -> float:
+    sim = GossipSim(n, seed=seed, meta_for=lambda i: META, record_events=False)
+    t = time.perf_counter()
+    sim.run_until(seconds)
+    return time.perf_counter() - t
+
+
+def run(quick: bool) -> dict[str, Any]:
+    ns = (10, 100) if quick else (10, 100, 1000)
+    out: dict[str, Any] = {"quick": quick, "per_n": {}}
+    for n in ns:
+        big = n >= 1000
+        row: dict[str, Any] = {}
+        crashes = 3 if quick else (8 if big else 25)
+        row["crash"] = crash_detection(n, crashes, seed=n)
+        trials = 3 if quick else (5 if big else 20)
+        row["dissemination"] = [
+            dissemination(n, loss, trials if loss < 0.5 else max(2, trials // 4), seed=n + 1)
+            for loss in ((0.0, 0.1) if quick else (0.0, 0.1, 0.5))
+        ]
+        row["traffic"] = traffic(n, 20 if quick else 60, seed=n + 2)
+        fd_s = 120.0 if quick else (600.0 if big else 3600.0)
+        row["false_deaths_10pct"] = {"virtual_s": fd_s, "deaths": false_deaths(n, fd_s, 0.1, n + 3)}
+        out["per_n"][n] = row
+        print(f"N={n} done", file=sys.stderr)
+    stall_n, stall_s = (100, 300.0) if quick else (100, 3600.0)
+    out["stalls"] = {"n": stall_n, "virtual_s": stall_s}
+    for mode in ("deaf", "frozen"):
+        for lg in (True, False):
+            key = f"{mode}_{'lifeguard' if lg else 'swim'}"
+            out["stalls"][key] = stalls(stall_n, stall_s, lg, mode == "frozen", seed=7)
+    print("stalls done", file=sys.stderr)
+    wall_n, wall_s = (1000, 60.0) if quick else (1000, 600.0)
+    out["wall"] = {"n": wall_n, "virtual_s": wall_s, "wall_s": sim_wall_time(wall_n, wall_s, 9)}
+    out["state_bytes_n1000"] = state_bytes(1000)
+    out["udp"] = converge_processes(5 if quick else 16)
+    return out
+
+
+def verdict(ok: bool) -> str:
+    return "[green]met[/green]" if ok else "[red]missed[/red]"
+
+
+def report(out: dict[str, Any]) -> Table:
+    t = Table(title="meshlb gossip (SWIM + Lifeguard) on the simulator, period 1 s")
+    for col in ("measure", "N", "result", "target", "verdict"):
+        t.add_column(col)
+    per_n: dict[int, dict[str, Any]] = out["per_n"]
+    base_pps = per_n[10]["traffic"]["packets_per_member_s"]
+    max_pkt = 0
+    for n, row in per_n.items():
+        c = row["crash"]
+        t.add_row(
+            "crash -> first suspicion p50/p99",
+            str(n),
+            f"{c['first_suspicion_p50_s']:.2f} / {c['first_suspicion_p99_s']:.2f} s",
+            "",
+            "",
+        )
+        t.add_row(
+            "crash -> dead at all p50/p99",
+            str(n),
+            f"{c['dead_at_all_p50_s']:.2f} / {c['dead_at_all_p99_s']:.2f} s",
+            f"p50 <= {DETECT_TARGET_S[n]:.0f} s",
+            verdict(c["dead_at_all_p50_s"] <= DETECT_TARGET_S[n]),
+        )
+        for d in row["dissemination"]:
+            target = 1.2 * SERF_MODEL_S[n]
+            ok = d["p99_s"] <= target if d["loss"] == 0 else math.isfinite(d["p99_s"])
+            t.add_row(
+                f"update -> 100 % at {d['loss']:.0%} loss p50/p99",
+                str(n),
+                f"{d['p50_s']:.2f} / {d['p99_s']:.2f} s",
+                f"<= {target:.2f} s" if d["loss"] == 0 else "reaches 100 %",
+                verdict(ok),
+            )
+            max_pkt = max(max_pkt, d["max_packet_bytes"])
+        tr = row["traffic"]
+        dev = tr["packets_per_member_s"] / base_pps - 1
+        t.add_row(
+            "packets / bytes per member per s",
+            str(n),
+            f"{tr['packets_per_member_s']:.2f} / {tr['bytes_per_member_s']:.0f} B",
+            "flat +-10 % vs N=10",
+            verdict(abs(dev) <= 0.10),
+        )
+        fd = row["false_deaths_10pct"]
+        t.add_row(
+            f"false deaths, {fd['virtual_s'] / 3600:.2g} h at 10 % loss",
+            str(n),
+            str(fd["deaths"]),
+            "0",
+            verdict(fd["deaths"] == 0),
+        )
+        max_pkt = max(max_pkt, c["max_packet_bytes"], tr["max_packet_bytes"])
+    t.add_row("largest packet", "all", f"{max_pkt} B", "<= 1400 B", verdict(max_pkt <= 1400))
+    st = out["stalls"]
+    for mode in ("deaf", "frozen"):
+        lg, sw = st[f"{mode}_lifeguard"], st[f"{mode}_swim"]
+        ratio = sw["healthy"] / max(lg["healthy"], 1)
+        t.add_row(
+            f"5 % stalling 2-10 s ({mode}): healthy dead, Lifeguard vs SWIM",
+            str(st["n"]),
+            f"{lg['healthy']} vs {sw['healthy']} ({ratio:.0f}x)",
+            ">= 50x fewer",
+            verdict(sw["healthy"] >= 50 * max(lg["healthy"], 1)),
+        )
+        t.add_row(
+            f"  stalled members declared dead ({mode})",
+            str(st["n"]),
+            f"{lg['stalled']} vs {sw['stalled']}",
+            "(info)",
+            "",
+        )
+    w = out["wall"]
+    t.add_row(
+        f"wall time, {w['n']} nodes x {w['virtual_s']:.0f} virtual s",
+        str(w["n"]),
+        f"{w['wall_s']:.1f} s",
+        "<= 120 s (600 virtual s)",
+        verdict(w["wall_s"] * 600 / w["virtual_s"] <= 120),
+    )
+    mb = out["state_bytes_n1000"] / 1e6
+    t.add_row("one node's state", "1000", f"{mb:.2f} MB", "<= 10 MB", verdict(mb <= 10))
+    u = out["udp"]
+    t.add_row(
+        f"real UDP: {u['processes']} processes converge",
+        str(u["processes"]),
+        f"{u['converged_s']:.1f} s",
+        "converge",
+        verdict(bool(u["converged"])),
+    )
+    return t  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="smoke run (~30 s)")
+    args = ap.parse_args()
+    t0 = time.perf_counter()
+    out = run(args.quick)
+    out["bench_wall_s"] = time.perf_counter() - t0
+    Console().print(report(out))
+    path = Path(__file__).resolve().parent / "results" / "gossip_sim.json"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps(out, indent=2, default=str))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -31,6 +31,7 @@ from meshlb.api.mesh_routes import current_peers
 from meshlb.api.relay import LocalTask, RelayResponse
 from meshlb.backend.catalog import canonical_model
 from meshlb.backend.ollama import BackendError
+from meshlb.mesh.auth import AUTH_HEADER, verify
 from meshlb.mesh.candidates import candidates_from_peers, http_addr_of
 from meshlb.mesh.forward import HOPS_HEADER, ForwardedResponse, PeerUnavailable, open_on_peer
 from meshlb.mesh.placement import RunHere, SendTo, TaskNeeds, place
@@ -80,6 +81,11 @@ def make_task_handler(ctx: NodeContext, route: Route) -> Any:
         check_stream_field(payload)
         est_tokens = estimate_tokens(payload, route.kind, ctx.settings.default_num_predict)
         hops = parse_hops(request.headers.get(HOPS_HEADER))
+        if hops and ctx.settings.cluster_key is not None:
+            problem = verify(ctx.settings.cluster_key, request.headers.get(AUTH_HEADER), "POST",
+                             route.path, body, time.time())
+            if problem is not None:
+                raise ApiError(401, f"request from a peer refused: {problem}")
         forwarded = await place_in_mesh(ctx, route.path, body, model, est_tokens, priority, hops)
         if forwarded is not None:
             return forwarded
@@ -124,7 +130,8 @@ async def place_in_mesh(ctx: NodeContext, path: str, body: bytes, model: str, es
             return None
         peer_url = "http://" + (http_addr_of(peers, decision.node_id) or "")
         try:
-            upstream = await open_on_peer(ctx.peer_client, peer_url, path, body, priority, hops)
+            upstream = await open_on_peer(ctx.peer_client, peer_url, path, body, priority, hops,
+                                          ctx.settings.cluster_key)
         except PeerUnavailable as e:
             log.info("peer could not take the request, placing again", peer=decision.node_id,
                      reason=str(e))

@@ -11,6 +11,7 @@ a client never sees a silent truncation.
 from __future__ import annotations
 
 import json
+import time
 
 import httpx
 import structlog
@@ -18,6 +19,7 @@ import trio
 from starlette.types import Receive, Scope, Send
 
 from meshlb.backend.ollama import describe_http_error
+from meshlb.mesh.auth import AUTH_HEADER, sign
 
 log = structlog.get_logger()
 
@@ -33,12 +35,13 @@ class PeerUnavailable(Exception):
 
 
 async def open_on_peer(client: httpx.AsyncClient, peer_url: str, path: str, body: bytes,
-                       priority: int, hops: int) -> httpx.Response:
+                       priority: int, hops: int, cluster_key: str | None) -> httpx.Response:
     """Start the request on the peer; raise PeerUnavailable when it should go elsewhere."""
-    request = client.build_request(
-        "POST", f"{peer_url}{path}", content=body,
-        headers={"content-type": "application/json", "x-meshlb-priority": str(priority),
-                 HOPS_HEADER: str(hops + 1)})
+    headers = {"content-type": "application/json", "x-meshlb-priority": str(priority),
+               HOPS_HEADER: str(hops + 1)}
+    if cluster_key is not None:
+        headers[AUTH_HEADER] = sign(cluster_key, "POST", path, body, time.time())
+    request = client.build_request("POST", f"{peer_url}{path}", content=body, headers=headers)
     try:
         response = await client.send(request, stream=True)
     except httpx.HTTPError as e:
