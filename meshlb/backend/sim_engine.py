@@ -127,13 +127,28 @@ class Completion:
 
 
 @functools.lru_cache(maxsize=4096)
-def complete(model: str, prompt: str, seed: int, num_predict: int) -> Completion:
-    """Deterministic reply to `prompt`; `num_predict` > 0 caps its length (done_reason "length")."""
+def complete(model: str, prompt: str, seed: int, num_predict: int,
+             json_mode: bool = False) -> Completion:
+    """Deterministic reply to `prompt`; `num_predict` > 0 caps its length (done_reason "length").
+
+    `json_mode` (request `format` set) wraps the words in a JSON object, so a reply that
+    is not cut parses as JSON, as Ollama's constrained decoding guarantees.
+    """
     rng = random.Random(f"{seed}\x00{model}\x00{prompt}")
     natural = rng.randint(MIN_NATURAL_TOKENS, MAX_NATURAL_TOKENS)
     n, reason = natural, "stop"
-    if 0 < num_predict < natural:
+    if 0 < num_predict < natural and not json_mode:
         n, reason = num_predict, "length"
+    tokens = _words(rng, n - 3 if json_mode else n, natural_end=reason == "stop")
+    if json_mode:
+        tokens = ['{"answer":', ' "', tokens[0].lstrip(), *tokens[1:], '"}']
+        if 0 < num_predict < len(tokens):
+            tokens, reason = tokens[:num_predict], "length"
+    return Completion(tokens=tuple(tokens), text="".join(tokens), done_reason=reason)
+
+
+def _words(rng: random.Random, n: int, natural_end: bool) -> list[str]:
+    """`n` word tokens in sentences; a reply that ends by itself ends with a period."""
     tokens: list[str] = []
     sentence_left = rng.randint(6, 14)
     capital = True
@@ -142,12 +157,12 @@ def complete(model: str, prompt: str, seed: int, num_predict: int) -> Completion
         if capital:
             word = word.capitalize()
         sentence_left -= 1
-        capital = sentence_left == 0 or (reason == "stop" and i == n - 1)
+        capital = sentence_left == 0 or (natural_end and i == n - 1)
         if capital:
             word += "."
             sentence_left = rng.randint(6, 14)
         tokens.append(word if i == 0 else " " + word)
-    return Completion(tokens=tuple(tokens), text="".join(tokens), done_reason=reason)
+    return tokens
 
 
 @functools.lru_cache(maxsize=2048)

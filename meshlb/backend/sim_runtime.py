@@ -16,7 +16,7 @@ import random
 import re
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -127,6 +127,7 @@ class GenJob:
     keep_alive_s: float
     arrival: float = field(default_factory=trio.current_time)
     die_after: int | None = None  # cut the connection after this many chunks
+    finished: bool = False  # the last byte is being sent: a disconnect now is no cancel
 
     async def run(self, state: SimState, send: Send) -> None:
         cfg = state.config
@@ -156,9 +157,10 @@ class GenJob:
                              cfg.prompt_tps, tps)
                 body = r.whole(self.completion, m, time.time())
                 await _start(send, JSON_UTF8, len(body))
-            await send({"type": "http.response.body", "body": body, "more_body": False})
+            self.finished = True
             state.touch(self.spec, self.keep_alive_s)
             state.stats["served"] += 1
+            await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
 def _metrics(arrival: float, loaded_at: float, prompt_tokens: int, eval_count: int,
@@ -181,6 +183,7 @@ class EmbedJob:
     keep_alive_s: float
     build: Callable[[Metrics], bytes]
     arrival: float = field(default_factory=trio.current_time)
+    finished: bool = False
 
     async def run(self, state: SimState, send: Send) -> None:
         async with state.slot():
@@ -191,9 +194,10 @@ class EmbedJob:
                          state.config.prompt_tps, state.config.tokens_per_second)
             body = self.build(m)
             await _start(send, JSON_UTF8, len(body))
-            await send({"type": "http.response.body", "body": body, "more_body": False})
+            self.finished = True
             state.touch(self.spec, self.keep_alive_s)
             state.stats["served"] += 1
+            await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
 async def _start(send: Send, media_type: str, length: int | None = None) -> None:
@@ -236,7 +240,7 @@ class SimResponse(Response):
                 died = True
             finally:
                 nursery.cancel_scope.cancel()
-        if disconnected:
+        if disconnected and not self._job.finished:
             state.stats["cancelled"] += 1
         if died:
             raise SimulatedDeath("connection cut by die_mid_stream_rate")
@@ -340,10 +344,12 @@ def int_option(options: dict[str, Any], key: str, default: int) -> int:
     return int(value)
 
 
+def dumps(obj: Any) -> bytes:
+    """Compact JSON bytes, the way Go's encoder writes them (no spaces)."""
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
 def json_response(obj: Any, status: int = 200) -> Response:
     """A compact JSON body with Ollama's content type."""
-    body = json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
-    return Response(body, status_code=status, media_type=JSON_UTF8)
+    return Response(dumps(obj), status_code=status, media_type=JSON_UTF8)
 
-
-Endpoint = Callable[[Request], Awaitable[Response]]

@@ -1,9 +1,93 @@
-"""Placeholder: the simulated Ollama command is being written (meshlb/backend/sim*.py)."""
+"""`meshlb sim-ollama`: a simulated Ollama server for demos, tests and benchmarks.
+
+Why a real process: the demo and the integration tests treat it exactly like an Ollama
+host (its own port, killable), so the meshlb node cannot tell the difference.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
 
 import click
+import trio
+
+from meshlb.backend.sim_config import DEFAULT_MODELS, SimOllamaConfig, parse_models
 
 
 @click.command("sim-ollama")
-def sim_ollama_command() -> None:
-    """A simulated Ollama server (not written yet)."""
-    raise click.ClickException("not written yet")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=11434, show_default=True, type=int,
+              help="TCP port (11434 is Ollama's own).")
+@click.option("--models", default=",".join(DEFAULT_MODELS), show_default=True,
+              help="Comma-separated model names to offer (no tag means :latest).")
+@click.option("--tokens-per-second", default=50.0, show_default=True, type=float,
+              help="Generation speed of each request.")
+@click.option("--parallel", default=4, show_default=True, type=int,
+              help="Requests generating at once (like OLLAMA_NUM_PARALLEL).")
+@click.option("--max-queue", default=512, show_default=True, type=int,
+              help="Requests waiting for a slot before 503 (like OLLAMA_MAX_QUEUE).")
+@click.option("--error-rate", default=0.0, show_default=True, type=float,
+              help="Fraction of inference requests answered 500 (fault injection).")
+@click.option("--latency-ms", default=0.0, show_default=True, type=float,
+              help="Extra delay before the first byte of each inference response.")
+@click.option("--die-mid-stream-rate", default=0.0, show_default=True, type=float,
+              help="Fraction of streams whose connection is cut after some chunks.")
+@click.option("--load-ms", default=0.0, show_default=True, type=float,
+              help="Time to load a model that is not in memory.")
+@click.option("--seed", default=0, show_default=True, type=int,
+              help="Seeds generated text, embeddings and the fault dice.")
+def sim_ollama_command(host: str, port: int, models: str, tokens_per_second: float,
+                       parallel: int, max_queue: int, error_rate: float, latency_ms: float,
+                       die_mid_stream_rate: float, load_ms: float, seed: int) -> None:
+    """Run a simulated Ollama: the real HTTP API (native and /v1), no GPU needed.
+
+    Text and embeddings are deterministic fakes; speed, capacity and faults are tunable.
+    GET /sim/stats shows counters (served, cancelled, rejected_busy, max_running_seen).
+    Stops cleanly (exit 0) on Ctrl-C or SIGTERM.
+    """
+    try:
+        config = SimOllamaConfig(
+            models=parse_models(models), tokens_per_second=tokens_per_second,
+            parallel=parallel, max_queue=max_queue, error_rate=error_rate,
+            latency_ms=latency_ms, die_mid_stream_rate=die_mid_stream_rate,
+            load_ms=load_ms, seed=seed)
+    except ValueError as e:
+        click.echo(f"meshlb sim-ollama: {e}", err=True)
+        sys.exit(2)
+    try:
+        trio.run(_main, config, host, port)
+    except (OSError, BaseExceptionGroup) as e:
+        os_error = _find_os_error(e)
+        if os_error is None:
+            raise
+        click.echo(f"meshlb sim-ollama: cannot listen on {host}:{port}: {os_error}", err=True)
+        sys.exit(1)
+
+
+def _find_os_error(e: BaseException) -> OSError | None:
+    """The OSError (e.g. port in use) inside trio's exception groups, if that is what failed."""
+    if isinstance(e, OSError):
+        return e
+    if isinstance(e, BaseExceptionGroup):
+        for inner in e.exceptions:
+            found = _find_os_error(inner)
+            if found is not None:
+                return found
+    return None
+
+
+async def _main(config: SimOllamaConfig, host: str, port: int) -> None:
+    from meshlb.backend.sim_app import serve_sim
+
+    shutdown = trio.Event()
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(lambda task_status: serve_sim(
+                config, host, port, shutdown=shutdown, task_status=task_status))
+            click.echo(f"simulated Ollama listening on http://{host}:{port} "
+                       f"(models: {', '.join(config.models)}; "
+                       f"{config.tokens_per_second:g} tokens/s, {config.parallel} slots)")
+            async for _ in signals:
+                shutdown.set()
+                break

@@ -29,6 +29,7 @@ class Suspicion:
         "deadline",
         "incarnation",
         "k",
+        "last_chance",
         "max_s",
         "min_s",
         "n",
@@ -47,6 +48,7 @@ class Suspicion:
         self.n = 0
         self._confirmers = {by}
         self.deadline = now + (max_s if k >= 1 else min_s)
+        self.last_chance = False
 
     def confirm(self, by: str) -> bool:
         """Count an independent confirmation; True if it was new (then re-gossip it)."""

@@ -185,6 +185,13 @@ class MemberTable:
         self._events.append(MemberRefuted(me.node, me.incarnation, accused_by))
         self._broadcast(Alive(me.node, me.incarnation, me.addr, me.meta))
 
+    def _remind(self) -> None:
+        """Someone still accuses an older incarnation of us: gossip our current alive
+        again (no new incarnation), so it reaches whoever missed the refutation."""
+        me = self._self
+        if not self.leaving and self._broadcasts.pending_for(me.node) is None:
+            self._broadcast(Alive(me.node, me.incarnation, me.addr, me.meta))
+
     def _add_to_order(self, node: str) -> None:
         """Insert at a random position (memberlist), so a newcomer is probed soon."""
         self._order.append(node)
@@ -236,7 +243,11 @@ class MemberTable:
     def on_suspect(self, s: Suspect, now: float) -> None:
         """SWIM §4.2 suspect, with Lifeguard §IV-B confirmations shrinking the timer."""
         m = self._members.get(s.node)
-        if m is None or s.incarnation < m.incarnation:
+        if m is None:
+            return
+        if s.incarnation < m.incarnation:
+            if m is self._self:
+                self._remind()
             return
         susp = self._suspicions.get(s.node)
         if susp is not None:
@@ -271,7 +282,11 @@ class MemberTable:
     def on_dead(self, d: Dead, now: float) -> None:
         """SWIM §4.2 confirm (dead), or a graceful leave when `by` is the node itself."""
         m = self._members.get(d.node)
-        if m is None or d.incarnation < m.incarnation:
+        if m is None:
+            return
+        if d.incarnation < m.incarnation:
+            if m is self._self:
+                self._remind()
             return
         self._suspicions.pop(d.node, None)
         if m.state == DEAD or m.state == LEFT:
@@ -307,13 +322,31 @@ class MemberTable:
     # ---- timers ---------------------------------------------------------------
 
     def _fire_suspicion(self, node: str, now: float) -> None:
+        """Suspicion over: dead, unless it was never confirmed (then one last buddy ping).
+
+        The last-chance ping is our addition to Lifeguard: a suspicion nobody else
+        confirmed is most often one whose refutation we missed (gossip reaches each
+        member only with high probability), so we ask the member itself, with the
+        suspicion attached; its ack carries its current alive message.
+        """
         susp = self._suspicions.get(node)
         if susp is None or susp.deadline > now:
             return
-        del self._suspicions[node]
         m = self._members.get(node)
-        if m is not None and m.state == SUSPECT and m.incarnation == susp.incarnation:
-            self.on_dead(Dead(node, susp.incarnation, self.node_id), now)
+        if m is None or m.state != SUSPECT or m.incarnation != susp.incarnation:
+            del self._suspicions[node]
+            return
+        if susp.n < susp.k and not susp.last_chance and self.config.buddy_enabled:
+            susp.last_chance = True
+            susp.deadline = now + self.awareness.scale(self.config.probe_timeout_s)
+            heapq.heappush(self._timers, (susp.deadline, T_SUSPICION, node))
+            self._send_last_chance(m)
+            return
+        del self._suspicions[node]
+        self.on_dead(Dead(node, susp.incarnation, self.node_id), now)
+
+    def _send_last_chance(self, m: _Member) -> None:
+        """Hook: the membership pings `m` with its suspicion attached."""
 
     def _fire_reap(self, node: str, now: float) -> None:
         m = self._members.get(node)

@@ -74,6 +74,7 @@ class LocalScheduler:
                 self.core.finish(task_id, 0, trio.current_time())
             self._wake_loop()
             raise
+        self._waiters.pop(task_id, None)
         return waiter.waited_s
 
     def finish(self, task_id: str, actual_tokens: int | None) -> None:
@@ -104,7 +105,7 @@ class LocalScheduler:
         """Forever: start what the core allows, then sleep until its deadline or a kick."""
         while True:
             for start in self.core.poll(trio.current_time()):
-                waiter = self._waiters.pop(start.task_id, None)
+                waiter = self._waiters.get(start.task_id)
                 if waiter is None:  # its caller left in the same instant
                     self.core.finish(start.task_id, 0, trio.current_time())
                     continue

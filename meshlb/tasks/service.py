@@ -180,7 +180,13 @@ class TaskService:
             record.deadline_at - time.time() if record.deadline_at is not None else float("inf"))
         with trio.CancelScope(deadline=deadline) as scope:
             self._scopes[record.id] = scope
-            await self._attempts(record, submitted)
+            try:
+                await self._attempts(record, submitted)
+            except Exception as e:  # a bug must fail one task, not stop the node
+                log.exception("task worker failed", task=record.id)
+                self.scheduler.finish(record.id, 0)
+                await self._finish(record, "failed", error=f"meshlb internal error: {e!r}",
+                                   error_status=500)
         self._scopes.pop(record.id, None)
         if not record.final:
             if record.id in self._cancel_requested:

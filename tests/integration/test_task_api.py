@@ -115,13 +115,13 @@ def test_streaming_client_that_leaves_while_queued_frees_its_place() -> None:
 
 def test_sigkill_with_20_queued_tasks_then_restart_completes_all(tmp_path: Path) -> None:
     data_dir = str(tmp_path / "journal")
-    with sim_ollama(tokens_per_second=100, parallel=1) as sim:
+    with sim_ollama(tokens_per_second=100, parallel=4) as sim:
         with meshlb_node(sim.url, "--max-concurrency", "1", "--data-dir", data_dir,
                          node_id="durable") as n:
-            ids = [httpx.post(f"{n.url}/v1/tasks", json=task_body(f"job{i}", 20)).json()["id"]
+            ids = [httpx.post(f"{n.url}/v1/tasks", json=task_body(f"job{i}", 100)).json()["id"]
                    for i in range(20)]
             queue = httpx.get(f"{n.url}/v1/queue").json()
-            assert queue["queued"] + queue["running"] >= 18
+            assert queue["queued"] + queue["running"] >= 15, queue  # 1 s per task, one slot
             n.kill()  # SIGKILL: no chance to save anything now
             n.popen.wait(5)
         with meshlb_node(sim.url, "--max-concurrency", "4", "--data-dir", data_dir,

@@ -50,7 +50,7 @@ def test_crash_is_detected_by_everyone_and_restart_rejoins_higher() -> None:
 def test_stalled_node_is_suspected_then_refutes_without_dying() -> None:
     sim = GossipSim(20, seed=5)
     sim.run_until(5.0)
-    sim.stall(2, 2.5)
+    sim.stall(2, 4.0)  # under the 5.2 s minimum suspicion at N=20
     sim.run_for(10.0)
     suspected = [
         e for _, _, e in sim.log if isinstance(e, MemberSuspected) and e.node == "node-0002"
@@ -150,3 +150,36 @@ def test_same_seed_same_trace() -> None:
 
     assert trace(12) == trace(12)
     assert trace(12) != trace(13)
+
+
+def _healthy_deaths_with_deaf_stalls(lifeguard: bool, seconds: float) -> int:
+    """One of 10 members goes deaf (timers run, reads nothing) for 6-10 s, repeatedly."""
+    cfg = GossipConfig() if lifeguard else GossipConfig().without_lifeguard()
+    sim = GossipSim(10, seed=21, config=cfg)
+    at = 5.0
+    while at < seconds:
+        sim.run_until(at)
+        sim.stall(3, 6.0 + (at % 4.0), frozen=False)
+        at += 30.0
+    sim.run_until(seconds)
+    return sum(isinstance(e, MemberDied) and e.node != "node-0003" for _, _, e in sim.log)
+
+
+def test_lifeguard_prevents_false_deaths_caused_by_a_slow_member() -> None:
+    with_lifeguard = _healthy_deaths_with_deaf_stalls(True, 600.0)
+    plain_swim = _healthy_deaths_with_deaf_stalls(False, 600.0)
+    assert with_lifeguard == 0
+    assert plain_swim >= 10
+
+
+@pytest.mark.slow
+def test_thousand_members_detect_a_crash_within_the_target() -> None:
+    sim = GossipSim(1000, seed=22, record_events=True)
+    sim.run_until(5.0)
+    sim.log.clear()
+    sim.crash(500)
+    sim.run_for(20.0)
+    assert sim.all_see(500, "dead")
+    last = max(t for t, _, e in sim.log if isinstance(e, MemberDied) and e.node == "node-0500")
+    assert last - 5.0 < 17.0
+    assert not [e for _, _, e in sim.log if isinstance(e, MemberDied) and e.node != "node-0500"]

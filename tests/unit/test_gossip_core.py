@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import ast
 import pathlib
+import random
 
 from meshlb.gossip.config import GossipConfig
 from meshlb.gossip.events import MemberDied, MemberRefuted, MemberSuspected
 from meshlb.gossip.membership import Membership
-from meshlb.gossip.messages import Ack, Addr, Alive, Dead, Nack, Ping, PingReq, Suspect
+from meshlb.gossip.messages import Ack, Addr, Alive, Dead, MemberState, Nack, Ping, PingReq, Suspect
 from tests.unit.gossip_helpers import addr, core_with_peers, of_type, run_until, sent
 
 
@@ -163,9 +164,35 @@ def test_suspicion_expires_to_dead_at_max_without_confirmations() -> None:
     for t in (1.0, 10.0, 23.9):
         core.tick(t)
         assert core.member("n5").state == "suspect"  # type: ignore[union-attr]
-    core.tick(24.0)
+    core.tick(24.0)  # unconfirmed: one last buddy ping first
+    assert core.member("n5").state == "suspect"  # type: ignore[union-attr]
+    last = [d for d in sent(core) if d.addr == addr(5)]
+    assert last and Suspect("n5", 0, "n0") in last[-1].messages
+    assert any(isinstance(m, Ping) for m in last[-1].messages)
+    core.tick(24.0 + core.awareness.scale(0.5))  # probe timeout, stretched by our health
     assert core.member("n5").state == "dead"  # type: ignore[union-attr]
     assert MemberDied("n5", "n0", 0) in core.events()
+
+
+def test_last_chance_ping_answered_with_current_alive_saves_the_member() -> None:
+    core = core_with_peers(9)
+    core.receive((Suspect("n5", 0, "n1"),), addr(1), 0.0)
+    core.tick(24.0)
+    last = [d for d in sent(core) if d.addr == addr(5)][-1]
+    # n5 had refuted long ago (inc 1) but we missed it; a stale suspicion reminds it.
+    target = Membership(GossipConfig(), "n5", addr(5), b"", random.Random(5), 0.0)
+    target.preload((MemberState("n1", addr(1), 0, "alive", b""),), 0.0)
+    target.receive((Suspect("n5", 0, "n1"),), addr(1), 1.0)
+    assert target.incarnation == 1
+    run_until(target, 10.0, 1.0)  # the refutation runs out of retransmits
+    assert not target.broadcast_pending("n5")
+    target.receive(last.messages, addr(0), 24.1)
+    (reply,) = sent(target)
+    assert any(isinstance(m, Ack) for m in reply.messages)
+    assert Alive("n5", 1, addr(5), b"") in reply.messages
+    core.receive(reply.messages, addr(5), 24.2)
+    core.tick(24.5)
+    assert core.member("n5").state == "alive"  # type: ignore[union-attr]
 
 
 def test_independent_confirmations_shrink_suspicion_to_min() -> None:

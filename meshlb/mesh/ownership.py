@@ -1,0 +1,419 @@
+"""Task ownership: who runs each accepted task, who keeps copies, who takes over.
+
+Pure (sans-I/O): `handle(event, now) -> [Command]`, `tick(now)`, `next_deadline()`.
+One instance per node; messages and timers belong to the driver. Events and commands
+are in `ownership_msgs`, copies and the merge rule in `replication`, the forward/steal
+protocol in `handover`, the stealing policy in `stealing`.
+
+Invariants, and the rule that keeps each:
+
+* One owner: the owner is the node where the task is queued or running; ownership
+  moves only through the three-phase hand-over (`handover`), so a forward or a steal
+  never makes two nodes run a task and never drops it.
+* Durability: the owner replicates every state change to R-1 replicas (sticky,
+  rendezvous-filled; `replication.choose_replicas`).
+* Take-over: when an owner dies or leaves, every holder of a copy computes the first
+  live node of the copy's replica list; only that node re-queues the task (epoch+1).
+  Lost replicas are replaced. Take-overs need a quorum (more than half of the known
+  members live), so the two sides of a partition do not both take a task over.
+* One recorded result: only the owner decides a result, and only once a replica has
+  acked the final copy (`AckReplica`), so a result that dies with its node before
+  anyone else saw it was never recorded, and one that a replica saw is adopted by
+  the heir (recorded again with the same run id, idempotent). A non-owner's result
+  is proposed to the owner; out of quorum, results are held and decided after the
+  quorum has been back for `RECONCILE_S` (long enough to learn of a newer owner).
+  A second result is dropped and counted (`DropDuplicateResult`).
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from meshlb.mesh import ownership_msgs as m
+from meshlb.mesh.handover import (
+    ACK_RETRY_S,
+    OFFERING,
+    OWNER,
+    PENDING,
+    REPLICA,
+    Entry,
+    HandOverMixin,
+    OwnershipCounters,
+)
+from meshlb.mesh.replication import TaskCopy, choose_replicas, conflicting_finals, newer, snapshot
+
+__all__ = ["OFFERING", "OWNER", "PENDING", "REPLICA", "Ownership", "OwnershipCounters"]
+
+# After the quorum comes back, held results wait this long for news of a newer owner.
+RECONCILE_S = 2.0
+# Final copies are forgotten by the core after this (the driver's store keeps them);
+# until then they are re-replicated like any task, so a result survives a death.
+FINAL_RETENTION_S = 3600.0
+
+
+class Ownership(HandOverMixin):
+    """The ownership core of one node. Not thread-safe; one driver owns it."""
+
+    def __init__(
+        self,
+        node_id: str,
+        live: set[str] | None = None,
+        replication: int = 2,
+        final_retention_s: float = FINAL_RETENTION_S,
+    ) -> None:
+        if replication < 1:
+            raise ValueError(f"replication factor must be >= 1, got {replication}")
+        self.node_id = node_id
+        self.replication = replication
+        self.final_retention_s = final_retention_s
+        self.live: set[str] = set(live or ()) | {node_id}
+        self.known: set[str] = set(self.live)  # the quorum's denominator
+        self.counters = OwnershipCounters()
+        self._tasks: dict[str, Entry] = {}
+        self._timers: list[tuple[float, int, str]] = []  # (due_at, seq, task_id)
+        self._timer_seq = 0
+        self._finals: deque[tuple[float, str]] = deque()  # (forget_at, task_id)
+        self._steal_due_at: float | None = None
+        self._quorum_since: float | None = -math.inf
+        self._reconcile_at: float | None = None
+        self._out: list[m.Command] = []
+        self._handlers: dict[type[Any], Callable[[Any, float], None]] = {
+            m.TaskAccepted: self._on_accepted, m.ReplicaReceived: self._on_replica,
+            m.ReplicaAcked: self._on_replica_acked, m.TaskStarted: self._on_started,
+            m.RunLost: self._on_run_lost, m.TaskFinished: self._on_finished,
+            m.IdleNoticed: self._on_idle, m.StealRequested: self._on_steal_requested,
+            m.StealDeclined: self._on_steal_declined, m.HandOverReceived: self._on_handover,
+            m.HandOverAcked: self._on_acked, m.HandOverConfirmed: self._on_confirmed,
+            m.PeerUp: self._on_peer_up, m.PeerDown: self._on_peer_down,
+            m.PeerForgotten: self._on_peer_forgotten,
+        }  # fmt: skip
+
+    # ------------------------------------------------------------------ API
+
+    def handle(self, event: m.Event, now: float) -> list[m.Command]:
+        """Apply one event; return the commands to carry out, in order."""
+        self._handlers[type(event)](event, now)
+        return self._flush()
+
+    def tick(self, now: float) -> list[m.Command]:
+        """Fire due timers (guarded: an entry re-armed or cleared ignores old ones)."""
+        while self._timers and self._timers[0][0] <= now:
+            due, _, task_id = heapq.heappop(self._timers)
+            e = self._tasks.get(task_id)
+            if e is not None and e.due_at == due:
+                self._fire(e, now)
+        while self._finals and self._finals[0][0] <= now:
+            e = self._tasks.get(self._finals.popleft()[1])
+            if e is not None and e.copy.final and e.role in (OWNER, REPLICA) and not e.awaiting:
+                del self._tasks[e.copy.task_id]
+        if self._steal_due_at is not None and self._steal_due_at <= now:
+            self._steal_due_at = None
+        if self._reconcile_at is not None and self._reconcile_at <= now:
+            self._reconcile_at = None
+            for e in list(self._tasks.values()):
+                if e.held is not None and e.role == OWNER and self._may_decide(now):
+                    self._decide(e, e.held, now)
+        return self._flush()
+
+    def next_deadline(self) -> float | None:
+        while self._timers and self._stale_timer(self._timers[0]):
+            heapq.heappop(self._timers)
+        dues = [t for t in (self._steal_due_at, self._reconcile_at) if t is not None]
+        if self._timers:
+            dues.append(self._timers[0][0])
+        if self._finals:
+            dues.append(self._finals[0][0])
+        return min(dues, default=None)
+
+    def get(self, task_id: str) -> TaskCopy | None:
+        """Our copy of a task (for `GET /v1/tasks/{id}`), whatever our role."""
+        e = self._tasks.get(task_id)
+        return None if e is None else e.copy
+
+    def role(self, task_id: str) -> str | None:
+        e = self._tasks.get(task_id)
+        return None if e is None else e.role
+
+    def owned(self) -> list[TaskCopy]:
+        """Unfinished tasks this node owns (queued, running, or being offered)."""
+        return [e.copy for e in self._tasks.values()
+                if e.role in (OWNER, OFFERING) and not e.copy.final]  # fmt: skip
+
+    def copies(self) -> list[TaskCopy]:
+        return [e.copy for e in self._tasks.values()]
+
+    def in_quorum(self) -> bool:
+        """More than half of the known members are live (or the mesh has <= 2 nodes,
+        where a crash and a partition cannot be told apart: we choose availability)."""
+        return len(self.known) <= 2 or 2 * len(self.live & self.known) > len(self.known)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _flush(self) -> list[m.Command]:
+        out, self._out = self._out, []
+        return out
+
+    def _emit(self, cmd: m.Command) -> None:
+        self._out.append(cmd)
+
+    def _stale_timer(self, timer: tuple[float, int, str]) -> bool:
+        e = self._tasks.get(timer[2])
+        return e is None or e.due_at != timer[0]
+
+    def _arm(self, e: Entry, due_at: float) -> None:
+        e.due_at = due_at
+        self._timer_seq += 1
+        heapq.heappush(self._timers, (due_at, self._timer_seq, e.copy.task_id))
+
+    def _fire(self, e: Entry, now: float) -> None:
+        if e.role == OFFERING:
+            self._take_back(e, now)
+        elif e.role == PENDING and e.sender is not None:
+            self._arm(e, now + ACK_RETRY_S)
+            self._emit(m.AckHandOver(e.sender, ((e.copy.task_id, e.copy.epoch),)))
+        elif e.role == OWNER and e.awaiting is not None:
+            self._await_or_record(e, now)
+
+    def _replicate(self, c: TaskCopy, skip: str | None = None) -> None:
+        for node in c.replicas:
+            if node != skip and node != self.node_id:
+                self._emit(m.ReplicateTo(node, c))
+
+    def _replicas_for(self, task_id: str, owner: str, keep: tuple[str, ...]) -> tuple[str, ...]:
+        return choose_replicas(task_id, owner, keep, self.live, self.replication - 1)
+
+    def _own(self, c: TaskCopy, reason: str, *, run: bool = True) -> Entry:
+        """Become the owner of copy `c` (already at its new epoch): store, queue, copy."""
+        old = self._tasks.get(c.task_id)
+        e = Entry(c, OWNER, held=old.held if old is not None else None)
+        self._tasks[c.task_id] = e
+        if run and not c.final and e.held is None:
+            self._emit(m.RunLocally(c.task_id, c.record, reason))
+        self._replicate(c)
+        return e
+
+    # ------------------------------------------------------------------ accept / run
+
+    def _on_accepted(self, ev: m.TaskAccepted, now: float) -> None:
+        rec = ev.record
+        if rec.id in self._tasks:
+            return  # idempotent: the same acceptance twice is one task
+        self.counters.accepted += 1
+        reps = self._replicas_for(rec.id, self.node_id, ())
+        c = TaskCopy(snapshot(rec), self.node_id, 1, reps, frozenset({self.node_id, *reps}))
+        to = ev.forward_to
+        forward = to is not None and to != self.node_id and to in self.live
+        e = self._own(c, "accepted", run=not forward)
+        if forward and to is not None:
+            self._offer([e], to, now, "forward")
+
+    def _on_started(self, ev: m.TaskStarted, now: float) -> None:
+        e = self._tasks.get(ev.task_id)
+        if e is None or e.role != OWNER or e.copy.final:
+            return
+        rec = snapshot(e.copy.record)
+        rec.mark_running(self.node_id, ev.at)
+        e.running = True
+        e.copy = e.copy.with_record(rec)
+        self._replicate(e.copy)
+
+    def _on_run_lost(self, ev: m.RunLost, now: float) -> None:
+        e = self._tasks.get(ev.task_id)
+        if e is None or e.copy.final or not e.running:
+            return
+        e.running = False
+        if e.role == OWNER:
+            rec = snapshot(e.copy.record)
+            rec.mark_queued()
+            e.copy = e.copy.with_record(rec)
+            self._replicate(e.copy)
+
+    def _on_finished(self, ev: m.TaskFinished, now: float) -> None:
+        """The owner in a settled quorum decides; anyone else holds the result (and
+        proposes it to the live owner), so only one node ever decides a task."""
+        e = self._tasks.get(ev.task_id)
+        if e is None or e.copy.final or e.held is not None:
+            self._drop(ev.task_id, self._run_id(e), e.copy.run_id if e else None)
+            return
+        e.running = False
+        if e.role == OWNER and self._may_decide(now):
+            self._decide(e, ev, now)
+            return
+        e.held = ev
+        self.counters.results_held += 1
+        owner = e.copy.owner
+        if e.role != OWNER and owner != self.node_id and owner in self.live:
+            self._emit(m.ReplicateTo(owner, self._final_copy(e, ev)))
+
+    def _run_id(self, e: Entry | None) -> str:
+        c = e.copy if e is not None else None
+        return f"{self.node_id}:{c.epoch if c else 0}:{c.record.attempts if c else 0}"
+
+    def _final_copy(self, e: Entry, ev: m.TaskFinished) -> TaskCopy:
+        rec = snapshot(e.copy.record)
+        rec.finish(ev.state, ev.at, result=ev.result, error=ev.error)
+        return e.copy.with_record(rec, self._run_id(e))
+
+    def _drop(self, task_id: str, run_id: str, kept: str | None) -> None:
+        self.counters.duplicates_dropped += 1
+        self._emit(m.DropDuplicateResult(task_id, run_id, kept))
+
+    def _may_decide(self, now: float) -> bool:
+        since = self._quorum_since
+        return since is not None and now - since >= RECONCILE_S and self.in_quorum()
+
+    def _decide(self, e: Entry, ev: m.TaskFinished | TaskCopy, now: float) -> None:
+        """Owner only: make the result final here and record it once a replica acks."""
+        c = self._final_copy(e, ev) if isinstance(ev, m.TaskFinished) \
+            else e.copy.with_record(ev.record, ev.run_id)  # fmt: skip
+        e.copy, e.held = c, None
+        self._finals.append((now + self.final_retention_s, c.task_id))
+        self._await_or_record(e, now)
+
+    def _await_or_record(self, e: Entry, now: float) -> None:
+        c = e.copy
+        if any(n in self.live and n != self.node_id for n in c.replicas):
+            e.awaiting = c.run_id
+            self._replicate(c)
+            self._arm(e, now + ACK_RETRY_S)
+        else:
+            e.awaiting, e.due_at = None, math.inf
+            self._emit(m.RecordFinal(c, decided_here=True))
+
+    def _on_replica_acked(self, ev: m.ReplicaAcked, now: float) -> None:
+        e = self._tasks.get(ev.task_id)
+        if e is not None and e.awaiting is not None and e.awaiting == ev.run_id:
+            e.awaiting, e.due_at = None, math.inf
+            self._emit(m.RecordFinal(e.copy, decided_here=True))
+
+    # ------------------------------------------------------------------ replicas
+
+    def _on_replica(self, ev: m.ReplicaReceived, now: float) -> None:
+        c, me = ev.copy, self.node_id
+        e = self._tasks.get(c.task_id)
+        if e is None:
+            if me in c.replicas or c.owner == me:
+                self._tasks[c.task_id] = e = Entry(c, REPLICA)
+                if c.final:
+                    self._learn_final(e, ev.sender, now)
+            return
+        if e.role == OWNER and not e.copy.final and c.final and c.owner != me:
+            self._decide(e, c, now)  # a result proposed by a non-owner: the first wins
+            return
+        if conflicting_finals(c, e.copy):
+            loser = e.copy if newer(c, e.copy) else c
+            self._drop(c.task_id, loser.run_id or "", None)
+        if newer(c, e.copy):
+            self._supersede(e, c, ev.sender, now)
+        elif e.copy.version > c.version or (e.copy.final and not c.final):
+            self._emit(m.ReplicateTo(ev.sender, e.copy))  # a stale holder: tell it
+        elif c.final and c.run_id == e.copy.run_id:
+            self._emit(m.AckReplica(ev.sender, c.task_id, c.run_id or ""))
+
+    def _learn_final(self, e: Entry, sender: str, now: float) -> None:
+        c = e.copy
+        self._finals.append((now + self.final_retention_s, c.task_id))
+        self._emit(m.RecordFinal(c, decided_here=False))
+        self._emit(m.AckReplica(sender, c.task_id, c.run_id or ""))
+        if e.held is not None:
+            self._drop(c.task_id, self._run_id(e), c.run_id)
+            e.held = None
+
+    def _supersede(self, e: Entry, c: TaskCopy, sender: str, now: float) -> None:
+        """A newer copy (a result, or a higher owner version) replaces ours. A result
+        we held is proposed to the new owner, or dropped if it already has one."""
+        me = self.node_id
+        was_final = e.copy.final
+        if e.role in (OWNER, OFFERING) and not e.running and not was_final:
+            self._emit(m.Unqueue(c.task_id))
+        if c.owner == me and c.final:
+            e.copy, e.role = c, OWNER
+        elif me in c.replicas or c.owner == me or c.final:
+            e.copy, e.role, e.offer, e.due_at = c, REPLICA, None, math.inf
+        else:
+            del self._tasks[c.task_id]
+        if c.final and not was_final:
+            self._learn_final(e, sender, now)
+        elif e.held is not None and c.owner != me and c.owner in self.live:
+            self._emit(m.ReplicateTo(c.owner, self._final_copy(e, e.held)))
+
+    # ------------------------------------------------------------------ membership
+
+    def _on_peer_up(self, ev: m.PeerUp, now: float) -> None:
+        """A member is back (restart, healed partition): re-send what it may hold a
+        stale version of, so double owners from a partition converge."""
+        node = ev.node_id
+        self.live.add(node)
+        self.known.add(node)
+        self._quorum_changed(now)
+        for e in self._tasks.values():
+            if e.role == OWNER and node in e.copy.former and node != self.node_id:
+                self._emit(m.ReplicateTo(node, e.copy))
+
+    def _on_peer_forgotten(self, ev: m.PeerForgotten, now: float) -> None:
+        self.known.discard(ev.node_id)
+        self._on_peer_down(m.PeerDown(ev.node_id), now)
+
+    def _on_peer_down(self, ev: m.PeerDown, now: float) -> None:
+        gone = ev.node_id
+        if gone == self.node_id:
+            return
+        self.live.discard(gone)
+        if ev.left:
+            self.known.discard(gone)
+        self._quorum_changed(now)
+        for e in list(self._tasks.values()):
+            if e.role == OFFERING and e.offer is not None and e.offer.owner == gone:
+                self._take_back(e, now)
+            elif e.role == PENDING and e.sender == gone:
+                self.counters.adopted += 1
+                self._adopt(e, "adopted")
+            elif e.role == OWNER and gone in e.copy.replicas:
+                self._rereplicate(e, now)
+
+    def _quorum_changed(self, now: float) -> None:
+        """Track quorum; on (re)gaining it, take over orphans and schedule the held
+        results' decision after `RECONCILE_S`."""
+        if not self.in_quorum():
+            self._quorum_since = None
+            return
+        if self._quorum_since is None:
+            self._quorum_since = now
+            self._reconcile_at = now + RECONCILE_S
+        for e in list(self._tasks.values()):
+            if e.role == REPLICA and e.copy.owner not in self.live:
+                self._maybe_take_over(e, now)
+
+    def _rereplicate(self, e: Entry, now: float) -> None:
+        c = e.copy
+        self.counters.rereplicated += 1
+        e.copy = c.with_replicas(self._replicas_for(c.task_id, self.node_id, c.replicas))
+        if e.awaiting is not None:
+            self._await_or_record(e, now)
+        else:
+            self._replicate(e.copy)
+
+    def _maybe_take_over(self, e: Entry, now: float) -> None:
+        """The owner is gone: the first live replica of the copy's list takes over.
+        A holder outside the list (a stale copy) takes over only if no listed replica
+        is alive — a possible duplicate run beats a lost task."""
+        c = e.copy
+        heir = c.successor(self.live)
+        if heir is not None and heir != self.node_id:
+            return
+        reps = self._replicas_for(c.task_id, self.node_id, c.replicas)
+        if not c.final and e.held is None:
+            self.counters.taken_over += 1
+            rec = snapshot(c.record)
+            if rec.state == "running":
+                rec.mark_queued()
+            c = c.with_record(rec)
+        e = self._own(c.with_owner(self.node_id, c.epoch + 1, reps), "taken over")
+        if e.copy.final:  # the dead owner may not have recorded it: record (same run)
+            self._await_or_record(e, now)
+        elif e.held is not None and self._may_decide(now):
+            self._decide(e, e.held, now)

@@ -1,0 +1,274 @@
+"""Events into and commands out of the task-ownership core (`meshlb.mesh.ownership`).
+
+Events are past tense (what happened: a task was accepted, a copy arrived, a member
+died); commands are verbs (what the driver must do: queue a task locally, send a
+copy, hand tasks over). Node-to-node messages appear twice: as a command on the
+sender (`HandOver`) and as an event on the receiver (`HandOverReceived`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from meshlb.mesh.placement import Candidate
+from meshlb.mesh.replication import TaskCopy
+from meshlb.mesh.stealing import Waiting
+from meshlb.tasks.model import TaskRecord
+
+TaskKey = tuple[str, int]
+"""(task_id, epoch): names one offer of one task, so stale messages are detected."""
+
+# ---------------------------------------------------------------------- events
+
+
+@dataclass(frozen=True, slots=True)
+class TaskAccepted:
+    """This node accepted a new task (202 sent). With `forward_to`, placement chose
+    that peer: the task is replicated first, then offered to it."""
+
+    record: TaskRecord
+    forward_to: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaReceived:
+    copy: TaskCopy
+    sender: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaAcked:
+    """A replica stored the final copy of run `run_id`: the owner may record it."""
+
+    sender: str
+    task_id: str
+    run_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class TaskStarted:
+    """The local scheduler started the task; `at` is the record's timestamp."""
+
+    task_id: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class RunLost:
+    """A local run ended without a result (backend busy, restart): queued again."""
+
+    task_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class TaskFinished:
+    """A local run produced a final state (succeeded/failed/cancelled)."""
+
+    task_id: str
+    state: str
+    at: float
+    result: Any = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class IdleNoticed:
+    """This node has free slots and an empty queue; `peers` is the gossiped view."""
+
+    free_slots: int
+    local: Candidate
+    peers: tuple[Candidate, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class StealRequested:
+    """Peer `by` asks for up to `n` tasks of `models`. The driver adds the local side:
+    `waiting` (the local queue, head first) and this node's speed and slots."""
+
+    by: str
+    n: int
+    models: frozenset[str]
+    thief_tokens_per_s: float
+    waiting: tuple[Waiting, ...]
+    local_tokens_per_s: float
+    local_slots: int
+
+
+@dataclass(frozen=True, slots=True)
+class StealDeclined:
+    by: str
+
+
+@dataclass(frozen=True, slots=True)
+class HandOverReceived:
+    """Phase 1 arrived here: `sender` offers these tasks (forwarded or stolen)."""
+
+    sender: str
+    copies: tuple[TaskCopy, ...]
+    reason: str = "forward"
+
+
+@dataclass(frozen=True, slots=True)
+class HandOverAcked:
+    """Phase 2 arrived at the old owner: the new owner will take these offers."""
+
+    sender: str
+    keys: tuple[TaskKey, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class HandOverConfirmed:
+    """Phase 3 arrived at the new owner: `committed` are ours now, `aborted` were
+    taken back (the offer expired) and must be forgotten."""
+
+    sender: str
+    committed: tuple[TaskKey, ...]
+    aborted: tuple[TaskKey, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PeerUp:
+    """Gossip: a member is alive (new, or back from dead/left)."""
+
+    node_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class PeerDown:
+    """Gossip: a member died or left."""
+
+    node_id: str
+    left: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class PeerForgotten:
+    """Gossip reaped a dead member: it no longer counts towards the quorum."""
+
+    node_id: str
+
+
+Event = (
+    TaskAccepted | ReplicaReceived | ReplicaAcked | TaskStarted | RunLost | TaskFinished
+    | IdleNoticed | StealRequested | StealDeclined | HandOverReceived | HandOverAcked
+    | HandOverConfirmed | PeerUp | PeerDown | PeerForgotten
+)  # fmt: skip
+
+# -------------------------------------------------------------------- commands
+
+
+@dataclass(frozen=True, slots=True)
+class RunLocally:
+    """Queue the task in the local scheduler (this node owns it now)."""
+
+    task_id: str
+    record: TaskRecord
+    reason: str = "accepted"
+
+
+@dataclass(frozen=True, slots=True)
+class Unqueue:
+    """Remove the task from the local scheduler if it is still queued (a newer owner
+    or a final result exists elsewhere)."""
+
+    task_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicateTo:
+    node_id: str
+    copy: TaskCopy
+
+
+@dataclass(frozen=True, slots=True)
+class AckReplica:
+    """Tell the owner we hold the final copy of run `run_id`."""
+
+    to: str
+    task_id: str
+    run_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class HandOver:
+    """Phase 1: offer these tasks to `to`. Nothing to remove from the local queue
+    here: stolen tasks come with an `Unqueue` each, forwarded ones were never queued."""
+
+    to: str
+    copies: tuple[TaskCopy, ...]
+    reason: str = "forward"
+
+
+@dataclass(frozen=True, slots=True)
+class AckHandOver:
+    to: str
+    keys: tuple[TaskKey, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ConfirmHandOver:
+    to: str
+    committed: tuple[TaskKey, ...]
+    aborted: tuple[TaskKey, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SendStealRequest:
+    to: str
+    n: int
+    models: frozenset[str]
+    tokens_per_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class DeclineSteal:
+    """The empty answer to a steal request, so the thief may ask elsewhere at once."""
+
+    to: str
+
+
+@dataclass(frozen=True, slots=True)
+class RecordFinal:
+    """Persist this final copy and wake waiters. `decided_here`: this node, as owner,
+    decided the outcome (one run per task mesh-wide; the same run may be decided again
+    by an heir that cannot know the dead owner already did); else a replica learned it."""
+
+    copy: TaskCopy
+    decided_here: bool
+
+
+@dataclass(frozen=True, slots=True)
+class DropDuplicateResult:
+    """A second result for a task that is already final: dropped and counted."""
+
+    task_id: str
+    run_id: str
+    kept_run_id: str | None = field(default=None)
+
+
+Command = (
+    RunLocally | Unqueue | ReplicateTo | AckReplica | HandOver | AckHandOver | ConfirmHandOver
+    | SendStealRequest | DeclineSteal | RecordFinal | DropDuplicateResult
+)  # fmt: skip
+
+
+def as_event(cmd: Command, sender: str) -> tuple[str, Event] | None:
+    """The event a node-to-node command becomes on its receiver: (receiver, event).
+
+    None for local commands (RunLocally, Unqueue, RecordFinal, DropDuplicateResult)
+    and for `SendStealRequest`, whose event the receiving driver completes with its
+    own queue (`StealRequested`)."""
+    if isinstance(cmd, ReplicateTo):
+        return cmd.node_id, ReplicaReceived(cmd.copy, sender)
+    if isinstance(cmd, AckReplica):
+        return cmd.to, ReplicaAcked(sender, cmd.task_id, cmd.run_id)
+    if isinstance(cmd, HandOver):
+        return cmd.to, HandOverReceived(sender, cmd.copies, cmd.reason)
+    if isinstance(cmd, AckHandOver):
+        return cmd.to, HandOverAcked(sender, cmd.keys)
+    if isinstance(cmd, ConfirmHandOver):
+        return cmd.to, HandOverConfirmed(sender, cmd.committed, cmd.aborted)
+    if isinstance(cmd, DeclineSteal):
+        return cmd.to, StealDeclined(sender)
+    return None

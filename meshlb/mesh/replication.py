@@ -1,0 +1,147 @@
+"""Task copies, their versions, and who holds them (pure; no I/O, no clock).
+
+A `TaskCopy` is the unit the ownership core replicates: an immutable snapshot of a
+`TaskRecord` plus who owns it, at which version, and which nodes hold replicas.
+
+Why each rule:
+
+* Version = (epoch, owner), then `rev` (every state change) within it. Every change
+  of owner (hand-over, take-back, take-over) bumps the epoch; two nodes that take
+  over concurrently (a partition) still get distinct versions because the owner id
+  breaks the tie. Higher version wins.
+* A final copy beats any non-final copy, whatever its version: a result, once
+  reached, is never undone by a stale queued copy. Two different final copies (only
+  after a partition): the higher version wins — the owner that decided last knew of
+  the other — then the earlier result (`finished_at`, then `run_id`), so every node
+  converges on the same one, whichever it saw first.
+* Replica sets are sticky: a live replica is kept; only a lost one is replaced,
+  by rendezvous (highest-random-weight) order over the live members. Few moves,
+  and every holder of a copy reads the same ordered list, so on the owner's death
+  every survivor computes the same successor: the first live node in the list.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass
+
+from meshlb.tasks.model import TaskRecord
+
+Version = tuple[int, str]
+
+
+def rendezvous_weight(task_id: str, node_id: str) -> int:
+    """A stable pseudo-random weight (same in every process: no `hash()`)."""
+    digest = hashlib.blake2b(f"{task_id}\x00{node_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+def rendezvous_order(task_id: str, nodes: Iterable[str]) -> list[str]:
+    """Nodes by decreasing weight for this task; ties (never in practice) by id."""
+    return sorted(nodes, key=lambda n: (-rendezvous_weight(task_id, n), n))
+
+
+def choose_replicas(
+    task_id: str,
+    owner: str,
+    keep: Iterable[str],
+    live: Collection[str],
+    count: int,
+) -> tuple[str, ...]:
+    """`count` replica holders: the live nodes of `keep` first (in their order,
+    sticky), then the best rendezvous-ranked live members; never the owner."""
+    chosen: list[str] = []
+    for node in keep:
+        if node in live and node != owner and node not in chosen and len(chosen) < count:
+            chosen.append(node)
+    if len(chosen) < count:
+        rest = [n for n in live if n != owner and n not in chosen]
+        chosen.extend(rendezvous_order(task_id, rest)[: count - len(chosen)])
+    return tuple(chosen)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskCopy:
+    """One replicated snapshot. `record` is private to this copy: never mutate it.
+
+    `former` holds every node that ever owned or held the task, so that a healed
+    partition knows whom to reconcile with. `run_id` names the run whose result
+    is final (None while the task is not final)."""
+
+    record: TaskRecord
+    owner: str
+    epoch: int
+    replicas: tuple[str, ...]
+    former: frozenset[str] = frozenset()
+    run_id: str | None = None
+    rev: int = 0  # bumped on every state change within one (epoch, owner)
+
+    @property
+    def task_id(self) -> str:
+        return self.record.id
+
+    @property
+    def version(self) -> Version:
+        return (self.epoch, self.owner)
+
+    @property
+    def final(self) -> bool:
+        return self.record.final
+
+    def successor(self, live: Collection[str]) -> str | None:
+        """Who takes over if the owner is gone: the first live replica, else None."""
+        return next((n for n in self.replicas if n in live), None)
+
+    def with_replicas(self, replicas: tuple[str, ...]) -> TaskCopy:
+        return TaskCopy(
+            self.record, self.owner, self.epoch, replicas, self.former | set(replicas),
+            self.run_id, self.rev + 1,
+        )  # fmt: skip
+
+    def with_owner(self, owner: str, epoch: int, replicas: tuple[str, ...]) -> TaskCopy:
+        return TaskCopy(
+            snapshot(self.record), owner, epoch, replicas,
+            self.former | {owner, *replicas}, self.run_id, 0,
+        )  # fmt: skip
+
+    def with_record(self, record: TaskRecord, run_id: str | None = None) -> TaskCopy:
+        return TaskCopy(
+            snapshot(record), self.owner, self.epoch, self.replicas, self.former,
+            run_id if run_id is not None else self.run_id, self.rev + 1,
+        )  # fmt: skip
+
+    def __repr__(self) -> str:
+        return (
+            f"TaskCopy({self.task_id} {self.record.state} owner={self.owner} "
+            f"epoch={self.epoch} replicas={list(self.replicas)})"
+        )
+
+
+def snapshot(record: TaskRecord) -> TaskRecord:
+    """A shallow copy: the record's own fields are private, the request dict is shared
+    (nobody mutates a request after acceptance)."""
+    return copy.copy(record)
+
+
+def final_rank(c: TaskCopy) -> tuple[float, str]:
+    """Earlier result first; the run id makes the order total."""
+    finished = c.record.finished_at if c.record.finished_at is not None else float("inf")
+    return (finished, c.run_id or "")
+
+
+def newer(incoming: TaskCopy, current: TaskCopy) -> bool:
+    """Should `incoming` replace `current`? (the merge rule; see the module doc)"""
+    if incoming.final != current.final:
+        return incoming.final
+    if incoming.final and incoming.version != current.version:
+        return incoming.version > current.version  # the later owner's decision stands
+    if incoming.final:
+        return final_rank(incoming) < final_rank(current)
+    return (incoming.version, incoming.rev) > (current.version, current.rev)
+
+
+def conflicting_finals(a: TaskCopy, b: TaskCopy) -> bool:
+    """Two final copies from different runs: one result must be dropped."""
+    return a.final and b.final and a.run_id != b.run_id
