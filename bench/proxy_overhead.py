@@ -189,7 +189,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
 
 
 def print_table(data: dict[str, object]) -> None:
-    console = Console()
+    console = Console(width=220)
     table = Table(title="proxy overhead: direct to sim-ollama vs through one meshlb node")
     for col in ("scenario", "target", "conc", "req", "err", "req/s", "p50 ms", "p99 ms",
                 "ttft p50", "gap p50", "gap p99", "node CPU s/1000 chunks"):

@@ -34,6 +34,7 @@ from meshlb.backend.ollama import BackendError
 from meshlb.mesh.auth import AUTH_HEADER, verify
 from meshlb.mesh.candidates import candidates_from_peers, http_addr_of
 from meshlb.mesh.forward import HOPS_HEADER, ForwardedResponse, PeerUnavailable, open_on_peer
+from meshlb.mesh.meta import decode_meta
 from meshlb.mesh.placement import RunHere, SendTo, TaskNeeds, place
 from meshlb.node_context import NodeContext, new_task_id
 from meshlb.sched.driver import Refused
@@ -105,6 +106,20 @@ def parse_hops(raw: str | None) -> int:
     return int(raw) if raw is not None and raw.isdigit() else 0
 
 
+def remote_peers_with(ctx: NodeContext, wanted: str) -> list[str]:
+    """Ids of alive peers that gossip having the model (cheap: metadata is cached)."""
+    if ctx.gossip is None:
+        return []
+    found = []
+    for member in ctx.gossip.members():
+        if member.node_id == ctx.node_id or member.state != "alive":
+            continue
+        meta = decode_meta(member.meta)
+        if meta is not None and wanted in {canonical_model(m) for m in meta.models}:
+            found.append(member.node_id)
+    return found
+
+
 async def place_in_mesh(ctx: NodeContext, path: str, body: bytes, model: str, est_tokens: int,
                         priority: int, hops: int) -> ForwardedResponse | None:
     """Forward to a better peer and return its response, or None to run it here.
@@ -113,6 +128,11 @@ async def place_in_mesh(ctx: NodeContext, path: str, body: bytes, model: str, es
     """
     wanted = canonical_model(model)
     local_has = await ctx.catalog.knows(model)
+    remote = remote_peers_with(ctx, wanted)
+    if not remote:  # fast path: nobody else can run it
+        if not local_has:
+            await check_model(ctx, model)
+        return None
     peers = current_peers(ctx)
     candidates = candidates_from_peers(peers, ctx.node_id)
     failed: list[str] = []

@@ -31,6 +31,8 @@ FORWARDED_HEADERS = ("content-type", "content-encoding")
 # Ollama answered 503 "server busy" this many times in a row: give the 503 to the client.
 MAX_BUSY_RETRIES = 20
 TAIL_BYTES = 4096
+# Answers with a Content-Length up to this size are relayed in one piece.
+WHOLE_BODY_MAX = 1 << 20
 
 
 @dataclass
@@ -115,6 +117,9 @@ class RelayResponse:
             return
         try:
             await self._relay(send, upstream, waited_s)
+        except BackendError as e:
+            log.warning("ollama failed before answering", task=self.task.task_id, reason=e.reason)
+            await self._send_error(send, 503, f"{e}; try again shortly", 5)
         finally:
             with trio.CancelScope(shield=True):
                 await upstream.aclose()
@@ -123,6 +128,21 @@ class RelayResponse:
         headers = self._headers(waited_s, upstream.headers.get("content-type", "application/json"))
         if "content-encoding" in upstream.headers:
             headers.append((b"content-encoding", upstream.headers["content-encoding"].encode()))
+        length = upstream.headers.get("content-length", "")
+        if length.isdigit() and int(length) <= WHOLE_BODY_MAX:
+            # A non-streamed answer: one write with its length instead of chunked
+            # framing (each socket write is a syscall; this is the hot path).
+            try:
+                body = await upstream.aread()
+            except httpx.HTTPError as e:
+                raise BackendError(self.ctx.backend.base_url, describe_http_error(e)) from e
+            self._tail = body[-TAIL_BYTES:]
+            headers.append((b"content-length", str(len(body)).encode()))
+            await send({"type": "http.response.start", "status": upstream.status_code,
+                        "headers": headers})
+            await send({"type": "http.response.body", "body": body, "more_body": False})
+            self.ctx.counters["completed"] += 1
+            return
         await send({"type": "http.response.start", "status": upstream.status_code,
                     "headers": headers})
         try:

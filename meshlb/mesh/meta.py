@@ -8,6 +8,7 @@ cut, with a flag, when it would not fit.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import msgpack
@@ -81,8 +82,13 @@ def encode_meta(meta: NodeMeta, limit: int = MAX_META_BYTES) -> bytes:
     return data
 
 
+@functools.lru_cache(maxsize=4096)
 def decode_meta(data: bytes) -> NodeMeta | None:
-    """Parse gossiped metadata; None for anything malformed (never raises)."""
+    """Parse gossiped metadata; None for anything malformed (never raises).
+
+    Cached by the bytes: every request reads every member's metadata, which changes
+    far less often than requests arrive.
+    """
     try:
         wire = _MetaWire.model_validate(msgpack.unpackb(data, raw=False))
     except (ValueError, ValidationError, msgpack.UnpackException, TypeError):

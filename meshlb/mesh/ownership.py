@@ -72,6 +72,7 @@ class Ownership(HandOverMixin):
         self.final_retention_s = final_retention_s
         self.live: set[str] = set(live or ()) | {node_id}
         self.known: set[str] = set(self.live)  # the quorum's denominator
+        self.suspected: set[str] = set()
         self.counters = OwnershipCounters()
         self._tasks: dict[str, Entry] = {}
         self._timers: list[tuple[float, int, str]] = []  # (due_at, seq, task_id)
@@ -89,7 +90,8 @@ class Ownership(HandOverMixin):
             m.StealDeclined: self._on_steal_declined, m.HandOverReceived: self._on_handover,
             m.HandOverAcked: self._on_acked, m.HandOverConfirmed: self._on_confirmed,
             m.PeerUp: self._on_peer_up, m.PeerDown: self._on_peer_down,
-            m.PeerForgotten: self._on_peer_forgotten,
+            m.PeerSuspected: self._on_peer_suspected, m.PeerForgotten: self._on_peer_forgotten,
+            m.PeerChosen: self._on_peer_chosen,
         }  # fmt: skip
 
     # ------------------------------------------------------------------ API
@@ -114,6 +116,8 @@ class Ownership(HandOverMixin):
             self._steal_due_at = None
         if self._reconcile_at is not None and self._reconcile_at <= now:
             self._reconcile_at = None
+            if self.in_quorum():
+                self._take_over_orphans(now)
             for e in list(self._tasks.values()):
                 if e.held is not None and e.role == OWNER and self._may_decide(now):
                     self._decide(e, e.held, now)
@@ -147,9 +151,13 @@ class Ownership(HandOverMixin):
         return [e.copy for e in self._tasks.values()]
 
     def in_quorum(self) -> bool:
-        """More than half of the known members are live (or the mesh has <= 2 nodes,
-        where a crash and a partition cannot be told apart: we choose availability)."""
-        return len(self.known) <= 2 or 2 * len(self.live & self.known) > len(self.known)
+        """More than half of the known members are live and unsuspected (or the mesh
+        has <= 2 nodes, where a crash and a partition cannot be told apart: we choose
+        availability). Suspicion counts against us because the minority side of a
+        partition suspects the others seconds before the majority declares it dead:
+        it stops deciding before the majority takes its tasks over."""
+        healthy = (self.live - self.suspected) & self.known
+        return len(self.known) <= 2 or 2 * len(healthy) > len(self.known)
 
     # ------------------------------------------------------------------ helpers
 
@@ -275,8 +283,11 @@ class Ownership(HandOverMixin):
         self._await_or_record(e, now)
 
     def _await_or_record(self, e: Entry, now: float) -> None:
+        """Record once a replica holds the final copy (none live: record now); out of
+        quorum, keep waiting (the retry timer resends until the quorum is back)."""
         c = e.copy
-        if any(n in self.live and n != self.node_id for n in c.replicas):
+        if any(n in self.live and n != self.node_id for n in c.replicas) \
+                or not self._may_decide(now):  # fmt: skip
             e.awaiting = c.run_id
             self._replicate(c)
             self._arm(e, now + ACK_RETRY_S)
@@ -286,7 +297,9 @@ class Ownership(HandOverMixin):
 
     def _on_replica_acked(self, ev: m.ReplicaAcked, now: float) -> None:
         e = self._tasks.get(ev.task_id)
-        if e is not None and e.awaiting is not None and e.awaiting == ev.run_id:
+        if e is None or e.awaiting is None or e.awaiting != ev.run_id:
+            return
+        if self._may_decide(now):
             e.awaiting, e.due_at = None, math.inf
             self._emit(m.RecordFinal(e.copy, decided_here=True))
 
@@ -326,10 +339,14 @@ class Ownership(HandOverMixin):
     def _supersede(self, e: Entry, c: TaskCopy, sender: str, now: float) -> None:
         """A newer copy (a result, or a higher owner version) replaces ours. A result
         we held is proposed to the new owner, or dropped if it already has one."""
-        me = self.node_id
-        was_final = e.copy.final
-        if e.role in (OWNER, OFFERING) and not e.running and not was_final:
-            self._emit(m.Unqueue(c.task_id))
+        me, old = self.node_id, e.copy
+        was_final = old.final
+        if e.role in (OWNER, OFFERING):  # we owned it: our replicas must hear too
+            if not e.running and not was_final:
+                self._emit(m.Unqueue(c.task_id))
+            for node in old.replicas:
+                if node != c.owner and node not in c.replicas and node != sender:
+                    self._emit(m.ReplicateTo(node, c))
         if c.owner == me and c.final:
             e.copy, e.role = c, OWNER
         elif me in c.replicas or c.owner == me or c.final:
@@ -349,10 +366,22 @@ class Ownership(HandOverMixin):
         node = ev.node_id
         self.live.add(node)
         self.known.add(node)
+        self.suspected.discard(node)
         self._quorum_changed(now)
         for e in self._tasks.values():
             if e.role == OWNER and node in e.copy.former and node != self.node_id:
                 self._emit(m.ReplicateTo(node, e.copy))
+
+    def _on_peer_suspected(self, ev: m.PeerSuspected, now: float) -> None:
+        if ev.node_id != self.node_id:
+            self.suspected.add(ev.node_id)
+            self._quorum_changed(now)
+
+    def _on_peer_chosen(self, ev: m.PeerChosen, now: float) -> None:
+        e = self._tasks.get(ev.task_id)
+        if e is not None and e.role == OWNER and not e.running and not e.copy.final \
+                and e.held is None and ev.node_id in self.live:  # fmt: skip
+            self._offer([e], ev.node_id, now, "replace")
 
     def _on_peer_forgotten(self, ev: m.PeerForgotten, now: float) -> None:
         self.known.discard(ev.node_id)
@@ -363,6 +392,7 @@ class Ownership(HandOverMixin):
         if gone == self.node_id:
             return
         self.live.discard(gone)
+        self.suspected.discard(gone)
         if ev.left:
             self.known.discard(gone)
         self._quorum_changed(now)
@@ -376,14 +406,29 @@ class Ownership(HandOverMixin):
                 self._rereplicate(e, now)
 
     def _quorum_changed(self, now: float) -> None:
-        """Track quorum; on (re)gaining it, take over orphans and schedule the held
-        results' decision after `RECONCILE_S`."""
+        """Track quorum. In quorum, take over orphans at once — except just after
+        regaining it (a healed partition): then orphans and held results wait
+        `RECONCILE_S`, long enough to see their owners come back and newer copies."""
         if not self.in_quorum():
             self._quorum_since = None
             return
-        if self._quorum_since is None:
+        if self._quorum_since is None:  # regained: orphans wait for the reconcile
             self._quorum_since = now
             self._reconcile_at = now + RECONCILE_S
+            self._ask_former_holders()
+        elif self._reconcile_at is None:
+            self._take_over_orphans(now)
+
+    def _ask_former_holders(self) -> None:
+        """Send every task we own to every node that ever held it, dead or not: one
+        that took it over while we were cut off answers with its newer copy before
+        `RECONCILE_S` is up, and we stand down instead of deciding a second result."""
+        for e in self._tasks.values():
+            if e.role == OWNER and (not e.copy.final or e.awaiting is not None):
+                for node in e.copy.former - {self.node_id}:
+                    self._emit(m.ReplicateTo(node, e.copy))
+
+    def _take_over_orphans(self, now: float) -> None:
         for e in list(self._tasks.values()):
             if e.role == REPLICA and e.copy.owner not in self.live:
                 self._maybe_take_over(e, now)
@@ -399,11 +444,10 @@ class Ownership(HandOverMixin):
 
     def _maybe_take_over(self, e: Entry, now: float) -> None:
         """The owner is gone: the first live replica of the copy's list takes over.
-        A holder outside the list (a stale copy) takes over only if no listed replica
-        is alive — a possible duplicate run beats a lost task."""
+        A holder outside the list (a stale copy) never does: it cannot tell a double
+        failure from a partition that hides the listed replicas."""
         c = e.copy
-        heir = c.successor(self.live)
-        if heir is not None and heir != self.node_id:
+        if c.successor(self.live) != self.node_id:
             return
         reps = self._replicas_for(c.task_id, self.node_id, c.replicas)
         if not c.final and e.held is None:

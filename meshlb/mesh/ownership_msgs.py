@@ -143,6 +143,24 @@ class PeerDown:
 
 
 @dataclass(frozen=True, slots=True)
+class PeerSuspected:
+    """Gossip: a member is suspected. It still owns its tasks, but it no longer
+    counts towards the quorum that lets us decide results and take over."""
+
+    node_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class PeerChosen:
+    """Placement chose peer `node_id` for a task this node owns but has not started
+    (after `RunLocally` of a taken-over task whose model is not here, or that a peer
+    would finish much sooner): hand it over instead of running it here."""
+
+    task_id: str
+    node_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class PeerForgotten:
     """Gossip reaped a dead member: it no longer counts towards the quorum."""
 
@@ -152,7 +170,7 @@ class PeerForgotten:
 Event = (
     TaskAccepted | ReplicaReceived | ReplicaAcked | TaskStarted | RunLost | TaskFinished
     | IdleNoticed | StealRequested | StealDeclined | HandOverReceived | HandOverAcked
-    | HandOverConfirmed | PeerUp | PeerDown | PeerForgotten
+    | HandOverConfirmed | PeerUp | PeerDown | PeerSuspected | PeerForgotten | PeerChosen
 )  # fmt: skip
 
 # -------------------------------------------------------------------- commands
@@ -160,7 +178,8 @@ Event = (
 
 @dataclass(frozen=True, slots=True)
 class RunLocally:
-    """Queue the task in the local scheduler (this node owns it now)."""
+    """This node owns the task now: queue it in the local scheduler — or, if the model
+    is not here or placement prefers a peer, feed `PeerChosen` instead."""
 
     task_id: str
     record: TaskRecord

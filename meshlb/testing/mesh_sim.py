@@ -24,7 +24,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from meshlb.gossip.config import GossipConfig
-from meshlb.gossip.events import MemberDied, MemberJoined, MemberLeft, MemberReaped, MetaChanged
+from meshlb.gossip.events import (
+    MemberDied,
+    MemberJoined,
+    MemberLeft,
+    MemberReaped,
+    MemberRefuted,
+    MemberSuspected,
+    MetaChanged,
+)
 from meshlb.mesh import ownership_msgs as m
 from meshlb.mesh.ownership import Ownership
 from meshlb.mesh.placement import Candidate, NoHost, SendTo, TaskNeeds, place
@@ -215,6 +223,10 @@ class MeshSim:
                 continue
             if isinstance(ev, MemberReaped):
                 self._feed(nd, m.PeerForgotten(ev.node))
+            elif isinstance(ev, MemberSuspected):
+                self._feed(nd, m.PeerSuspected(ev.node))
+            elif isinstance(ev, MemberRefuted) and ev.node != nd.node_id:
+                self._feed(nd, m.PeerUp(ev.node))
             elif isinstance(ev, MemberDied | MemberLeft):
                 self._feed(nd, m.PeerDown(ev.node, isinstance(ev, MemberLeft)))
             elif isinstance(ev, MemberJoined | MetaChanged):
@@ -238,7 +250,11 @@ class MeshSim:
         for cmd in cmds:
             self.ledger.on_command(self.now, nd.node_id, cmd)
             if isinstance(cmd, m.RunLocally):
-                sched.submit(cmd.task_id, cmd.record.priority, cmd.record.est_tokens, self.now)
+                to = self._replace_target(nd, cmd)
+                if to is not None:
+                    self._feed(nd, m.PeerChosen(cmd.task_id, to))
+                else:
+                    sched.submit(cmd.task_id, cmd.record.priority, cmd.record.est_tokens, self.now)
             elif isinstance(cmd, m.Unqueue):
                 sched.take(cmd.task_id)
             elif isinstance(cmd, m.SendStealRequest):
@@ -353,6 +369,16 @@ class MeshSim:
         self.ledger.accept(self.now, task)
         to = None if decision == nd.node_id else decision
         self._feed(nd, m.TaskAccepted(record, forward_to=to))
+
+    def _replace_target(self, nd: SimMeshNode, cmd: m.RunLocally) -> str | None:
+        """A task this node now owns by take-over/back goes through placement again
+        (the heir may lack the model or be slower); placed or handed over: stays."""
+        rec = cmd.record
+        if rec.model in nd.spec.models and cmd.reason in ("accepted", "handed over"):
+            return None
+        task = SimTask(rec.id, self.now, rec.model, rec.est_tokens, rec.priority)
+        to = self._place(nd, task)
+        return None if to == nd.node_id else to
 
     def _place(self, nd: SimMeshNode, task: SimTask) -> str | None:
         view = [c for c in self._view(nd) if task.model in c.models]
