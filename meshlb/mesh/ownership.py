@@ -341,6 +341,11 @@ class Ownership(HandOverMixin):
         we held is proposed to the new owner, or dropped if it already has one."""
         me, old = self.node_id, e.copy
         was_final = old.final
+        if was_final and not c.final:  # our result predates the newer owner: propose it
+            if c.owner != me:
+                self._emit(m.ReplicateTo(c.owner, old))
+            e.role, e.awaiting, e.offer, e.due_at = REPLICA, None, None, math.inf
+            return
         if e.role in (OWNER, OFFERING):  # we owned it: our replicas must hear too
             if not e.running and not was_final:
                 self._emit(m.Unqueue(c.task_id))

@@ -8,12 +8,12 @@ Why each rule:
 * Version = (epoch, owner), then `rev` (every state change) within it. Every change
   of owner (hand-over, take-back, take-over) bumps the epoch; two nodes that take
   over concurrently (a partition) still get distinct versions because the owner id
-  breaks the tie. Higher version wins.
-* A final copy beats any non-final copy, whatever its version: a result, once
-  reached, is never undone by a stale queued copy. Two different final copies (only
-  after a partition): the higher version wins — the owner that decided last knew of
-  the other — then the earlier result (`finished_at`, then `run_id`), so every node
-  converges on the same one, whichever it saw first.
+  breaks the tie. The higher version wins, final or not: only the owner of a
+  version decides its result, so a result from a stale owner is not adopted by
+  holders — the ownership core proposes it to the current owner, which decides it
+  if it has none yet ("the first result wins"). At the same version a final copy
+  beats a non-final one, and two finals (never after a single failure) are ordered
+  by the earlier result, so every node converges on the same one.
 * Replica sets are sticky: a live replica is kept; only a lost one is replaced,
   by rendezvous (highest-random-weight) order over the live members. Few moves,
   and every holder of a copy reads the same ordered list, so on the owner's death
@@ -133,13 +133,13 @@ def final_rank(c: TaskCopy) -> tuple[float, str]:
 
 def newer(incoming: TaskCopy, current: TaskCopy) -> bool:
     """Should `incoming` replace `current`? (the merge rule; see the module doc)"""
+    if incoming.version != current.version:
+        return incoming.version > current.version
     if incoming.final != current.final:
         return incoming.final
-    if incoming.final and incoming.version != current.version:
-        return incoming.version > current.version  # the later owner's decision stands
     if incoming.final:
         return final_rank(incoming) < final_rank(current)
-    return (incoming.version, incoming.rev) > (current.version, current.rev)
+    return incoming.rev > current.rev
 
 
 def conflicting_finals(a: TaskCopy, b: TaskCopy) -> bool:

@@ -154,18 +154,27 @@ def _partition_run(groups: tuple[list[int], list[int]], seed: int) -> MeshSim:
     return sim
 
 
+def _counter(sim: MeshSim, name: str) -> int:
+    return sum(getattr(nd.core.counters, name) for nd in sim.nodes if nd.core is not None)
+
+
 def test_uneven_partition_and_heal_keeps_every_task_exactly_once() -> None:
-    sim = _partition_run(([0, 1], [2, 3, 4, 5]), seed=7)
-    assert sim.check() == []
-    taken = sum(nd.core.counters.taken_over for nd in sim.nodes if nd.core is not None)
-    held = sum(nd.core.counters.results_held for nd in sim.nodes if nd.core is not None)
+    taken = held = 0
+    for seed in range(6):
+        sim = _partition_run(([0, 1], [2, 3, 4, 5]), seed=seed)
+        assert sim.check() == [], f"seed {seed}"
+        taken += _counter(sim, "taken_over")
+        held += _counter(sim, "results_held")
     assert taken > 0 and held > 0  # the majority took over; the minority held results
 
 
 def test_even_partition_and_heal_keeps_every_task_exactly_once() -> None:
-    sim = _partition_run(([0, 1, 2], [3, 4, 5]), seed=8)
-    assert sim.check() == []
-    assert all(nd.core.counters.taken_over == 0 for nd in sim.nodes if nd.core is not None)
+    held = 0
+    for seed in range(6):
+        sim = _partition_run(([0, 1, 2], [3, 4, 5]), seed=seed)
+        assert sim.check() == [], f"seed {seed}"
+        held += _counter(sim, "results_held")
+    assert held > 0  # neither side had a quorum: results waited for the heal
 
 
 # --------------------------------------------------------------------- invariant
