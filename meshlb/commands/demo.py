@@ -111,6 +111,10 @@ def stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
             p.kill()
 
 
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 @click.command("demo")
 @click.option("--nodes", default=3, show_default=True, type=click.IntRange(1, 16),
               help="How many nodes (each with its own simulated Ollama).")
@@ -118,6 +122,7 @@ def stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
 def demo_command(nodes: int, no_live: bool) -> None:
     """Start a local mesh on loopback: N nodes beside simulated Ollamas. No Ollama needed."""
     console = Console()
+    signal.signal(signal.SIGTERM, _raise_interrupt)  # stop the children on SIGTERM too
     log_dir = Path(tempfile.mkdtemp(prefix="meshlb-demo-"))
     hosts = plan_hosts(nodes)
     procs: list[subprocess.Popen[bytes]] = []
