@@ -40,9 +40,11 @@ class TakeOverMixin(HandOverMixin):
     def in_quorum(self) -> bool:
         """More than half of the known members are live and unsuspected (or the mesh
         has <= 2 nodes, where a crash and a partition cannot be told apart: we choose
-        availability). Suspicion counts against us because the minority side of a
-        partition suspects the others seconds before the majority declares it dead:
-        it stops deciding before the majority takes its tasks over."""
+        availability). Suspicion counts against us: the minority side of a partition
+        usually suspects the others before the majority declares it dead, so it
+        stops deciding before its tasks are taken over. "Usually" because SWIM
+        detects members one probe at a time; the backstop is that a stale owner's
+        result is only proposed to the newer owner, never recorded over it."""
         healthy = (self.live - self.suspected) & self.known
         return len(self.known) <= 2 or 2 * len(healthy) > len(self.known)
 

@@ -184,8 +184,8 @@ def test_repeated_crashes_and_restarts_lose_nothing_and_record_once() -> None:
     specs = [spec(10.0 * (1 + i % 4), 2) for i in range(8)]
     sim = MeshSim(specs, seed=9)
     rng = random.Random(9)
-    sim.submit(poisson_workload(rng, duration_s=240, rate_per_s=1.0, models=[("x", 0.5),
-                                                                              ("y", 0.5)]))  # fmt: skip
+    mix = [("x", 0.5), ("y", 0.5)]
+    sim.submit(poisson_workload(rng, duration_s=240, rate_per_s=1.0, models=mix))
     for k in range(7):
         victim = (3 * k + 1) % 8
         sim.at(20.0 + 30 * k, lambda v=victim: sim.crash(v))  # type: ignore[misc]

@@ -8,99 +8,14 @@ from __future__ import annotations
 
 import ast
 import pathlib
-from collections import deque
-from collections.abc import Callable
-from typing import Any
 
 import pytest
 
 from meshlb.mesh import ownership_msgs as m
-from meshlb.mesh.ownership import OFFERING, OWNER, PENDING, REPLICA, Ownership
+from meshlb.mesh.ownership import OFFERING, OWNER, PENDING, REPLICA
 from meshlb.mesh.placement import Candidate
 from meshlb.mesh.replication import choose_replicas, rendezvous_order
-from meshlb.mesh.stealing import Waiting
-from meshlb.tasks.model import TaskRecord
-
-IDS = ("a", "b", "c", "d", "e")
-
-
-def rec(task_id: str = "t-1", model: str = "m", est: int = 100, prio: int = 5) -> TaskRecord:
-    return TaskRecord(task_id, "generate", model, {}, prio, "a", 0.0, est_tokens=est)
-
-
-class Net:
-    """Cores wired together; messages queue in `inflight` until `run()`."""
-
-    def __init__(self, ids: tuple[str, ...] = IDS, replication: int = 2) -> None:
-        self.cores = {i: Ownership(i, set(ids), replication) for i in ids}
-        self.queues: dict[str, list[str]] = {i: [] for i in ids}
-        self.log: list[tuple[str, m.Command]] = []
-        self.inflight: deque[tuple[str, m.Event]] = deque()
-        self.drop: Callable[[str, str, m.Event], bool] = lambda src, dst, ev: False
-        self.now = 0.0
-
-    def feed(self, node: str, event: m.Event) -> None:
-        self.apply(node, self.cores[node].handle(event, self.now))
-
-    def apply(self, node: str, cmds: list[m.Command]) -> None:
-        for c in cmds:
-            self.log.append((node, c))
-            q = self.queues[node]
-            if isinstance(c, m.RunLocally):
-                q.append(c.task_id)
-            elif isinstance(c, m.Unqueue) and c.task_id in q:
-                q.remove(c.task_id)
-            elif isinstance(c, m.SendStealRequest):
-                self.inflight.append((c.to, self._steal_event(node, c)))
-            elif (routed := m.as_event(c, node)) is not None:
-                dst, ev = routed
-                if dst in self.cores and not self.drop(node, dst, ev):
-                    self.inflight.append((dst, ev))
-
-    def _steal_event(self, thief: str, c: m.SendStealRequest) -> m.StealRequested:
-        core = self.cores[c.to]
-        waiting = []
-        for tid in self.queues[c.to]:
-            copy = core.get(tid)
-            assert copy is not None
-            waiting.append(Waiting(tid, copy.record.model, copy.record.est_tokens))
-        return m.StealRequested(thief, c.n, c.models, c.tokens_per_s, tuple(waiting), 10.0, 1)
-
-    def run(self) -> None:
-        while self.inflight:
-            dst, ev = self.inflight.popleft()
-            if dst in self.cores:
-                self.feed(dst, ev)
-
-    def tick(self, dt: float) -> None:
-        self.now += dt
-        for node, core in list(self.cores.items()):
-            self.apply(node, core.tick(self.now))
-        self.run()
-
-    def kill(self, node: str) -> None:
-        del self.cores[node]
-        self.inflight = deque((d, e) for d, e in self.inflight if d != node)
-        for other in list(self.cores):
-            self.feed(other, m.PeerDown(node))
-        self.run()
-
-    def cmds(self, kind: type[Any], node: str | None = None) -> list[Any]:
-        return [c for n, c in self.log if isinstance(c, kind) and (node is None or n == node)]
-
-    def holders(self, task_id: str) -> dict[str, str]:
-        return {n: r for n, c in self.cores.items() if (r := c.role(task_id)) is not None}
-
-    def start_and_finish(self, node: str, task_id: str, at: float = 1.0) -> None:
-        self.feed(node, m.TaskStarted(task_id, at))
-        self.feed(node, m.TaskFinished(task_id, "succeeded", at + 1, result={"r": node}))
-        self.run()
-
-
-def accept(net: Net, node: str = "a", task_id: str = "t-1", **kw: Any) -> None:
-    net.feed(node, m.TaskAccepted(rec(task_id), **kw))
-    net.run()
-
+from tests.unit.ownership_helpers import IDS, Net, accept
 
 # --------------------------------------------------------------------- replication
 
@@ -354,105 +269,12 @@ def test_partition_heal_converges_on_the_earlier_result() -> None:
 
 def test_cores_import_no_io() -> None:
     root = pathlib.Path(__file__).resolve().parents[2] / "meshlb" / "mesh"
-    for name in ("ownership.py", "ownership_msgs.py", "replication.py", "stealing.py"):
+    names = ("ownership.py", "ownership_msgs.py", "replication.py", "stealing.py",
+             "handover.py", "takeover.py")  # fmt: skip
+    for name in names:
         tree = ast.parse((root / name).read_text())
         mods = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import)
                 for a in n.names}  # fmt: skip
         mods |= {n.module.split(".")[0] for n in ast.walk(tree)
                  if isinstance(n, ast.ImportFrom) and n.module}  # fmt: skip
         assert not mods & {"trio", "time", "socket", "httpx", "random"}, name
-
-
-# --------------------------------------------------------------------- quorum and acks
-
-
-def test_result_is_recorded_only_after_a_replica_acked_it() -> None:
-    net = Net()
-    replica = rendezvous_order("t-1", [n for n in IDS if n != "a"])[0]
-    net.drop = lambda src, dst, ev: isinstance(ev, m.ReplicaAcked)
-    accept(net)
-    net.start_and_finish("a", "t-1")
-    assert [c for c in net.cmds(m.RecordFinal) if c.decided_here] == []
-    assert net.cores[replica].get("t-1").final  # type: ignore[union-attr]
-    net.drop = lambda src, dst, ev: False
-    net.tick(1.5)  # the owner re-sends; the replica acks again
-    assert len([c for c in net.cmds(m.RecordFinal, "a") if c.decided_here]) == 1
-
-
-def test_owner_dying_before_any_replica_saw_its_result_never_recorded_it() -> None:
-    net = Net()
-    accept(net)
-    net.drop = lambda src, dst, ev: src == "a"  # a's final copy never leaves a
-    net.start_and_finish("a", "t-1")
-    net.drop = lambda src, dst, ev: False
-    net.kill("a")
-    heir_runs = net.cmds(m.RunLocally)
-    assert [r.reason for r in heir_runs][-1] == "taken over"
-    assert [c for c in net.cmds(m.RecordFinal) if c.decided_here] == []
-
-
-def test_heir_of_an_unacked_final_copy_records_the_same_run() -> None:
-    net = Net()
-    accept(net)
-    net.drop = lambda src, dst, ev: isinstance(ev, m.ReplicaAcked)
-    net.start_and_finish("a", "t-1")
-    net.drop = lambda src, dst, ev: False
-    net.kill("a")
-    decided = [c.copy.run_id for c in net.cmds(m.RecordFinal) if c.decided_here]
-    assert decided == ["a:1:1"] and net.cmds(m.RunLocally)[-1].reason == "accepted"
-
-
-def test_minority_side_neither_takes_over_nor_decides() -> None:
-    net = Net()
-    accept(net, node="d")
-    for gone in ("a", "b", "c"):  # d and e are cut off from a, b and c
-        for n in ("d", "e"):
-            net.feed(n, m.PeerDown(gone))
-    net.run()
-    assert not net.cores["d"].in_quorum()
-    net.log.clear()
-    net.start_and_finish("d", "t-1")
-    assert net.cmds(m.RecordFinal) == [] and net.cores["d"].counters.results_held == 1
-    net.drop = lambda src, dst, ev: (src in "de") != (dst in "de")  # the cut
-    accept(net, node="d", task_id="t-2")
-    assert net.cores["e"].role("t-2") == REPLICA
-    net.feed("e", m.PeerDown("d"))  # e, alone now, has no quorum: takes nothing over
-    assert [c for c in net.cmds(m.RunLocally) if c.reason == "taken over"] == []
-    assert net.cores["e"].role("t-2") == REPLICA
-
-
-def test_suspected_members_do_not_count_towards_the_quorum() -> None:
-    core = Ownership("a", set(IDS))
-    for n in ("b", "c"):
-        core.handle(m.PeerSuspected(n), 0.0)
-    assert core.in_quorum()
-    core.handle(m.PeerSuspected("d"), 0.0)
-    assert not core.in_quorum()
-    core.handle(m.PeerUp("d"), 0.0)
-    assert core.in_quorum()
-
-
-def test_held_result_is_decided_after_the_quorum_is_back_for_a_while() -> None:
-    net = Net()
-    accept(net, node="d")
-    for gone in ("a", "b", "c"):
-        net.feed("d", m.PeerDown(gone))
-    net.start_and_finish("d", "t-1")
-    for back in ("a", "b", "c"):
-        net.feed("d", m.PeerUp(back))
-    net.run()
-    assert [c for c in net.cmds(m.RecordFinal) if c.decided_here] == []
-    net.tick(2.5)
-    assert len([c for c in net.cmds(m.RecordFinal, "d") if c.decided_here]) == 1
-
-
-def test_peer_chosen_hands_a_taken_over_task_to_a_peer() -> None:
-    net = Net()
-    accept(net)
-    heir = net.cores["a"].get("t-1").replicas[0]  # type: ignore[union-attr]
-    net.kill("a")
-    target = next(n for n in IDS if n not in ("a", heir))
-    net.feed(heir, m.PeerChosen("t-1", target))
-    net.run()
-    assert net.queues[heir] == [] and net.queues[target] == ["t-1"]
-    assert net.cores[target].role("t-1") == OWNER

@@ -1,0 +1,100 @@
+"""Ownership core: quorum, results recorded only after a replica ack, re-placement."""
+
+from __future__ import annotations
+
+from meshlb.mesh import ownership_msgs as m
+from meshlb.mesh.ownership import OWNER, REPLICA, Ownership
+from meshlb.mesh.replication import rendezvous_order
+from tests.unit.ownership_helpers import IDS, Net, accept
+
+
+def test_result_is_recorded_only_after_a_replica_acked_it() -> None:
+    net = Net()
+    replica = rendezvous_order("t-1", [n for n in IDS if n != "a"])[0]
+    net.drop = lambda src, dst, ev: isinstance(ev, m.ReplicaAcked)
+    accept(net)
+    net.start_and_finish("a", "t-1")
+    assert [c for c in net.cmds(m.RecordFinal) if c.decided_here] == []
+    assert net.cores[replica].get("t-1").final  # type: ignore[union-attr]
+    net.drop = lambda src, dst, ev: False
+    net.tick(1.5)  # the owner re-sends; the replica acks again
+    assert len([c for c in net.cmds(m.RecordFinal, "a") if c.decided_here]) == 1
+
+
+def test_owner_dying_before_any_replica_saw_its_result_never_recorded_it() -> None:
+    net = Net()
+    accept(net)
+    net.drop = lambda src, dst, ev: src == "a"  # a's final copy never leaves a
+    net.start_and_finish("a", "t-1")
+    net.drop = lambda src, dst, ev: False
+    net.kill("a")
+    heir_runs = net.cmds(m.RunLocally)
+    assert [r.reason for r in heir_runs][-1] == "taken over"
+    assert [c for c in net.cmds(m.RecordFinal) if c.decided_here] == []
+
+
+def test_heir_of_an_unacked_final_copy_records_the_same_run() -> None:
+    net = Net()
+    accept(net)
+    net.drop = lambda src, dst, ev: isinstance(ev, m.ReplicaAcked)
+    net.start_and_finish("a", "t-1")
+    net.drop = lambda src, dst, ev: False
+    net.kill("a")
+    decided = [c.copy.run_id for c in net.cmds(m.RecordFinal) if c.decided_here]
+    assert decided == ["a:1:1"] and net.cmds(m.RunLocally)[-1].reason == "accepted"
+
+
+def test_minority_side_neither_takes_over_nor_decides() -> None:
+    net = Net()
+    accept(net, node="d")
+    for gone in ("a", "b", "c"):  # d and e are cut off from a, b and c
+        for n in ("d", "e"):
+            net.feed(n, m.PeerDown(gone))
+    net.run()
+    assert not net.cores["d"].in_quorum()
+    net.log.clear()
+    net.start_and_finish("d", "t-1")
+    assert net.cmds(m.RecordFinal) == [] and net.cores["d"].counters.results_held == 1
+    net.drop = lambda src, dst, ev: (src in "de") != (dst in "de")  # the cut
+    accept(net, node="d", task_id="t-2")
+    assert net.cores["e"].role("t-2") == REPLICA
+    net.feed("e", m.PeerDown("d"))  # e, alone now, has no quorum: takes nothing over
+    assert [c for c in net.cmds(m.RunLocally) if c.reason == "taken over"] == []
+    assert net.cores["e"].role("t-2") == REPLICA
+
+
+def test_suspected_members_do_not_count_towards_the_quorum() -> None:
+    core = Ownership("a", set(IDS))
+    for n in ("b", "c"):
+        core.handle(m.PeerSuspected(n), 0.0)
+    assert core.in_quorum()
+    core.handle(m.PeerSuspected("d"), 0.0)
+    assert not core.in_quorum()
+    core.handle(m.PeerUp("d"), 0.0)
+    assert core.in_quorum()
+
+
+def test_held_result_is_decided_after_the_quorum_is_back_for_a_while() -> None:
+    net = Net()
+    accept(net, node="d")
+    for gone in ("a", "b", "c"):
+        net.feed("d", m.PeerDown(gone))
+    net.start_and_finish("d", "t-1")
+    for back in ("a", "b", "c"):
+        net.feed("d", m.PeerUp(back))
+    net.run()
+    assert [c for c in net.cmds(m.RecordFinal) if c.decided_here] == []
+    net.tick(2.5)
+    assert len([c for c in net.cmds(m.RecordFinal, "d") if c.decided_here]) == 1
+
+
+def test_peer_chosen_hands_a_taken_over_task_to_a_peer() -> None:
+    net = Net()
+    accept(net)
+    heir = net.cores["a"].get("t-1").replicas[0]  # type: ignore[union-attr]
+    net.kill("a")
+    target = next(n for n in IDS if n not in ("a", heir))
+    net.feed(heir, m.PeerChosen("t-1", target))
+    net.run()
+    assert net.queues[heir] == [] and net.queues[target] == ["t-1"]
+    assert net.cores[target].role("t-1") == OWNER
