@@ -77,7 +77,7 @@ def main() -> None:
     for key in data:
         table.add_column(key)
     table.add_row(*[f"{v:.1f}" if isinstance(v, float) else str(v) for v in data.values()])
-    Console().print(table)
+    Console(width=200).print(table)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(data, indent=2))

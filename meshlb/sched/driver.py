@@ -9,6 +9,7 @@ decisions (priority, aging, concurrency, rpm/tpm) live in `meshlb.sched.schedule
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import structlog
@@ -42,18 +43,30 @@ class LocalScheduler:
     def __init__(self, limits: Limits) -> None:
         self.core = Scheduler(limits)
         self._waiters: dict[str, _Waiter] = {}
+        # Tasks with no waiting caller: a callback runs when they start (async tasks,
+        # so 10 000 queued tasks cost queue entries, not 10 000 sleeping Trio tasks).
+        self._on_start: dict[str, Callable[[float], None]] = {}
         self._kick = trio.Event()
 
     def _wake_loop(self) -> None:
         self._kick.set()
 
-    def submit(self, task_id: str, priority: int, est_tokens: int) -> None:
-        """Queue a task; raise `Refused` with the core's sentence if it cannot be queued."""
+    def submit(self, task_id: str, priority: int, est_tokens: int,
+               on_start: Callable[[float], None] | None = None) -> None:
+        """Queue a task; raise `Refused` with the core's sentence if it cannot be queued.
+
+        Without `on_start` the caller must `wait_turn`; with it, `on_start(waited_s)` is
+        called (synchronously, from the scheduler loop) when the task starts, and the
+        slot is the callee's to `finish`.
+        """
         verdict = self.core.submit(task_id, priority, est_tokens, trio.current_time())
         if isinstance(verdict, Rejected):
             log.info("task refused", task=task_id, reason=verdict.reason, why=verdict.message)
             raise Refused(verdict)
-        self._waiters[task_id] = _Waiter()
+        if on_start is None:
+            self._waiters[task_id] = _Waiter()
+        else:
+            self._on_start[task_id] = on_start
         self._wake_loop()
 
     async def wait_turn(self, task_id: str) -> float:
@@ -87,6 +100,7 @@ class LocalScheduler:
         removed = self.core.cancel(task_id, trio.current_time())
         if removed:
             self._waiters.pop(task_id, None)
+            self._on_start.pop(task_id, None)
             self._wake_loop()
         return removed
 
@@ -105,6 +119,10 @@ class LocalScheduler:
         """Forever: start what the core allows, then sleep until its deadline or a kick."""
         while True:
             for start in self.core.poll(trio.current_time()):
+                callback = self._on_start.pop(start.task_id, None)
+                if callback is not None:
+                    callback(start.waited_s)
+                    continue
                 waiter = self._waiters.get(start.task_id)
                 if waiter is None:  # its caller left in the same instant
                     self.core.finish(start.task_id, 0, trio.current_time())

@@ -9,7 +9,9 @@ calls Ollama non-streamed, and records the result. Invariants:
 
 from __future__ import annotations
 
+import heapq
 import json
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -80,6 +82,9 @@ class TaskService:
         self._scopes: dict[str, trio.CancelScope] = {}
         self._cancel_requested: set[str] = set()
         self._nursery: trio.Nursery | None = None
+        # Queued tasks have no Trio task of their own; their timeouts live in one heap.
+        self._deadlines: list[tuple[float, str]] = []
+        self._deadline_added = trio.Event()
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -92,6 +97,7 @@ class TaskService:
                 log.info("tasks recovered from journal", count=recovered,
                          path=str(self.journal.path) if self.journal else None)
             nursery.start_soon(self._expire_loop)
+            nursery.start_soon(self._deadline_loop)
             task_status.started()
 
     def _recover(self) -> int:
@@ -104,8 +110,12 @@ class TaskService:
                 continue
             if record.state == "running":
                 record.mark_queued()  # it was running when the node died: run it again
-            self._final_events[record.id] = trio.Event()
-            self._start_worker(record, submitted=False)
+            self._arm_deadline(record)
+            try:
+                self._enqueue(record)
+            except Refused:  # a smaller queue than before the restart: keep trying
+                assert self._nursery is not None
+                self._nursery.start_soon(self._enqueue_when_room, record)
             count += 1
         return count
 
@@ -114,8 +124,6 @@ class TaskService:
             await trio.sleep(EXPIRY_INTERVAL_S)
             now = time.time()
             dropped = self.store.expire(now)
-            for task_id in dropped:
-                self._final_events.pop(task_id, None)
             if self.journal is not None and dropped:
                 await self.journal.delete_finished_before(now - self.store.retention_s)
 
@@ -136,12 +144,11 @@ class TaskService:
             priority=spec.priority, origin=self.node_id, created_at=time.time(),
             timeout_s=spec.timeout_s, idempotency_key=spec.idempotency_key,
             est_tokens=estimate_tokens(request, spec.kind, self.default_num_predict))
-        self.scheduler.submit(record.id, record.priority, record.est_tokens)
+        self._enqueue(record)
         self.store.add(record)
-        self._final_events[record.id] = trio.Event()
+        self._arm_deadline(record)
         if self.journal is not None:
             await self.journal.write(record)
-        self._start_worker(record)
         log.info("task accepted", task=record.id, kind=record.kind, model=record.model,
                  priority=record.priority)
         return record, True
@@ -151,8 +158,9 @@ class TaskService:
 
     async def wait_final(self, task_id: str, timeout_s: float) -> TaskRecord | None:
         """The record once final, or as it is after `timeout_s` (long-poll)."""
-        event = self._final_events.get(task_id)
-        if event is not None:
+        record = self.store.get(task_id)
+        if record is not None and not record.final:
+            event = self._final_events.setdefault(task_id, trio.Event())
             with trio.move_on_after(timeout_s):
                 await event.wait()
         return self.store.get(task_id)
@@ -161,6 +169,9 @@ class TaskService:
         """Cancel an unfinished task; its worker ends it in `cancelled`."""
         record = self.store.get(task_id)
         if record is None or record.final:
+            return record
+        if self.scheduler.cancel(task_id):  # still queued: no worker to stop
+            await self._finish(record, "cancelled", error="cancelled by request")
             return record
         self._cancel_requested.add(task_id)
         scope = self._scopes.get(task_id)
@@ -171,17 +182,58 @@ class TaskService:
 
     # ---- workers -------------------------------------------------------------------
 
-    def _start_worker(self, record: TaskRecord, submitted: bool = True) -> None:
-        assert self._nursery is not None, "TaskService.run must be started first"
-        self._nursery.start_soon(self._work, record, submitted)
+    def _enqueue(self, record: TaskRecord) -> None:
+        """Queue the task; a worker is spawned only when the scheduler starts it."""
 
-    async def _work(self, record: TaskRecord, submitted: bool) -> None:
+        def started(waited_s: float) -> None:
+            assert self._nursery is not None, "TaskService.run must be started first"
+            self._nursery.start_soon(self._work, record)
+
+        self.scheduler.submit(record.id, record.priority, record.est_tokens, on_start=started)
+
+    async def _enqueue_when_room(self, record: TaskRecord) -> None:
+        while not record.final:
+            try:
+                self._enqueue(record)
+                return
+            except Refused:
+                await trio.sleep(1.0)
+
+    def _arm_deadline(self, record: TaskRecord) -> None:
+        if record.deadline_at is None:
+            return
+        at = trio.current_time() + (record.deadline_at - time.time())
+        heapq.heappush(self._deadlines, (at, record.id))
+        self._deadline_added.set()
+
+    async def _deadline_loop(self) -> None:
+        """Fail queued tasks whose timeout passed (running ones time out in their worker)."""
+        while True:
+            while self._deadlines and self._deadlines[0][0] <= trio.current_time():
+                _, task_id = heapq.heappop(self._deadlines)
+                record = self.store.get(task_id)
+                if record is not None and not record.final and self.scheduler.cancel(task_id):
+                    await self._finish(record, "failed", error_status=504,
+                                       error=f"task timed out after {record.timeout_s:g}s "
+                                             "(still queued)")
+            next_at = self._deadlines[0][0] if self._deadlines else math.inf
+            with trio.move_on_at(next_at):
+                await self._deadline_added.wait()
+            self._deadline_added = trio.Event()
+
+    async def _work(self, record: TaskRecord) -> None:
+        """Run a started task (it holds a scheduler slot) to a final state."""
+        if record.id in self._cancel_requested:  # cancelled between start and now
+            self.scheduler.finish(record.id, 0)
+            self._cancel_requested.discard(record.id)
+            await self._finish(record, "cancelled", error="cancelled by request")
+            return
         deadline = trio.current_time() + (
-            record.deadline_at - time.time() if record.deadline_at is not None else float("inf"))
+            record.deadline_at - time.time() if record.deadline_at is not None else math.inf)
         with trio.CancelScope(deadline=deadline) as scope:
             self._scopes[record.id] = scope
             try:
-                await self._attempts(record, submitted)
+                await self._attempts(record)
             except Exception as e:  # a bug must fail one task, not stop the node
                 log.exception("task worker failed", task=record.id)
                 self.scheduler.finish(record.id, 0)
@@ -196,13 +248,9 @@ class TaskService:
                                    error=f"task timed out after {record.timeout_s:g}s")
         self._cancel_requested.discard(record.id)
 
-    async def _attempts(self, record: TaskRecord, submitted: bool) -> None:
-        """Run until a final state; the slot from `wait_turn` is released on every path."""
+    async def _attempts(self, record: TaskRecord) -> None:
+        """Run until a final state; the scheduler slot is released on every path."""
         path = KIND_PATHS[record.kind]
-        if submitted:
-            await self.scheduler.wait_turn(record.id)
-        else:
-            await self._requeue(record)
         while True:
             try:
                 record.mark_running(self.node_id, time.time())
@@ -270,6 +318,6 @@ class TaskService:
         with trio.CancelScope(shield=True):
             if self.journal is not None:
                 await self.journal.write(record)
-        event = self._final_events.get(record.id)
+        event = self._final_events.pop(record.id, None)
         if event is not None:
             event.set()

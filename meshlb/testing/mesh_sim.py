@@ -64,6 +64,7 @@ class SimMeshNode:
     core: Ownership | None = None
     boot: int = 0
     runs: dict[str, int] = field(default_factory=dict)  # task id -> run generation
+    boots: dict[str, bytes] = field(default_factory=dict)  # peers' boot ids, as seen here
     wake_at: float = float("inf")
 
 
@@ -105,10 +106,10 @@ class MeshSim:
         self._seq = itertools.count()
         self._log_seen = 0
         self._rr = itertools.count()
-        self._boots: dict[str, bytes] = {}
         for nd in self.nodes:
             self._boot(nd, {n.node_id for n in self.nodes})
-            self._boots[nd.node_id] = self._meta_for(nd.idx)
+        for nd in self.nodes:
+            nd.boots = {n.node_id: self._meta_for(n.idx) for n in self.nodes}
         self._announce()
         self._push(tick_s, _TICK, None)
 
@@ -121,6 +122,7 @@ class MeshSim:
         nd.sched = Scheduler(Limits(max_concurrency=nd.spec.slots, max_queue=100_000))
         nd.core = Ownership(nd.node_id, live, self.replication)
         nd.runs.clear()
+        nd.boots.clear()
         nd.wake_at = float("inf")
 
     def _push(self, t: float, kind: int, payload: Any) -> None:
@@ -230,12 +232,11 @@ class MeshSim:
             elif isinstance(ev, MemberDied | MemberLeft):
                 self._feed(nd, m.PeerDown(ev.node, isinstance(ev, MemberLeft)))
             elif isinstance(ev, MemberJoined | MetaChanged):
-                if ev.node in nd.core.live and ev.meta != self._boots.get(ev.node, ev.meta):
+                old = nd.boots.get(ev.node, ev.meta)
+                nd.boots[ev.node] = ev.meta
+                if ev.node in nd.core.live and ev.meta != old:
                     self._feed(nd, m.PeerDown(ev.node))  # restarted: its old state is gone
                 self._feed(nd, m.PeerUp(ev.node))
-        for _, _, ev in log[self._log_seen :]:
-            if isinstance(ev, MemberJoined | MetaChanged):
-                self._boots[ev.node] = ev.meta
         self._log_seen = len(log)
 
     # ------------------------------------------------------------------ node actions

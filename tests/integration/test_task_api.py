@@ -133,3 +133,18 @@ def test_sigkill_with_20_queued_tasks_then_restart_completes_all(tmp_path: Path)
                 states.append(r.json()["state"])
             assert states == ["succeeded"] * 20
             assert "tasks recovered from journal" in n2.log()
+
+
+def test_queued_task_times_out_and_queued_task_cancels_without_running() -> None:
+    with sim_ollama(tokens_per_second=50, parallel=1) as sim, \
+            meshlb_node(sim.url, "--max-concurrency", "1", node_id="tq") as n:
+        blocker = httpx.post(f"{n.url}/v1/tasks", json=task_body(num_predict=200)).json()
+        late = httpx.post(f"{n.url}/v1/tasks", json=task_body(timeout_s=0.5)).json()
+        queued = httpx.post(f"{n.url}/v1/tasks", json=task_body()).json()
+        done = httpx.get(f"{n.url}/v1/tasks/{late['id']}", params={"wait": 5}, timeout=10).json()
+        assert done["state"] == "failed" and "still queued" in done["error"]
+        assert done["attempts"] == 0 and done["started_at"] is None
+        cancelled = httpx.delete(f"{n.url}/v1/tasks/{queued['id']}").json()
+        assert cancelled["state"] == "cancelled" and cancelled["attempts"] == 0
+        assert httpx.get(f"{n.url}/v1/queue").json()["queued"] == 0
+        httpx.delete(f"{n.url}/v1/tasks/{blocker['id']}")

@@ -207,3 +207,17 @@ def test_same_seed_same_run() -> None:
         return sorted(sim.ledger.final_at.items())
 
     assert run() == run()
+
+
+def test_restart_faster_than_dead_detection_still_requeues_its_tasks() -> None:
+    sim = MeshSim([spec() for _ in range(5)], seed=12, policy="local", steal=False)
+    sim.submit(burst(8, entry=0))
+    sim.run_until(5.0)
+    sim.crash(0)
+    owned = sim.crashes[-1][2]
+    sim.run_until(5.5)
+    sim.restart(0)  # back, empty, before anyone declared it dead
+    drain(sim)
+    assert sim.check() == []
+    assert not any(isinstance(e, MemberDied) for _, _, e in sim.gossip.log)
+    assert max(takeover_delays(sim, 5.0, owned)) < 5.0
