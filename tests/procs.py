@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import httpx
@@ -80,7 +80,7 @@ def wait_http(url: str, proc: Proc, timeout_s: float = 20.0, path: str = "/healt
 
 @contextlib.contextmanager
 def spawn(args: list[str], url: str, ready_path: str = "/healthz",
-          env: dict[str, str] | None = None, timeout_s: float = 20.0) -> Iterator[Proc]:
+          env: dict[str, str] | None = None, timeout_s: float = 45.0) -> Iterator[Proc]:
     """Run `args`, wait until `url` answers on `ready_path`, stop the process on exit."""
     fd, log_path = tempfile.mkstemp(prefix="meshlb-test-", suffix=".log")
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
@@ -97,14 +97,40 @@ def spawn(args: list[str], url: str, ready_path: str = "/healthz",
 
 
 @contextlib.contextmanager
+def spawn_retrying(make_args: Callable[[], tuple[list[str], str]], ready_path: str = "/healthz",
+                   env: dict[str, str] | None = None, attempts: int = 3) -> Iterator[Proc]:
+    """`spawn` with fresh ports when the OS gave a port away between probe and bind.
+
+    `free_port` can only say a port was free a moment ago; on a busy machine another
+    process may take it first, so "Address already in use" means: pick again.
+    """
+    for attempt in range(attempts):
+        args, url = make_args()
+        stack = contextlib.ExitStack()
+        try:
+            proc = stack.enter_context(spawn(args, url, ready_path=ready_path, env=env))
+        except RuntimeError as e:
+            stack.close()
+            if "Address already in use" in str(e) and attempt + 1 < attempts:
+                continue
+            raise
+        with stack:
+            yield proc
+        return
+
+
+@contextlib.contextmanager
 def sim_ollama(*extra: str, models: str = "llama3.2:1b,nomic-embed-text",
                tokens_per_second: float = 200.0, parallel: int = 4) -> Iterator[Proc]:
     """A `meshlb sim-ollama` process on a free loopback port."""
-    port = free_port()
-    args = meshlb_argv("sim-ollama", "--host", "127.0.0.1", "--port", str(port),
-                       "--models", models, "--tokens-per-second", str(tokens_per_second),
-                       "--parallel", str(parallel), *extra)
-    with spawn(args, f"http://127.0.0.1:{port}", ready_path="/api/version") as p:
+    def make_args() -> tuple[list[str], str]:
+        port = free_port()
+        args = meshlb_argv("sim-ollama", "--host", "127.0.0.1", "--port", str(port),
+                           "--models", models, "--tokens-per-second", str(tokens_per_second),
+                           "--parallel", str(parallel), *extra)
+        return args, f"http://127.0.0.1:{port}"
+
+    with spawn_retrying(make_args, ready_path="/api/version") as p:
         yield p
 
 
@@ -112,11 +138,16 @@ def sim_ollama(*extra: str, models: str = "llama3.2:1b,nomic-embed-text",
 def meshlb_node(ollama_url: str, *extra: str, node_id: str = "n1",
                 env: dict[str, str] | None = None) -> Iterator[Proc]:
     """A `meshlb node` process on free loopback ports beside the given Ollama URL."""
-    http_port = free_port()
-    gossip_port = free_port(socket.SOCK_DGRAM)
-    args = meshlb_argv("node", "--node-id", node_id, "--http", f"127.0.0.1:{http_port}",
-                       "--gossip", f"127.0.0.1:{gossip_port}", "--ollama", ollama_url,
-                       "--log-format", "json", *extra)
-    with spawn(args, f"http://127.0.0.1:{http_port}", env=env) as p:
-        p.extra["gossip_port"] = gossip_port
+    gossip_ports: list[int] = []
+
+    def make_args() -> tuple[list[str], str]:
+        http_port = free_port()
+        gossip_ports.append(free_port(socket.SOCK_DGRAM))
+        args = meshlb_argv("node", "--node-id", node_id, "--http", f"127.0.0.1:{http_port}",
+                           "--gossip", f"127.0.0.1:{gossip_ports[-1]}", "--ollama", ollama_url,
+                           "--log-format", "json", *extra)
+        return args, f"http://127.0.0.1:{http_port}"
+
+    with spawn_retrying(make_args, env=env) as p:
+        p.extra["gossip_port"] = gossip_ports[-1]
         yield p

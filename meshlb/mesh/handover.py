@@ -42,7 +42,8 @@ class Entry:
     OFFERING keeps our copy and the `offer` we sent; PENDING holds the offered copy
     and `prev` (our copy before the offer, restored on abort). `held` is a result
     kept while we may not decide it (out of quorum, or not the owner); `awaiting`
-    is the run whose final copy waits for a replica's ack before it is recorded."""
+    is the run whose final copy waits for a replica's ack before it is recorded;
+    `unacked` (owner) the replicas that have not acked the current revision."""
 
     copy: TaskCopy
     role: str
@@ -53,6 +54,7 @@ class Entry:
     prev: TaskCopy | None = None
     held: m.TaskFinished | None = None
     awaiting: str | None = None
+    unacked: set[str] = field(default_factory=set)  # replicas yet to ack our copy
 
 
 @dataclass(slots=True)
@@ -95,6 +97,9 @@ class HandOverMixin:
     def _replicate(self, c: TaskCopy, skip: str | None = None) -> None:
         raise NotImplementedError
 
+    def _forget(self, c: TaskCopy, now: float) -> None:
+        raise NotImplementedError
+
     # ------------------------------------------------------------------ phases
 
     def _offer(self, entries: list[Entry], to: str, now: float, reason: str) -> None:
@@ -125,6 +130,9 @@ class HandOverMixin:
                 continue
             if e is not None and (e.copy.final or e.copy.version >= c.version):
                 continue  # stale: we already hold something newer
+            if e is not None and (e.role in (OWNER, OFFERING) or e.running):
+                self._emit(m.ReplicateTo(ev.sender, e.copy))  # two owners: show ours
+                continue
             prev = e.copy if e is not None else None
             pending = Entry(c, PENDING, sender=ev.sender, prev=prev)
             self._tasks[c.task_id] = pending
@@ -144,7 +152,7 @@ class HandOverMixin:
             offer = e.offer if e is not None else None
             if e is not None and e.role == OFFERING and offer is not None \
                     and offer.epoch == epoch and offer.owner == ev.sender:  # fmt: skip
-                self._commit_offer(e, offer)
+                self._commit_offer(e, offer, now)
                 committed.append((task_id, epoch))
             elif e is None or (e.copy.owner == ev.sender and e.copy.epoch >= epoch):
                 committed.append((task_id, epoch))
@@ -152,14 +160,14 @@ class HandOverMixin:
                 aborted.append((task_id, epoch))
         self._emit(m.ConfirmHandOver(ev.sender, tuple(committed), tuple(aborted)))
 
-    def _commit_offer(self, e: Entry, offer: TaskCopy) -> None:
+    def _commit_offer(self, e: Entry, offer: TaskCopy, now: float) -> None:
         old = e.copy
         e.copy, e.role, e.offer, e.due_at = offer, REPLICA, None, math.inf
         for node in old.replicas:  # old replicas not in the new list forget the task
             if node not in offer.replicas and node != offer.owner:
                 self._emit(m.ReplicateTo(node, offer))
         if self.node_id not in offer.replicas:
-            del self._tasks[old.task_id]
+            self._forget(offer, now)
 
     def _on_confirmed(self, ev: m.HandOverConfirmed, now: float) -> None:
         for task_id, epoch in ev.committed:
@@ -169,7 +177,7 @@ class HandOverMixin:
         for task_id, epoch in ev.aborted:
             e = self._tasks.get(task_id)
             if e is not None and e.role == PENDING and e.copy.epoch == epoch:
-                self._forget_pending(e)
+                self._forget_pending(e, now)
 
     def _adopt(self, e: Entry, reason: str, skip: str | None = None) -> None:
         c = e.copy
@@ -179,11 +187,13 @@ class HandOverMixin:
         self._emit(m.RunLocally(c.task_id, c.record, reason))
         self._replicate(c, skip=skip)
 
-    def _forget_pending(self, e: Entry) -> None:
+    def _forget_pending(self, e: Entry, now: float) -> None:
+        """An aborted offer: back to the replica we were (we never accept an offer
+        for a task we own or run), or forget it, remembering the offer's version."""
         if e.prev is not None:
             self._tasks[e.copy.task_id] = Entry(e.prev, REPLICA)
         else:
-            del self._tasks[e.copy.task_id]
+            self._forget(e.copy, now)
 
     def _take_back(self, e: Entry, now: float) -> None:
         """The offer expired (or its target died): ours again, at a higher epoch than

@@ -49,6 +49,9 @@ from meshlb.mesh.takeover import RECONCILE_S, TakeOverMixin
 
 __all__ = ["OFFERING", "OWNER", "PENDING", "REPLICA", "Ownership", "OwnershipCounters"]
 
+# A dropped copy's version is remembered this long, so that an older copy arriving
+# late (messages overtake each other) is not mistaken for a new assignment.
+TOMBSTONE_S = 600.0
 # Final copies are forgotten by the core after this (the driver's store keeps them);
 # until then they are re-replicated like any task, so a result survives a death.
 FINAL_RETENTION_S = 3600.0
@@ -77,10 +80,13 @@ class Ownership(TakeOverMixin):
         self._timers: list[tuple[float, int, str]] = []  # (due_at, seq, task_id)
         self._timer_seq = 0
         self._finals: deque[tuple[float, str]] = deque()  # (forget_at, task_id)
+        self._tombs: dict[str, tuple[tuple[int, str], int]] = {}  # task id -> (version, rev)
+        self._tomb_order: deque[tuple[float, str]] = deque()
         self._steal_due_at: float | None = None
         self._quorum_since: float | None = -math.inf
         self._reconcile_at: float | None = None
         self._out: list[m.Command] = []
+        self._now = -math.inf
         self._handlers: dict[type[Any], Callable[[Any, float], None]] = {
             m.TaskAccepted: self._on_accepted, m.ReplicaReceived: self._on_replica,
             m.ReplicaAcked: self._on_replica_acked, m.TaskStarted: self._on_started,
@@ -97,11 +103,13 @@ class Ownership(TakeOverMixin):
 
     def handle(self, event: m.Event, now: float) -> list[m.Command]:
         """Apply one event; return the commands to carry out, in order."""
+        self._now = now
         self._handlers[type(event)](event, now)
         return self._flush()
 
     def tick(self, now: float) -> list[m.Command]:
         """Fire due timers (guarded: an entry re-armed or cleared ignores old ones)."""
+        self._now = now
         while self._timers and self._timers[0][0] <= now:
             due, _, task_id = heapq.heappop(self._timers)
             e = self._tasks.get(task_id)
@@ -110,7 +118,9 @@ class Ownership(TakeOverMixin):
         while self._finals and self._finals[0][0] <= now:
             e = self._tasks.get(self._finals.popleft()[1])
             if e is not None and e.copy.final and e.role in (OWNER, REPLICA) and not e.awaiting:
-                del self._tasks[e.copy.task_id]
+                self._forget(e.copy, now)
+        while self._tomb_order and self._tomb_order[0][0] <= now:
+            self._tombs.pop(self._tomb_order.popleft()[1], None)
         if self._steal_due_at is not None and self._steal_due_at <= now:
             self._steal_due_at = None
         if self._reconcile_at is not None and self._reconcile_at <= now:
@@ -173,13 +183,33 @@ class Ownership(TakeOverMixin):
         elif e.role == PENDING and e.sender is not None:
             self._arm(e, now + ACK_RETRY_S)
             self._emit(m.AckHandOver(e.sender, ((e.copy.task_id, e.copy.epoch),)))
-        elif e.role == OWNER and e.awaiting is not None:
-            self._await_or_record(e, now)
+        elif e.role == OWNER:
+            e.unacked &= self.live
+            for node in sorted(e.unacked):
+                self._emit(m.ReplicateTo(node, e.copy))
+            if e.unacked:
+                self._arm(e, now + ACK_RETRY_S)
+            elif e.awaiting is not None:
+                self._await_or_record(e, now)
+
+    def _forget(self, c: TaskCopy, now: float) -> None:
+        """Drop our entry, keeping a tombstone of the version that made us drop it."""
+        self._tasks.pop(c.task_id, None)
+        self._tombs[c.task_id] = (c.version, c.rev)
+        self._tomb_order.append((now + TOMBSTONE_S, c.task_id))
 
     def _replicate(self, c: TaskCopy, skip: str | None = None) -> None:
-        for node in c.replicas:
-            if node != skip and node != self.node_id:
-                self._emit(m.ReplicateTo(node, c))
+        """Send `c` to its replicas (`skip` already has it). When it is our own
+        current copy, track the acks and re-send every `ACK_RETRY_S` until each
+        live replica has acked this revision."""
+        targets = {n for n in c.replicas if n != skip and n != self.node_id}
+        for node in sorted(targets):
+            self._emit(m.ReplicateTo(node, c))
+        e = self._tasks.get(c.task_id)
+        if e is not None and e.copy is c and e.role == OWNER:
+            e.unacked = targets
+            if targets:
+                self._arm(e, self._now + ACK_RETRY_S)
 
     def _replicas_for(self, task_id: str, owner: str, keep: tuple[str, ...]) -> tuple[str, ...]:
         return choose_replicas(task_id, owner, keep, self.live, self.replication - 1)
@@ -262,7 +292,7 @@ class Ownership(TakeOverMixin):
 
     def _may_decide(self, now: float) -> bool:
         since = self._quorum_since
-        return since is not None and now - since >= RECONCILE_S and self.in_quorum()
+        return since is not None and now >= since + RECONCILE_S and self.in_quorum()
 
     def _decide(self, e: Entry, ev: m.TaskFinished | TaskCopy, now: float) -> None:
         """Owner only: make the result final here and record it once a replica acks."""
@@ -276,35 +306,53 @@ class Ownership(TakeOverMixin):
         """Record once a replica holds the final copy (none live: record now); out of
         quorum, keep waiting (the retry timer resends until the quorum is back)."""
         c = e.copy
-        if any(n in self.live and n != self.node_id for n in c.replicas) \
-                or not self._may_decide(now):  # fmt: skip
+        live_replicas = any(n in self.live and n != self.node_id for n in c.replicas)
+        if live_replicas or not self._may_decide(now):
             e.awaiting = c.run_id
             self._replicate(c)
-            self._arm(e, now + ACK_RETRY_S)
+            if not live_replicas:
+                self._arm(e, now + ACK_RETRY_S)
         else:
             e.awaiting, e.due_at = None, math.inf
             self._emit(m.RecordFinal(c, decided_here=True))
 
     def _on_replica_acked(self, ev: m.ReplicaAcked, now: float) -> None:
         e = self._tasks.get(ev.task_id)
-        if e is None or e.awaiting is None or e.awaiting != ev.run_id:
+        if e is None or e.role != OWNER or (e.copy.epoch, e.copy.rev) != (ev.epoch, ev.rev):
             return
-        if self._may_decide(now):
-            e.awaiting, e.due_at = None, math.inf
+        e.unacked.discard(ev.sender)
+        if e.awaiting is not None and e.awaiting == ev.run_id and self._may_decide(now):
+            e.awaiting = None
             self._emit(m.RecordFinal(e.copy, decided_here=True))
+        if not e.unacked and e.awaiting is None:
+            e.due_at = math.inf
 
     # ------------------------------------------------------------------ replicas
 
     def _on_replica(self, ev: m.ReplicaReceived, now: float) -> None:
+        """Merge a copy; ack it if we now hold exactly that revision as a replica."""
+        self._merge(ev, now)
+        c = ev.copy
+        e = self._tasks.get(c.task_id)
+        if e is not None and e.role == REPLICA and e.copy.version == c.version \
+                and e.copy.rev == c.rev:  # fmt: skip
+            self._emit(m.AckReplica(ev.sender, c.task_id, c.epoch, c.rev, c.run_id))
+
+    def _merge(self, ev: m.ReplicaReceived, now: float) -> None:
         c, me = ev.copy, self.node_id
         e = self._tasks.get(c.task_id)
         if e is None:
+            tomb = self._tombs.get(c.task_id)
+            if tomb is not None and (c.version, c.rev) <= tomb:
+                return  # older than what made us drop it: overtaken by a newer message
             if me in c.replicas or c.owner == me:
                 self._tasks[c.task_id] = e = Entry(c, REPLICA)
                 if c.final:
                     self._learn_final(e, ev.sender, now)
+            else:
+                self._forget(c, now)
             return
-        if e.role == OWNER and not e.copy.final and c.final and c.owner != me:
+        if e.role == OWNER and not e.copy.final and c.final:
             self._decide(e, c, now)  # a result proposed by a non-owner: the first wins
             return
         if conflicting_finals(c, e.copy):
@@ -314,14 +362,11 @@ class Ownership(TakeOverMixin):
             self._supersede(e, c, ev.sender, now)
         elif e.copy.version > c.version or (e.copy.final and not c.final):
             self._emit(m.ReplicateTo(ev.sender, e.copy))  # a stale holder: tell it
-        elif c.final and c.run_id == e.copy.run_id:
-            self._emit(m.AckReplica(ev.sender, c.task_id, c.run_id or ""))
 
     def _learn_final(self, e: Entry, sender: str, now: float) -> None:
         c = e.copy
         self._finals.append((now + self.final_retention_s, c.task_id))
         self._emit(m.RecordFinal(c, decided_here=False))
-        self._emit(m.AckReplica(sender, c.task_id, c.run_id or ""))
         if e.held is not None:
             self._drop(c.task_id, self._run_id(e), c.run_id)
             e.held = None
@@ -347,7 +392,7 @@ class Ownership(TakeOverMixin):
         elif me in c.replicas or c.owner == me or c.final:
             e.copy, e.role, e.offer, e.due_at = c, REPLICA, None, math.inf
         else:
-            del self._tasks[c.task_id]
+            self._forget(c, now)
         if c.final and not was_final:
             self._learn_final(e, sender, now)
         elif e.held is not None and c.owner != me and c.owner in self.live:

@@ -39,11 +39,14 @@ class ReplicaReceived:
 
 @dataclass(frozen=True, slots=True)
 class ReplicaAcked:
-    """A replica stored the final copy of run `run_id`: the owner may record it."""
+    """A replica holds revision (epoch, rev) of the task; for a final copy `run_id`
+    names the run, and its first ack lets the owner record the result."""
 
     sender: str
     task_id: str
-    run_id: str
+    epoch: int
+    rev: int
+    run_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,11 +205,14 @@ class ReplicateTo:
 
 @dataclass(frozen=True, slots=True)
 class AckReplica:
-    """Tell the owner we hold the final copy of run `run_id`."""
+    """Tell the owner we hold this revision of its copy (replication is acked and
+    re-sent until acked, so a lost message never leaves a replica behind)."""
 
     to: str
     task_id: str
-    run_id: str
+    epoch: int
+    rev: int
+    run_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,7 +287,7 @@ def as_event(cmd: Command, sender: str) -> tuple[str, Event] | None:
     if isinstance(cmd, ReplicateTo):
         return cmd.node_id, ReplicaReceived(cmd.copy, sender)
     if isinstance(cmd, AckReplica):
-        return cmd.to, ReplicaAcked(sender, cmd.task_id, cmd.run_id)
+        return cmd.to, ReplicaAcked(sender, cmd.task_id, cmd.epoch, cmd.rev, cmd.run_id)
     if isinstance(cmd, HandOver):
         return cmd.to, HandOverReceived(sender, cmd.copies, cmd.reason)
     if isinstance(cmd, AckHandOver):

@@ -14,7 +14,7 @@ import pytest
 from meshlb.mesh import ownership_msgs as m
 from meshlb.mesh.ownership import OFFERING, OWNER, PENDING, REPLICA
 from meshlb.mesh.placement import Candidate
-from meshlb.mesh.replication import choose_replicas, rendezvous_order
+from meshlb.mesh.replication import TaskCopy, choose_replicas, rendezvous_order
 from tests.unit.ownership_helpers import IDS, Net, accept
 
 # --------------------------------------------------------------------- replication
@@ -123,7 +123,8 @@ def test_forward_moves_ownership_in_three_phases() -> None:
     net = Net()
     accept(net, forward_to="b")
     assert net.queues["a"] == [] and net.queues["b"] == ["t-1"]
-    assert [type(c).__name__ for n, c in net.log if n == "b"][:2] == ["AckHandOver", "RunLocally"]
+    phases = [type(c).__name__ for n, c in net.log if isinstance(c, m.AckHandOver | m.RunLocally)]
+    assert phases == ["AckHandOver", "RunLocally"]  # queued only after the confirm
     copy = net.cores["b"].get("t-1")
     assert copy is not None and copy.owner == "b" and copy.epoch == 2 and copy.replicas == ("a",)
     assert net.holders("t-1") == {"a": REPLICA, "b": OWNER}  # the old replica forgot it
@@ -278,3 +279,28 @@ def test_cores_import_no_io() -> None:
         mods |= {n.module.split(".")[0] for n in ast.walk(tree)
                  if isinstance(n, ast.ImportFrom) and n.module}  # fmt: skip
         assert not mods & {"trio", "time", "socket", "httpx", "random"}, name
+
+
+def test_an_older_copy_overtaken_by_a_newer_one_is_not_stored() -> None:
+    net = Net()
+    accept(net)
+    old = net.cores["a"].get("t-1")
+    assert old is not None
+    outsider = next(n for n in IDS if n not in ("a", *old.replicas))
+    newer_copy = old.with_replicas(old.replicas)  # a later revision that excludes it
+    stale = TaskCopy(old.record, "a", old.epoch, (outsider,), old.former)  # listed it, rev 0
+    net.feed(outsider, m.ReplicaReceived(newer_copy, "a"))  # overtook the stale one
+    net.feed(outsider, m.ReplicaReceived(stale, "a"))
+    assert net.cores[outsider].role("t-1") is None
+
+
+def test_an_offer_for_a_task_we_own_is_answered_with_our_copy() -> None:
+    net = Net()
+    accept(net, node="b", task_id="t-1")
+    mine = net.cores["b"].get("t-1")
+    assert mine is not None
+    offer = mine.with_owner("b", mine.epoch + 1, ("c",))
+    net.log.clear()
+    net.feed("b", m.HandOverReceived("c", (offer,)))
+    assert net.cmds(m.AckHandOver) == [] and net.cores["b"].role("t-1") == OWNER
+    assert [c.node_id for c in net.cmds(m.ReplicateTo)] == ["c"]
