@@ -206,7 +206,7 @@ def render(data: dict[str, Any]) -> list[Table]:
     f = data["failover"]
     b = Table(title="B. failover: a crash every 60 s (restart 30 s later), 70 % load")
     for key in ("crashes", "accepted", "succeeded", "lost", "recorded_twice",
-                "duplicate_executions", "duplicates_dropped", "orphaned", "requeue_p50_s",
+                "duplicate_executions", "duplicates_dropped", "reruns", "orphaned", "requeue_p50_s",
                 "requeue_max_s", "detection_max_s", "requeue_minus_detection_max_s"):  # fmt: skip
         b.add_row(key, f"{f[key]:.2f}" if isinstance(f[key], float) else str(f[key]))
     c = Table(title="C. scale: 90 % load")

@@ -12,7 +12,10 @@ Invariants, and the rule that keeps each:
   moves only through the three-phase hand-over (`handover`), so a forward or a steal
   never makes two nodes run a task and never drops it.
 * Durability: the owner replicates every state change to R-1 replicas (sticky,
-  rendezvous-filled; `replication.choose_replicas`).
+  rendezvous-filled; `replication.choose_replicas`); replicas ack each revision and
+  the owner re-sends until they do, so a lost message never leaves one behind. A
+  dropped copy leaves a tombstone, so an older copy that arrives late (messages
+  overtake each other) is not taken for a new assignment.
 * Take-over: when an owner dies or leaves, every holder of a copy computes the first
   live node of the copy's replica list; only that node re-queues the task (epoch+1).
   Lost replicas are replaced. Take-overs need a quorum (more than half of the known

@@ -137,7 +137,7 @@ def newer(incoming: TaskCopy, current: TaskCopy) -> bool:
         return incoming.version > current.version
     if incoming.final != current.final:
         return incoming.final
-    if incoming.final:
+    if incoming.final and incoming.run_id != current.run_id:
         return final_rank(incoming) < final_rank(current)
     return incoming.rev > current.rev
 

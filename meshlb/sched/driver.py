@@ -67,7 +67,10 @@ class LocalScheduler:
             self._waiters[task_id] = _Waiter()
         else:
             self._on_start[task_id] = on_start
-        self._wake_loop()
+        # Start at once what may start now (the common case of a node with room):
+        # no round trip through the scheduler loop on the hot path.
+        self._dispatch_starts()
+        self._wake_loop()  # the loop re-reads the core's next deadline
 
     async def wait_turn(self, task_id: str) -> float:
         """Wait until the core starts this task; return the seconds it waited in the queue.
@@ -115,20 +118,24 @@ class LocalScheduler:
     def stats(self) -> SchedulerStats:
         return self.core.stats(trio.current_time())
 
+    def _dispatch_starts(self) -> None:
+        """Start every task the core allows now: wake its waiter or call its callback."""
+        for start in self.core.poll(trio.current_time()):
+            callback = self._on_start.pop(start.task_id, None)
+            if callback is not None:
+                callback(start.waited_s)
+                continue
+            waiter = self._waiters.get(start.task_id)
+            if waiter is None:  # its caller left in the same instant
+                self.core.finish(start.task_id, 0, trio.current_time())
+                continue
+            waiter.waited_s = start.waited_s
+            waiter.started.set()
+
     async def run(self) -> None:
         """Forever: start what the core allows, then sleep until its deadline or a kick."""
         while True:
-            for start in self.core.poll(trio.current_time()):
-                callback = self._on_start.pop(start.task_id, None)
-                if callback is not None:
-                    callback(start.waited_s)
-                    continue
-                waiter = self._waiters.get(start.task_id)
-                if waiter is None:  # its caller left in the same instant
-                    self.core.finish(start.task_id, 0, trio.current_time())
-                    continue
-                waiter.waited_s = start.waited_s
-                waiter.started.set()
+            self._dispatch_starts()
             deadline = self.core.next_deadline()
             with trio.move_on_at(math.inf if deadline is None else deadline):
                 await self._kick.wait()
