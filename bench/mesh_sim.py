@@ -7,7 +7,7 @@
      least-connections; no stealing): makespan vs the lower bound
      max(sum(work) / sum(rate), last arrival), wait p50/p99 per priority, fraction
      of tasks moved (forwarded, stolen);
-  B. failover: meshlb at 70 % load, a node crashes every 60 virtual seconds (each
+  B. failover: meshlb at 90 % load, a node crashes every 60 virtual seconds (each
      restarts 30 s later, empty): tasks accepted vs succeeded, lost, results recorded
      twice, duplicate executions, and the time from crash to re-queue vs the time
      gossip took to declare the node dead everywhere;
@@ -43,6 +43,7 @@ BASE_TPS = 10.0
 SLOTS = 2
 TOKENS = (50, 600)
 MIX = (("m-a", 0.4), ("m-b", 0.6))
+FAILOVER_LOAD = 0.9
 POLICIES = ("meshlb", "round_robin", "random", "least_conn")
 
 
@@ -127,7 +128,7 @@ def requeue_delays(sim: MeshSim) -> list[tuple[float, float]]:
 def run_failover(duration_s: float, seed: int) -> dict[str, Any]:
     specs = hetero_specs()
     sim = MeshSim(specs, seed=seed)
-    sim.submit(workload(specs, 0.7, duration_s, seed))
+    sim.submit(workload(specs, FAILOVER_LOAD, duration_s, seed))
     for k in range(int(duration_s // 60)):
         victim = (5 * k + 3) % len(specs)
         sim.at(60.0 * (k + 1), lambda v=victim: sim.crash(v))  # type: ignore[misc]
@@ -204,7 +205,7 @@ def render(data: dict[str, Any]) -> list[Table]:
                   *cells, f"{r['forwarded']:.0%}", f"{r['stolen']:.1%}",
                   str(r["violations"]))  # fmt: skip
     f = data["failover"]
-    b = Table(title="B. failover: a crash every 60 s (restart 30 s later), 70 % load")
+    b = Table(title="B. failover: a crash every 60 s (restart 30 s later), 90 % load")
     for key in ("crashes", "accepted", "succeeded", "lost", "recorded_twice",
                 "duplicate_executions", "duplicates_dropped", "reruns", "orphaned", "requeue_p50_s",
                 "requeue_max_s", "detection_max_s", "requeue_minus_detection_max_s"):  # fmt: skip
