@@ -79,8 +79,13 @@ def wait_http(url: str, proc: Proc, timeout_s: float = 20.0, path: str = "/healt
 
 
 @contextlib.contextmanager
-def spawn(args: list[str], url: str, ready_path: str = "/healthz",
-          env: dict[str, str] | None = None, timeout_s: float = 45.0) -> Iterator[Proc]:
+def spawn(
+    args: list[str],
+    url: str,
+    ready_path: str = "/healthz",
+    env: dict[str, str] | None = None,
+    timeout_s: float = 45.0,
+) -> Iterator[Proc]:
     """Run `args`, wait until `url` answers on `ready_path`, stop the process on exit."""
     fd, log_path = tempfile.mkstemp(prefix="meshlb-test-", suffix=".log")
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
@@ -97,8 +102,12 @@ def spawn(args: list[str], url: str, ready_path: str = "/healthz",
 
 
 @contextlib.contextmanager
-def spawn_retrying(make_args: Callable[[], tuple[list[str], str]], ready_path: str = "/healthz",
-                   env: dict[str, str] | None = None, attempts: int = 3) -> Iterator[Proc]:
+def spawn_retrying(
+    make_args: Callable[[], tuple[list[str], str]],
+    ready_path: str = "/healthz",
+    env: dict[str, str] | None = None,
+    attempts: int = 3,
+) -> Iterator[Proc]:
     """`spawn` with fresh ports when the OS gave a port away between probe and bind.
 
     `free_port` can only say a port was free a moment ago; on a busy machine another
@@ -120,14 +129,30 @@ def spawn_retrying(make_args: Callable[[], tuple[list[str], str]], ready_path: s
 
 
 @contextlib.contextmanager
-def sim_ollama(*extra: str, models: str = "llama3.2:1b,nomic-embed-text",
-               tokens_per_second: float = 200.0, parallel: int = 4) -> Iterator[Proc]:
+def sim_ollama(
+    *extra: str,
+    models: str = "llama3.2:1b,nomic-embed-text",
+    tokens_per_second: float = 200.0,
+    parallel: int = 4,
+) -> Iterator[Proc]:
     """A `meshlb sim-ollama` process on a free loopback port."""
+
     def make_args() -> tuple[list[str], str]:
         port = free_port()
-        args = meshlb_argv("sim-ollama", "--host", "127.0.0.1", "--port", str(port),
-                           "--models", models, "--tokens-per-second", str(tokens_per_second),
-                           "--parallel", str(parallel), *extra)
+        args = meshlb_argv(
+            "sim-ollama",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--models",
+            models,
+            "--tokens-per-second",
+            str(tokens_per_second),
+            "--parallel",
+            str(parallel),
+            *extra,
+        )
         return args, f"http://127.0.0.1:{port}"
 
     with spawn_retrying(make_args, ready_path="/api/version") as p:
@@ -135,17 +160,29 @@ def sim_ollama(*extra: str, models: str = "llama3.2:1b,nomic-embed-text",
 
 
 @contextlib.contextmanager
-def meshlb_node(ollama_url: str, *extra: str, node_id: str = "n1",
-                env: dict[str, str] | None = None) -> Iterator[Proc]:
+def meshlb_node(
+    ollama_url: str, *extra: str, node_id: str = "n1", env: dict[str, str] | None = None
+) -> Iterator[Proc]:
     """A `meshlb node` process on free loopback ports beside the given Ollama URL."""
     gossip_ports: list[int] = []
 
     def make_args() -> tuple[list[str], str]:
         http_port = free_port()
         gossip_ports.append(free_port(socket.SOCK_DGRAM))
-        args = meshlb_argv("node", "--node-id", node_id, "--http", f"127.0.0.1:{http_port}",
-                           "--gossip", f"127.0.0.1:{gossip_ports[-1]}", "--ollama", ollama_url,
-                           "--log-format", "json", *extra)
+        args = meshlb_argv(
+            "node",
+            "--node-id",
+            node_id,
+            "--http",
+            f"127.0.0.1:{http_port}",
+            "--gossip",
+            f"127.0.0.1:{gossip_ports[-1]}",
+            "--ollama",
+            ollama_url,
+            "--log-format",
+            "json",
+            *extra,
+        )
         return args, f"http://127.0.0.1:{http_port}"
 
     with spawn_retrying(make_args, env=env) as p:

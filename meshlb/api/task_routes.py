@@ -16,7 +16,9 @@ from starlette.routing import Route
 
 from meshlb.api.body import PRIORITY_HEADER, parse_json_object, parse_priority, read_body
 from meshlb.api.errors import ApiError
+from meshlb.api.mesh_routes import current_peers
 from meshlb.api.ollama_routes import check_model, refused_to_error
+from meshlb.mesh.lookup import find_on_peers
 from meshlb.node_context import NodeContext
 from meshlb.sched.driver import Refused
 from meshlb.tasks.model import FINAL_STATES
@@ -94,9 +96,16 @@ def task_routes(ctx: NodeContext, service: TaskService) -> list[Route]:
         task_id = request.path_params["task_id"]
         wait_s = parse_wait(request.query_params.get("wait"))
         record = await service.wait_final(task_id, wait_s) if wait_s else service.get(task_id)
-        if record is None:
-            raise not_found(task_id)
-        return JSONResponse(record.to_public())
+        if record is not None:
+            return JSONResponse(record.to_public())
+        if request.query_params.get("local") != "1":
+            peers = [f"http://{p.meta.http_addr}" for p in current_peers(ctx)
+                     if p.state == "alive" and p.node_id != ctx.node_id and p.meta]
+            remote = await find_on_peers(ctx.peer_client, peers, task_id, wait_s,
+                                         ctx.settings.cluster_key)
+            if remote is not None:
+                return JSONResponse(remote)
+        raise not_found(task_id)
 
     async def delete_task(request: Request) -> Response:
         task_id = request.path_params["task_id"]

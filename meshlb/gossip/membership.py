@@ -257,7 +257,7 @@ class Membership(Disseminator):
             return key in self._relays
         if kind == T_SUSPICION:
             s = self._suspicions.get(key)  # type: ignore[arg-type]
-            return s is not None and s.deadline == deadline
+            return s is not None and s.wake_at == deadline
         m = self._members.get(key)  # type: ignore[arg-type]
         return m is not None and m.state in (DEAD, LEFT) and deadline > m.changed_at
         # (a reap entry is live while the member is still dead/left)

@@ -29,11 +29,12 @@ class Suspicion:
         "deadline",
         "incarnation",
         "k",
-        "last_chance",
         "max_s",
         "min_s",
         "n",
+        "pings_left",
         "start_at",
+        "wake_at",
     )
 
     def __init__(
@@ -48,7 +49,8 @@ class Suspicion:
         self.n = 0
         self._confirmers = {by}
         self.deadline = now + (max_s if k >= 1 else min_s)
-        self.last_chance = False
+        self.pings_left = 0  # last-chance buddy pings still to send before the deadline
+        self.wake_at = self.deadline  # when the owner's timer for it fires next
 
     def confirm(self, by: str) -> bool:
         """Count an independent confirmation; True if it was new (then re-gossip it)."""
@@ -58,6 +60,10 @@ class Suspicion:
         self.n += 1
         self.deadline = self.start_at + suspicion_timeout_s(self.n, self.k, self.min_s, self.max_s)
         return True
+
+    def next_wakeup(self, lead_s: float) -> float:
+        """Deadline, minus `lead_s` per last-chance ping still to send."""
+        return self.deadline - self.pings_left * lead_s
 
     def __repr__(self) -> str:
         return (

@@ -44,6 +44,7 @@ from meshlb.gossip.suspicion import Suspicion
 from meshlb.gossip.wire import message_size
 
 T_SUSPICION, T_RELAY, T_REAP = 0, 1, 2
+LAST_CHANCE_PINGS = 2
 
 
 class _Member:
@@ -252,7 +253,7 @@ class MemberTable:
         susp = self._suspicions.get(s.node)
         if susp is not None:
             if susp.confirm(s.by):
-                heapq.heappush(self._timers, (susp.deadline, T_SUSPICION, s.node))
+                self._arm(susp, s.node, now)
                 self._broadcast(s)
             return
         if m.state != ALIVE:
@@ -271,8 +272,9 @@ class MemberTable:
             k = 0
         min_s = cfg.suspicion_min_s(n)
         susp = Suspicion(s.by, s.incarnation, k, min_s, cfg.suspicion_max_timeout_mult * min_s, now)
+        susp.pings_left = LAST_CHANCE_PINGS if cfg.buddy_enabled else 0
         self._suspicions[m.node] = susp
-        heapq.heappush(self._timers, (susp.deadline, T_SUSPICION, m.node))
+        self._arm(susp, m.node, now)
         m.incarnation = s.incarnation
         self._set_state(m, SUSPECT, now)
         self._version += 1
@@ -321,26 +323,39 @@ class MemberTable:
 
     # ---- timers ---------------------------------------------------------------
 
-    def _fire_suspicion(self, node: str, now: float) -> None:
-        """Suspicion over: dead, unless it was never confirmed (then one last buddy ping).
+    def _arm(self, susp: Suspicion, node: str, now: float) -> None:
+        """(Re)schedule a suspicion's timer; older heap entries become stale.
 
-        The last-chance ping is our addition to Lifeguard: a suspicion nobody else
-        confirmed is most often one whose refutation we missed (gossip reaches each
-        member only with high probability), so we ask the member itself, with the
-        suspicion attached; its ack carries its current alive message.
+        A late confirmation can move the deadline into the past; the last-chance
+        pings still go out first (the deadline moves to just after them).
+        """
+        lead = self.config.probe_timeout_s
+        if susp.next_wakeup(lead) < now:
+            susp.deadline = max(susp.deadline, now + susp.pings_left * lead)
+        susp.wake_at = max(now, susp.next_wakeup(lead))
+        heapq.heappush(self._timers, (susp.wake_at, T_SUSPICION, node))
+
+    def _fire_suspicion(self, node: str, now: float) -> None:
+        """Last-chance pings shortly before the deadline, then dead.
+
+        The pings are our addition to Lifeguard's buddy system: a live member we
+        still suspect is most often one whose refutation we missed (gossip reaches
+        each member only with high probability, less under loss), so before the
+        deadline we ask the member itself, twice, with the suspicion attached; its
+        ack carries its current alive message. They are sent `probe_timeout_s`
+        apart before the deadline, so they never delay a true detection.
         """
         susp = self._suspicions.get(node)
-        if susp is None or susp.deadline > now:
+        if susp is None or susp.wake_at > now:
             return
         m = self._members.get(node)
         if m is None or m.state != SUSPECT or m.incarnation != susp.incarnation:
             del self._suspicions[node]
             return
-        if susp.n < susp.k and not susp.last_chance and self.config.buddy_enabled:
-            susp.last_chance = True
-            susp.deadline = now + self.awareness.scale(self.config.probe_timeout_s)
-            heapq.heappush(self._timers, (susp.deadline, T_SUSPICION, node))
+        if susp.pings_left > 0 and susp.deadline > now:
+            susp.pings_left -= 1
             self._send_last_chance(m)
+            self._arm(susp, node, now)
             return
         del self._suspicions[node]
         self.on_dead(Dead(node, susp.incarnation, self.node_id), now)

@@ -3,8 +3,9 @@
 Pure (sans-I/O): `handle(event, now) -> [Command]`, `tick(now)`, `next_deadline()`.
 One instance per node; messages and timers belong to the driver. Events and commands
 are in `ownership_msgs`, copies and the merge rule in `replication`, the forward/steal
-protocol in `handover`, membership (quorum, take-over) in `takeover`, the stealing
-policy in `stealing`.
+protocol in `handover`, membership (quorum, take-over) in `takeover`, the majority
+fence in `fence`, deciding and recording results in `results`, the stealing policy
+in `stealing`.
 
 Invariants, and the rule that keeps each:
 
@@ -48,7 +49,7 @@ from meshlb.mesh.handover import (
     OwnershipCounters,
 )
 from meshlb.mesh.replication import TaskCopy, choose_replicas, conflicting_finals, newer, snapshot
-from meshlb.mesh.takeover import RECONCILE_S, TakeOverMixin
+from meshlb.mesh.results import ResultsMixin
 
 __all__ = ["OFFERING", "OWNER", "PENDING", "REPLICA", "Ownership", "OwnershipCounters"]
 
@@ -60,7 +61,7 @@ TOMBSTONE_S = 600.0
 FINAL_RETENTION_S = 3600.0
 
 
-class Ownership(TakeOverMixin):
+class Ownership(ResultsMixin):
     """The ownership core of one node. Not thread-safe; one driver owns it."""
 
     def __init__(
@@ -88,6 +89,14 @@ class Ownership(TakeOverMixin):
         self._steal_due_at: float | None = None
         self._quorum_since: float | None = -math.inf
         self._reconcile_at: float | None = None
+        self._orphans: dict[str, tuple[str, float, bool]] = {}
+        self._round: tuple[int, float] | None = None
+        self._round_seq = 0
+        self._round_asked: set[str] = set()
+        self._round_answers: dict[str, frozenset[str]] = {}
+        self._verdict: tuple[float, dict[str, frozenset[str]]] = (-math.inf, {})
+        self._fence_waiting = False
+        self._retry_at = -math.inf
         self._out: list[m.Command] = []
         self._now = -math.inf
         self._handlers: dict[type[Any], Callable[[Any, float], None]] = {
@@ -98,8 +107,10 @@ class Ownership(TakeOverMixin):
             m.StealDeclined: self._on_steal_declined, m.HandOverReceived: self._on_handover,
             m.HandOverAcked: self._on_acked, m.HandOverConfirmed: self._on_confirmed,
             m.PeerUp: self._on_peer_up, m.PeerDown: self._on_peer_down,
+            m.PeerRestarted: self._on_peer_restarted,
             m.PeerSuspected: self._on_peer_suspected, m.PeerForgotten: self._on_peer_forgotten,
-            m.PeerChosen: self._on_peer_chosen,
+            m.PeerChosen: self._on_peer_chosen, m.ReachChecked: self._on_reach_checked,
+            m.ReachAnswered: self._on_reach_answered,
         }  # fmt: skip
 
     # ------------------------------------------------------------------ API
@@ -126,6 +137,7 @@ class Ownership(TakeOverMixin):
             self._tombs.pop(self._tomb_order.popleft()[1], None)
         if self._steal_due_at is not None and self._steal_due_at <= now:
             self._steal_due_at = None
+        self._fence_tick(now)
         if self._reconcile_at is not None and self._reconcile_at <= now:
             self._reconcile_at = None
             if self.in_quorum():
@@ -139,6 +151,9 @@ class Ownership(TakeOverMixin):
         while self._timers and self._stale_timer(self._timers[0]):
             heapq.heappop(self._timers)
         dues = [t for t in (self._steal_due_at, self._reconcile_at) if t is not None]
+        fence_due = self._fence_due()
+        if fence_due is not None:
+            dues.append(fence_due)
         if self._timers:
             dues.append(self._timers[0][0])
         if self._finals:
@@ -262,73 +277,6 @@ class Ownership(TakeOverMixin):
             rec.mark_queued()
             e.copy = e.copy.with_record(rec)
             self._replicate(e.copy)
-
-    def _on_finished(self, ev: m.TaskFinished, now: float) -> None:
-        """The owner in a settled quorum decides; anyone else holds the result (and
-        proposes it to the live owner), so only one node ever decides a task."""
-        e = self._tasks.get(ev.task_id)
-        if e is None or e.copy.final or e.held is not None:
-            self._drop(ev.task_id, self._run_id(e), e.copy.run_id if e else None)
-            return
-        e.running = False
-        if e.role == OWNER and self._may_decide(now):
-            self._decide(e, ev, now)
-            return
-        e.held = ev
-        self.counters.results_held += 1
-        owner = e.copy.owner
-        if e.role != OWNER and owner != self.node_id and owner in self.live:
-            self._emit(m.ReplicateTo(owner, self._final_copy(e, ev)))
-
-    def _run_id(self, e: Entry | None) -> str:
-        c = e.copy if e is not None else None
-        return f"{self.node_id}:{c.epoch if c else 0}:{c.record.attempts if c else 0}"
-
-    def _final_copy(self, e: Entry, ev: m.TaskFinished) -> TaskCopy:
-        rec = snapshot(e.copy.record)
-        rec.finish(ev.state, ev.at, result=ev.result, error=ev.error)
-        return e.copy.with_record(rec, self._run_id(e))
-
-    def _drop(self, task_id: str, run_id: str, kept: str | None) -> None:
-        self.counters.duplicates_dropped += 1
-        self._emit(m.DropDuplicateResult(task_id, run_id, kept))
-
-    def _may_decide(self, now: float) -> bool:
-        since = self._quorum_since
-        return since is not None and now >= since + RECONCILE_S and self.in_quorum()
-
-    def _decide(self, e: Entry, ev: m.TaskFinished | TaskCopy, now: float) -> None:
-        """Owner only: make the result final here and record it once a replica acks."""
-        c = self._final_copy(e, ev) if isinstance(ev, m.TaskFinished) \
-            else e.copy.with_record(ev.record, ev.run_id)  # fmt: skip
-        e.copy, e.held = c, None
-        self._finals.append((now + self.final_retention_s, c.task_id))
-        self._await_or_record(e, now)
-
-    def _await_or_record(self, e: Entry, now: float) -> None:
-        """Record once a replica holds the final copy (none live: record now); out of
-        quorum, keep waiting (the retry timer resends until the quorum is back)."""
-        c = e.copy
-        live_replicas = any(n in self.live and n != self.node_id for n in c.replicas)
-        if live_replicas or not self._may_decide(now):
-            e.awaiting = c.run_id
-            self._replicate(c)
-            if not live_replicas:
-                self._arm(e, now + ACK_RETRY_S)
-        else:
-            e.awaiting, e.due_at = None, math.inf
-            self._emit(m.RecordFinal(c, decided_here=True))
-
-    def _on_replica_acked(self, ev: m.ReplicaAcked, now: float) -> None:
-        e = self._tasks.get(ev.task_id)
-        if e is None or e.role != OWNER or (e.copy.epoch, e.copy.rev) != (ev.epoch, ev.rev):
-            return
-        e.unacked.discard(ev.sender)
-        if e.awaiting is not None and e.awaiting == ev.run_id and self._may_decide(now):
-            e.awaiting = None
-            self._emit(m.RecordFinal(e.copy, decided_here=True))
-        if not e.unacked and e.awaiting is None:
-            e.due_at = math.inf
 
     # ------------------------------------------------------------------ replicas
 

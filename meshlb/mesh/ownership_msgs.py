@@ -146,6 +146,14 @@ class PeerDown:
 
 
 @dataclass(frozen=True, slots=True)
+class PeerRestarted:
+    """A member came back with a new boot id (seen in its gossip metadata): it is
+    live, but everything it owned before is gone and must be taken over."""
+
+    node_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class PeerSuspected:
     """Gossip: a member is suspected. It still owns its tasks, but it no longer
     counts towards the quorum that lets us decide results and take over."""
@@ -164,6 +172,23 @@ class PeerChosen:
 
 
 @dataclass(frozen=True, slots=True)
+class ReachChecked:
+    """Peer `sender` asks whether we can hear it (round `seq` of its majority check)."""
+
+    sender: str
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReachAnswered:
+    """Peer `sender` answered our majority check `seq`; `down` is who is dead to it."""
+
+    sender: str
+    seq: int
+    down: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
 class PeerForgotten:
     """Gossip reaped a dead member: it no longer counts towards the quorum."""
 
@@ -173,7 +198,8 @@ class PeerForgotten:
 Event = (
     TaskAccepted | ReplicaReceived | ReplicaAcked | TaskStarted | RunLost | TaskFinished
     | IdleNoticed | StealRequested | StealDeclined | HandOverReceived | HandOverAcked
-    | HandOverConfirmed | PeerUp | PeerDown | PeerSuspected | PeerForgotten | PeerChosen
+    | HandOverConfirmed | PeerUp | PeerDown | PeerRestarted | PeerSuspected | PeerForgotten
+    | PeerChosen | ReachChecked | ReachAnswered
 )  # fmt: skip
 
 # -------------------------------------------------------------------- commands
@@ -213,6 +239,21 @@ class AckReplica:
     epoch: int
     rev: int
     run_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CheckReach:
+    """Majority check (`meshlb.mesh.fence`): ask `to` which members are dead to it."""
+
+    to: str
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerReach:
+    to: str
+    seq: int
+    down: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,7 +315,8 @@ class DropDuplicateResult:
 
 Command = (
     RunLocally | Unqueue | ReplicateTo | AckReplica | HandOver | AckHandOver | ConfirmHandOver
-    | SendStealRequest | DeclineSteal | RecordFinal | DropDuplicateResult
+    | SendStealRequest | DeclineSteal | RecordFinal | DropDuplicateResult | CheckReach
+    | AnswerReach
 )  # fmt: skip
 
 
@@ -296,4 +338,8 @@ def as_event(cmd: Command, sender: str) -> tuple[str, Event] | None:
         return cmd.to, HandOverConfirmed(sender, cmd.committed, cmd.aborted)
     if isinstance(cmd, DeclineSteal):
         return cmd.to, StealDeclined(sender)
+    if isinstance(cmd, CheckReach):
+        return cmd.to, ReachChecked(sender, cmd.seq)
+    if isinstance(cmd, AnswerReach):
+        return cmd.to, ReachAnswered(sender, cmd.seq, cmd.down)
     return None

@@ -13,20 +13,22 @@ re-queues as soon as gossip declares the owner dead.
 from __future__ import annotations
 
 from meshlb.mesh import ownership_msgs as m
-from meshlb.mesh.handover import OFFERING, OWNER, PENDING, REPLICA, Entry, HandOverMixin
+from meshlb.mesh.fence import FenceMixin
+from meshlb.mesh.handover import OFFERING, OWNER, PENDING, REPLICA, Entry
 from meshlb.mesh.replication import TaskCopy, snapshot
 
 # After the quorum comes back, held results wait this long for news of a newer owner.
 RECONCILE_S = 2.0
 
 
-class TakeOverMixin(HandOverMixin):
+class TakeOverMixin(FenceMixin):
     """Membership handlers; `Ownership` provides the result-deciding helpers."""
 
     known: set[str]
     suspected: set[str]
     _quorum_since: float | None
     _reconcile_at: float | None
+    _orphans: dict[str, tuple[str, float, bool]]  # task -> (dead owner, since, restart)
 
     def _decide(self, e: Entry, ev: m.TaskFinished | TaskCopy, now: float) -> None:
         raise NotImplementedError
@@ -57,10 +59,27 @@ class TakeOverMixin(HandOverMixin):
         self.live.add(node)
         self.known.add(node)
         self.suspected.discard(node)
+        for task_id, (owner, _, restart) in list(self._orphans.items()):
+            if owner == node and not restart:  # back with its state: not an orphan
+                del self._orphans[task_id]
+        for e in self._tasks.values():
+            if e.fenced_by == node:  # back: what it did meanwhile, reconciling tells us
+                e.fenced_since = e.fenced_by = None
         self._quorum_changed(now)
         for e in self._tasks.values():
             if e.role == OWNER and node in e.copy.former and node != self.node_id:
                 self._emit(m.ReplicateTo(node, e.copy))
+
+    def _on_peer_restarted(self, ev: m.PeerRestarted, now: float) -> None:
+        """Live, but its old tasks died with its process: orphan them now."""
+        self._orphan_tasks_of(ev.node_id, now, restart=True)
+        self._quorum_changed(now)
+
+    def _orphan_tasks_of(self, node: str, now: float, *, restart: bool) -> None:
+        """Every copy `node` owned (final ones too: they are re-homed to keep R copies)."""
+        for e in self._tasks.values():
+            if e.role == REPLICA and e.copy.owner == node:
+                self._orphans[e.copy.task_id] = (node, now, restart)
 
     def _on_peer_suspected(self, ev: m.PeerSuspected, now: float) -> None:
         if ev.node_id != self.node_id:
@@ -83,6 +102,7 @@ class TakeOverMixin(HandOverMixin):
             return
         self.live.discard(gone)
         self.suspected.discard(gone)
+        self._orphan_tasks_of(gone, now, restart=False)
         if ev.left:
             self.known.discard(gone)
         self._quorum_changed(now)
@@ -93,7 +113,7 @@ class TakeOverMixin(HandOverMixin):
                 self.counters.adopted += 1
                 self._adopt(e, "adopted")
             elif e.role == OWNER and gone in e.copy.replicas:
-                self._rereplicate(e, now)
+                self._rereplicate(e, now, gone)
 
     def _quorum_changed(self, now: float) -> None:
         """Track quorum. In quorum, take over orphans at once — except just after
@@ -119,26 +139,37 @@ class TakeOverMixin(HandOverMixin):
                     self._emit(m.ReplicateTo(node, e.copy))
 
     def _take_over_orphans(self, now: float) -> None:
-        for e in list(self._tasks.values()):
-            if e.role == REPLICA and e.copy.owner not in self.live:
-                self._maybe_take_over(e, now)
+        """Resolve the orphan registry: tasks whose copy moved on are dropped from
+        it; the ones this node is heir of are taken over (behind the fence)."""
+        for task_id, (owner, since, restart) in list(self._orphans.items()):
+            e = self._tasks.get(task_id)
+            if e is None or e.role != REPLICA or e.copy.owner != owner:
+                del self._orphans[task_id]
+            elif self._maybe_take_over(e, since, restart, now):
+                self._orphans.pop(task_id, None)
 
-    def _rereplicate(self, e: Entry, now: float) -> None:
+    def _rereplicate(self, e: Entry, now: float, gone: str) -> None:
         c = e.copy
         self.counters.rereplicated += 1
+        e.fenced_since, e.fenced_by = now, gone  # recording needs the fence (fence.py)
         e.copy = c.with_replicas(self._replicas_for(c.task_id, self.node_id, c.replicas))
         if e.awaiting is not None:
             self._await_or_record(e, now)
         else:
             self._replicate(e.copy)
 
-    def _maybe_take_over(self, e: Entry, now: float) -> None:
+    def _maybe_take_over(self, e: Entry, since: float, restart: bool, now: float) -> bool:
         """The owner is gone: the first live replica of the copy's list takes over.
         A holder outside the list (a stale copy) never does: it cannot tell a double
-        failure from a partition that hides the listed replicas."""
+        failure from a partition that hides the listed replicas. Nor does a node that
+        never saw the owner die (one just restarted, still learning the members), and
+        the heir first has the death confirmed by a majority (`fence`); a restart
+        (new boot id) is unambiguous and needs no confirmation."""
         c = e.copy
         if c.successor(self.live) != self.node_id:
-            return
+            return False
+        if not restart and not self._dead_confirmed(c.owner, since, now):
+            return False
         reps = self._replicas_for(c.task_id, self.node_id, c.replicas)
         if not c.final and e.held is None:
             self.counters.taken_over += 1
@@ -151,3 +182,4 @@ class TakeOverMixin(HandOverMixin):
             self._await_or_record(e, now)
         elif e.held is not None and self._may_decide(now):
             self._decide(e, e.held, now)
+        return True

@@ -234,8 +234,8 @@ class MeshSim:
             elif isinstance(ev, MemberJoined | MetaChanged):
                 old = nd.boots.get(ev.node, ev.meta)
                 nd.boots[ev.node] = ev.meta
-                if ev.node in nd.core.live and ev.meta != old:
-                    self._feed(nd, m.PeerDown(ev.node))  # restarted: its old state is gone
+                if ev.meta != old:
+                    self._feed(nd, m.PeerRestarted(ev.node))  # its old state is gone
                 self._feed(nd, m.PeerUp(ev.node))
         self._log_seen = len(log)
 
@@ -372,10 +372,11 @@ class MeshSim:
         self._feed(nd, m.TaskAccepted(record, forward_to=to))
 
     def _replace_target(self, nd: SimMeshNode, cmd: m.RunLocally) -> str | None:
-        """A task this node now owns by take-over/back goes through placement again
-        (the heir may lack the model or be slower); placed or handed over: stays."""
+        """A task this node now owns by take-over goes through placement again (the
+        heir may lack the model or be slower); accepted, handed over or taken back
+        (an offer just failed: do not offer again at once) it stays."""
         rec = cmd.record
-        if rec.model in nd.spec.models and cmd.reason in ("accepted", "handed over"):
+        if rec.model in nd.spec.models and cmd.reason not in ("taken over", "adopted"):
             return None
         task = SimTask(rec.id, self.now, rec.model, rec.est_tokens, rec.priority)
         to = self._place(nd, task)

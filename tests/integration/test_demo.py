@@ -16,8 +16,12 @@ pytestmark = pytest.mark.integration
 
 
 def test_demo_starts_a_mesh_that_answers_and_stops_everything_on_sigterm() -> None:
-    demo = subprocess.Popen(meshlb_argv("demo", "--nodes", "2", "--no-live"),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    demo = subprocess.Popen(
+        meshlb_argv("demo", "--nodes", "2", "--no-live"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         urls: list[str] = []
         deadline = time.monotonic() + 40
@@ -34,9 +38,15 @@ def test_demo_starts_a_mesh_that_answers_and_stops_everything_on_sigterm() -> No
                 break
             time.sleep(0.2)
         assert {p["id"] for p in peers} == {"node1", "node2"}
-        r = httpx.post(f"{urls[1]}/api/generate", json={
-            "model": "llama3.2:1b", "prompt": "hi", "stream": False,
-            "options": {"num_predict": 3}})
+        r = httpx.post(
+            f"{urls[1]}/api/generate",
+            json={
+                "model": "llama3.2:1b",
+                "prompt": "hi",
+                "stream": False,
+                "options": {"num_predict": 3},
+            },
+        )
         assert r.status_code == 200 and r.json()["eval_count"] == 3
         children = psutil.Process(demo.pid).children(recursive=True)
         assert len(children) == 4  # two nodes, two simulated Ollamas

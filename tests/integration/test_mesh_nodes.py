@@ -39,66 +39,129 @@ def test_five_nodes_converge_detect_sigkill_and_readmit_restart() -> None:
         def start(i: int) -> Proc:
             http_port = free_port()
             join = [] if i == 0 else ["--join", seed]
-            args = meshlb_argv("node", "--node-id", f"n{i}", "--http", f"127.0.0.1:{http_port}",
-                               "--gossip", f"127.0.0.1:{gossip_ports[i]}", "--ollama", sim.url,
-                               "--log-format", "json", *join)
+            args = meshlb_argv(
+                "node",
+                "--node-id",
+                f"n{i}",
+                "--http",
+                f"127.0.0.1:{http_port}",
+                "--gossip",
+                f"127.0.0.1:{gossip_ports[i]}",
+                "--ollama",
+                sim.url,
+                "--log-format",
+                "json",
+                *join,
+            )
             return stack.enter_context(spawn(args, f"http://127.0.0.1:{http_port}"))
 
         nodes = [start(i) for i in range(5)]
         names = {f"n{i}" for i in range(5)}
-        wait_until(lambda: all({k for k, v in states(n).items() if v[0] == "alive"} == names
-                               for n in nodes), 15, "5 nodes see each other alive")
+        wait_until(
+            lambda: all(
+                {k for k, v in states(n).items() if v[0] == "alive"} == names for n in nodes
+            ),
+            15,
+            "5 nodes see each other alive",
+        )
         old_incarnation = states(nodes[0])["n3"][1]
         nodes[3].kill()
         survivors = [n for i, n in enumerate(nodes) if i != 3]
-        took = wait_until(lambda: all(states(n)["n3"][0] == "dead" for n in survivors), 20,
-                          "every survivor marks n3 dead")
+        took = wait_until(
+            lambda: all(states(n)["n3"][0] == "dead" for n in survivors),
+            20,
+            "every survivor marks n3 dead",
+        )
         print(f"SIGKILL -> dead at all survivors in {took:.1f}s")
         restarted = start(3)
-        wait_until(lambda: all(states(n).get("n3", ("", 0))[0] == "alive"
-                               for n in [*survivors, restarted]), 20,
-                   "restarted n3 alive everywhere")
+        wait_until(
+            lambda: all(
+                states(n).get("n3", ("", 0))[0] == "alive" for n in [*survivors, restarted]
+            ),
+            20,
+            "restarted n3 alive everywhere",
+        )
         assert states(nodes[0])["n3"][1] > old_incarnation
 
 
 def test_request_for_a_model_only_a_peer_has_streams_through_the_first_node() -> None:
     """Official ollama client streaming through node A while the task runs on node B."""
-    with sim_ollama(models="llama3.2:1b", tokens_per_second=200) as sim_a, \
-            sim_ollama(models="qwen2.5:0.5b", tokens_per_second=200) as sim_b, \
-            meshlb_node(sim_a.url, node_id="a") as a:
+    with (
+        sim_ollama(models="llama3.2:1b", tokens_per_second=200) as sim_a,
+        sim_ollama(models="qwen2.5:0.5b", tokens_per_second=200) as sim_b,
+        meshlb_node(sim_a.url, node_id="a") as a,
+    ):
         seed = f"127.0.0.1:{a.extra['gossip_port']}"
         with meshlb_node(sim_b.url, "--join", seed, node_id="b") as b:
-            wait_until(lambda: "qwen2.5:0.5b" in
-                       [m["name"] for m in httpx.get(f"{a.url}/api/tags").json()["models"]],
-                       15, "a lists b's model")
+            wait_until(
+                lambda: (
+                    "qwen2.5:0.5b"
+                    in [m["name"] for m in httpx.get(f"{a.url}/api/tags").json()["models"]]
+                ),
+                15,
+                "a lists b's model",
+            )
             client = ollama.Client(host=a.url)
-            parts = list(client.chat(model="qwen2.5:0.5b", stream=True,
-                                     messages=[{"role": "user", "content": "hi"}],
-                                     options={"num_predict": 12}))
+            parts = list(
+                client.chat(
+                    model="qwen2.5:0.5b",
+                    stream=True,
+                    messages=[{"role": "user", "content": "hi"}],
+                    options={"num_predict": 12},
+                )
+            )
             assert parts[-1].done and parts[-1].eval_count == 12
-            r = httpx.post(f"{a.url}/api/generate", json={
-                "model": "qwen2.5:0.5b", "prompt": "x", "stream": False,
-                "options": {"num_predict": 3}})
+            r = httpx.post(
+                f"{a.url}/api/generate",
+                json={
+                    "model": "qwen2.5:0.5b",
+                    "prompt": "x",
+                    "stream": False,
+                    "options": {"num_predict": 3},
+                },
+            )
             assert r.status_code == 200 and r.headers["x-meshlb-node"] == "b"
             assert httpx.get(f"{a.url}/v1/queue").json()["node_counters"]["forwarded"] >= 2
+            task = httpx.post(f"{b.url}/v1/tasks", json={
+                "kind": "generate", "model": "qwen2.5:0.5b",
+                "request": {"prompt": "x", "options": {"num_predict": 3}}}).json()
+            seen_from_a = httpx.get(f"{a.url}/v1/tasks/{task['id']}", params={"wait": 10},
+                                    timeout=15)
+            assert seen_from_a.status_code == 200, seen_from_a.text
+            assert seen_from_a.json()["state"] == "succeeded"
+            assert seen_from_a.json()["origin"] == "b"
+            assert httpx.get(f"{a.url}/v1/tasks/t-unknown").status_code == 404
             missing = httpx.post(f"{a.url}/api/generate", json={"model": "nowhere:1b"})
             assert missing.status_code == 404
             b.kill()
             b.popen.wait(5)
             # b is gone (SIGKILL): before gossip notices, A tries b, fails, and answers 503.
-            r = httpx.post(f"{a.url}/api/generate", json={
-                "model": "qwen2.5:0.5b", "prompt": "x", "stream": False})
+            r = httpx.post(
+                f"{a.url}/api/generate",
+                json={"model": "qwen2.5:0.5b", "prompt": "x", "stream": False},
+            )
             assert r.status_code in (503, 404), r.text
             assert r.status_code == 404 or "retry-after" in r.headers
 
 
 def test_cluster_key_refuses_unauthenticated_peer_requests() -> None:
-    with sim_ollama(tokens_per_second=200) as sim, \
-            meshlb_node(sim.url, "--cluster-key", "s3cret-key-for-tests", node_id="k") as n:
-        r = httpx.post(f"{n.url}/api/generate", headers={"x-meshlb-hops": "1"},
-                       json={"model": "llama3.2:1b", "prompt": "x", "stream": False})
+    with (
+        sim_ollama(tokens_per_second=200) as sim,
+        meshlb_node(sim.url, "--cluster-key", "s3cret-key-for-tests", node_id="k") as n,
+    ):
+        r = httpx.post(
+            f"{n.url}/api/generate",
+            headers={"x-meshlb-hops": "1"},
+            json={"model": "llama3.2:1b", "prompt": "x", "stream": False},
+        )
         assert r.status_code == 401 and "refused" in r.json()["error"]
-        ok = httpx.post(f"{n.url}/api/generate", json={
-            "model": "llama3.2:1b", "prompt": "x", "stream": False,
-            "options": {"num_predict": 2}})
+        ok = httpx.post(
+            f"{n.url}/api/generate",
+            json={
+                "model": "llama3.2:1b",
+                "prompt": "x",
+                "stream": False,
+                "options": {"num_predict": 2},
+            },
+        )
         assert ok.status_code == 200

@@ -23,8 +23,9 @@ def node() -> Iterator[Proc]:
 
 def test_ollama_client_chat_generate_embed_list(node: Proc) -> None:
     client = ollama.Client(host=node.url)
-    chat = client.chat(model=MODEL, messages=[{"role": "user", "content": "hi"}],
-                       options={"num_predict": 8})
+    chat = client.chat(
+        model=MODEL, messages=[{"role": "user", "content": "hi"}], options={"num_predict": 8}
+    )
     assert chat.message.role == "assistant" and chat.message.content
     assert chat.done and chat.eval_count == 8
     gen = client.generate(model=MODEL, prompt="hello", options={"num_predict": 5})
@@ -37,8 +38,14 @@ def test_ollama_client_chat_generate_embed_list(node: Proc) -> None:
 
 def test_ollama_client_streaming_chat(node: Proc) -> None:
     client = ollama.Client(host=node.url)
-    parts = list(client.chat(model=MODEL, messages=[{"role": "user", "content": "hi"}],
-                             stream=True, options={"num_predict": 10}))
+    parts = list(
+        client.chat(
+            model=MODEL,
+            messages=[{"role": "user", "content": "hi"}],
+            stream=True,
+            options={"num_predict": 10},
+        )
+    )
     assert len(parts) >= 10
     assert all(not p.done for p in parts[:-1]) and parts[-1].done
     assert parts[-1].eval_count == 10
@@ -47,20 +54,24 @@ def test_ollama_client_streaming_chat(node: Proc) -> None:
 
 def test_openai_client_chat_and_stream(node: Proc) -> None:
     client = openai.OpenAI(base_url=f"{node.url}/v1", api_key="unused")
-    out = client.chat.completions.create(model=MODEL, max_tokens=6,
-                                         messages=[{"role": "user", "content": "hi"}])
+    out = client.chat.completions.create(
+        model=MODEL, max_tokens=6, messages=[{"role": "user", "content": "hi"}]
+    )
     assert out.choices[0].message.content
-    stream = client.chat.completions.create(model=MODEL, max_tokens=6, stream=True,
-                                            messages=[{"role": "user", "content": "hi"}])
+    stream = client.chat.completions.create(
+        model=MODEL, max_tokens=6, stream=True, messages=[{"role": "user", "content": "hi"}]
+    )
     text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
     assert text
     assert MODEL in [m.id for m in client.models.list().data]
 
 
 def test_meshlb_headers_on_every_task(node: Proc) -> None:
-    r = httpx.post(f"{node.url}/api/generate", headers={"X-Meshlb-Priority": "9"},
-                   json={"model": MODEL, "prompt": "x", "stream": False,
-                         "options": {"num_predict": 3}})
+    r = httpx.post(
+        f"{node.url}/api/generate",
+        headers={"X-Meshlb-Priority": "9"},
+        json={"model": MODEL, "prompt": "x", "stream": False, "options": {"num_predict": 3}},
+    )
     assert r.status_code == 200
     assert r.headers["x-meshlb-task-id"].startswith("t-")
     assert r.headers["x-meshlb-node"] == "n1"

@@ -17,25 +17,35 @@ MODEL = "llama3.2:1b"
 
 @pytest.fixture(scope="module")
 def node() -> Iterator[Proc]:
-    with sim_ollama(tokens_per_second=500) as sim, \
-            meshlb_node(sim.url, "--max-queue", "50") as n:
+    with sim_ollama(tokens_per_second=500) as sim, meshlb_node(sim.url, "--max-queue", "50") as n:
         yield n
 
 
-@pytest.mark.parametrize(("path", "body", "status", "fragment"), [
-    ("/api/generate", b"{oops", 400, "invalid JSON"),
-    ("/api/chat", b"[]", 400, "JSON object"),
-    ("/api/generate", b'{"prompt": "x"}', 400, "model is required"),
-    ("/api/generate", b'{"model": "nope:7b", "prompt": "x"}', 404, "model 'nope:7b' not found"),
-    ("/api/generate", b'{"model": "llama3.2:1b", "stream": "yes"}', 400, "stream"),
-    ("/v1/tasks", b'{"kind": "generate"}', 400, "model"),
-    ("/v1/tasks", b'{"kind": "dance", "model": "llama3.2:1b"}', 400, "kind"),
-    ("/v1/tasks", b'{"kind": "generate", "model": "llama3.2:1b", "priority": 11}', 422,
-     "priority"),
-    ("/v1/tasks", b'{"kind": "generate", "model": "llama3.2:1b", "timeout_s": -1}', 422,
-     "timeout_s"),
-    ("/v1/tasks", b'{"kind": "generate", "model": "ghost"}', 404, "not found"),
-])
+@pytest.mark.parametrize(
+    ("path", "body", "status", "fragment"),
+    [
+        ("/api/generate", b"{oops", 400, "invalid JSON"),
+        ("/api/chat", b"[]", 400, "JSON object"),
+        ("/api/generate", b'{"prompt": "x"}', 400, "model is required"),
+        ("/api/generate", b'{"model": "nope:7b", "prompt": "x"}', 404, "model 'nope:7b' not found"),
+        ("/api/generate", b'{"model": "llama3.2:1b", "stream": "yes"}', 400, "stream"),
+        ("/v1/tasks", b'{"kind": "generate"}', 400, "model"),
+        ("/v1/tasks", b'{"kind": "dance", "model": "llama3.2:1b"}', 400, "kind"),
+        (
+            "/v1/tasks",
+            b'{"kind": "generate", "model": "llama3.2:1b", "priority": 11}',
+            422,
+            "priority",
+        ),
+        (
+            "/v1/tasks",
+            b'{"kind": "generate", "model": "llama3.2:1b", "timeout_s": -1}',
+            422,
+            "timeout_s",
+        ),
+        ("/v1/tasks", b'{"kind": "generate", "model": "ghost"}', 404, "not found"),
+    ],
+)
 def test_bad_bodies(node: Proc, path: str, body: bytes, status: int, fragment: str) -> None:
     r = httpx.post(node.url + path, content=body)
     assert r.status_code == status, r.text
@@ -43,8 +53,11 @@ def test_bad_bodies(node: Proc, path: str, body: bytes, status: int, fragment: s
 
 
 def test_priority_header_out_of_range_is_422(node: Proc) -> None:
-    r = httpx.post(f"{node.url}/api/generate", headers={"X-Meshlb-Priority": "0"},
-                   json={"model": MODEL, "prompt": "x"})
+    r = httpx.post(
+        f"{node.url}/api/generate",
+        headers={"X-Meshlb-Priority": "0"},
+        json={"model": MODEL, "prompt": "x"},
+    )
     assert r.status_code == 422 and "1 to 10" in r.json()["error"]
 
 
@@ -81,9 +94,10 @@ def test_unknown_task_and_paths(node: Proc) -> None:
 def test_node_is_healthy_after_bad_input(node: Proc) -> None:
     for _ in range(20):
         httpx.post(f"{node.url}/api/chat", content=b"\x00\xff garbage")
-    r = httpx.post(f"{node.url}/api/generate",
-                   json={"model": MODEL, "prompt": "ok", "stream": False,
-                         "options": {"num_predict": 2}})
+    r = httpx.post(
+        f"{node.url}/api/generate",
+        json={"model": MODEL, "prompt": "ok", "stream": False, "options": {"num_predict": 2}},
+    )
     assert r.status_code == 200 and r.json()["done"] is True, (r.status_code, r.text)
     log = node.log()
     assert "Error in ASGI" not in log and "unhandled error" not in log, log[-3000:]
@@ -101,11 +115,15 @@ def test_backend_down_is_503_with_sentence_and_node_stays_up() -> None:
 
 
 def test_backend_dies_mid_stream_ends_with_error_object() -> None:
-    with sim_ollama("--die-mid-stream-rate", "1.0", tokens_per_second=200) as sim, \
-            meshlb_node(sim.url, node_id="fragile") as n:
-        with httpx.stream("POST", f"{n.url}/api/generate",
-                          json={"model": MODEL, "prompt": "x",
-                                "options": {"num_predict": 50}}) as r:
+    with (
+        sim_ollama("--die-mid-stream-rate", "1.0", tokens_per_second=200) as sim,
+        meshlb_node(sim.url, node_id="fragile") as n,
+    ):
+        with httpx.stream(
+            "POST",
+            f"{n.url}/api/generate",
+            json={"model": MODEL, "prompt": "x", "options": {"num_predict": 50}},
+        ) as r:
             lines = [line for line in r.iter_lines() if line]
         assert '"error"' in lines[-1], lines[-3:]
         time.sleep(0.2)

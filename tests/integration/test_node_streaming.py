@@ -16,8 +16,11 @@ MODEL = "llama3.2:1b"
 def test_chunks_arrive_as_generated_not_buffered() -> None:
     with sim_ollama(tokens_per_second=20) as sim, meshlb_node(sim.url, node_id="s") as n:
         arrivals = []
-        with httpx.stream("POST", f"{n.url}/api/generate", json={
-                "model": MODEL, "prompt": "x", "options": {"num_predict": 10}}) as r:
+        with httpx.stream(
+            "POST",
+            f"{n.url}/api/generate",
+            json={"model": MODEL, "prompt": "x", "options": {"num_predict": 10}},
+        ) as r:
             assert r.headers["content-type"].startswith("application/x-ndjson")
             for line in r.iter_lines():
                 if line:
@@ -29,8 +32,11 @@ def test_chunks_arrive_as_generated_not_buffered() -> None:
 
 def test_client_leaving_mid_stream_cancels_the_upstream_request() -> None:
     with sim_ollama(tokens_per_second=20) as sim, meshlb_node(sim.url, node_id="c") as n:
-        with httpx.stream("POST", f"{n.url}/api/generate", json={
-                "model": MODEL, "prompt": "x", "options": {"num_predict": 400}}) as r:
+        with httpx.stream(
+            "POST",
+            f"{n.url}/api/generate",
+            json={"model": MODEL, "prompt": "x", "options": {"num_predict": 400}},
+        ) as r:
             for i, _ in enumerate(r.iter_lines()):
                 if i == 3:
                     break  # leave after a few tokens; closing the response drops the socket

@@ -68,11 +68,22 @@ def test_generate(sim: Proc) -> None:
     assert gen.eval_duration == int(8 / TPS * 1e9)  # nanoseconds, consistent with tokens/s
     assert gen.total_duration is not None and gen.total_duration <= wall_ns
     assert gen.total_duration >= gen.eval_duration + (gen.prompt_eval_duration or 0)
-    streamed = list(client.generate(model=MODEL, prompt="why is the sky blue?", stream=True,
-                                    options={"num_predict": 8}))
+    streamed = list(
+        client.generate(
+            model=MODEL, prompt="why is the sky blue?", stream=True, options={"num_predict": 8}
+        )
+    )
     assert "".join(s.response or "" for s in streamed) == gen.response
-    raw = post(sim, "/api/generate", {"model": MODEL, "prompt": "why is the sky blue?",
-                                      "stream": False, "options": {"num_predict": 8}})
+    raw = post(
+        sim,
+        "/api/generate",
+        {
+            "model": MODEL,
+            "prompt": "why is the sky blue?",
+            "stream": False,
+            "options": {"num_predict": 8},
+        },
+    )
     assert strict.StrictGenerateFinal.model_validate(raw.json()).response == gen.response
     *chunks, final = lines(post(sim, "/api/generate", {"model": MODEL, "prompt": "hi"}))
     for c in chunks:
@@ -106,7 +117,8 @@ def test_embed_list_ps_show_version(sim: Proc) -> None:
     legacy = client.embeddings(model=EMBED, prompt="a")
     assert list(legacy.embedding) == list(emb.embeddings[0])
     strict.StrictEmbeddings.model_validate(
-        post(sim, "/api/embeddings", {"model": EMBED, "prompt": "a"}).json())
+        post(sim, "/api/embeddings", {"model": EMBED, "prompt": "a"}).json()
+    )
     assert [m.model for m in client.list().models] == [MODEL, f"{EMBED}:latest"]
     strict.StrictList.model_validate(httpx.get(sim.url + "/api/tags").json())
     client.generate(model=MODEL, prompt="warm up", options={"num_predict": 1})
@@ -125,15 +137,27 @@ def test_openai_client(sim: Proc) -> None:
     cc = oc.chat.completions.create(model=MODEL, messages=msgs, max_tokens=5)
     assert cc.choices[0].finish_reason == "length" and cc.usage is not None
     assert cc.usage.completion_tokens == 5
-    chunks = list(oc.chat.completions.create(model=MODEL, messages=msgs, max_tokens=5,
-                                             stream=True, stream_options={"include_usage": True}))
+    chunks = list(
+        oc.chat.completions.create(
+            model=MODEL,
+            messages=msgs,
+            max_tokens=5,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == cc.choices[0].message.content
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 5
     body = {"model": MODEL, "messages": msgs, "max_tokens": 5}
     strict.OAChatCompletion.model_validate(post(sim, "/v1/chat/completions", body).json())
-    events = sse(post(sim, "/v1/chat/completions", {**body, "stream": True,
-                                                    "stream_options": {"include_usage": True}}))
+    events = sse(
+        post(
+            sim,
+            "/v1/chat/completions",
+            {**body, "stream": True, "stream_options": {"include_usage": True}},
+        )
+    )
     assert events[-1] == "[DONE]"
     for e in events[:-1]:
         strict.OAChatChunk.model_validate_json(e)
@@ -141,14 +165,18 @@ def test_openai_client(sim: Proc) -> None:
     native = ollama.Client(host=sim.url).embed(model=EMBED, input="a").embeddings[0]
     assert emb.data[0].embedding == pytest.approx(list(native), abs=1e-6)
     for fmt in ("float", "base64"):
-        strict.OAEmbeddingList.model_validate(post(sim, "/v1/embeddings", {
-            "model": EMBED, "input": "a", "encoding_format": fmt}).json())
+        strict.OAEmbeddingList.model_validate(
+            post(
+                sim, "/v1/embeddings", {"model": EMBED, "input": "a", "encoding_format": fmt}
+            ).json()
+        )
     assert [m.id for m in oc.models.list()] == [MODEL, f"{EMBED}:latest"]
     strict.OAModelList.model_validate(httpx.get(sim.url + "/v1/models").json())
     comp = oc.completions.create(model=MODEL, prompt="once", max_tokens=3)
     assert comp.choices[0].finish_reason == "length" and comp.choices[0].text
-    strict.OACompletion.model_validate(post(sim, "/v1/completions", {
-        "model": MODEL, "prompt": "once", "max_tokens": 3}).json())
+    strict.OACompletion.model_validate(
+        post(sim, "/v1/completions", {"model": MODEL, "prompt": "once", "max_tokens": 3}).json()
+    )
     with pytest.raises(openai.NotFoundError):
         oc.chat.completions.create(model="nope", messages=msgs)
     strict.OAError.model_validate(post(sim, "/v1/chat/completions", {**body, "model": "x"}).json())
@@ -170,8 +198,9 @@ def test_errors(sim: Proc) -> None:
 
 def test_port_in_use_is_a_clear_error(sim: Proc) -> None:
     port = str(urlparse(sim.url).port)
-    done = subprocess.run(meshlb_argv("sim-ollama", "--port", port), capture_output=True,
-                          text=True, timeout=20)
+    done = subprocess.run(
+        meshlb_argv("sim-ollama", "--port", port), capture_output=True, text=True, timeout=20
+    )
     assert done.returncode == 1 and "cannot listen" in done.stderr
 
 
@@ -180,8 +209,10 @@ def _hold(p: Proc, body: dict[str, Any]) -> socket.socket:
     url = urlparse(p.url)
     s = socket.create_connection((url.hostname or "127.0.0.1", url.port or 80))
     data = json.dumps(body).encode()
-    s.sendall(b"POST /api/generate HTTP/1.1\r\nHost: sim\r\nContent-Type: application/json\r\n"
-              b"Content-Length: %d\r\n\r\n%s" % (len(data), data))
+    s.sendall(
+        b"POST /api/generate HTTP/1.1\r\nHost: sim\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(data), data)
+    )
     return s
 
 
@@ -214,8 +245,16 @@ def test_busy_503_and_disconnects_reach_the_backend() -> None:
 
 
 def test_fault_injection() -> None:
-    with sim_ollama("--error-rate", "0.5", "--die-mid-stream-rate", "1", "--seed", "3",
-                    models=MODEL, tokens_per_second=2000) as p:
+    with sim_ollama(
+        "--error-rate",
+        "0.5",
+        "--die-mid-stream-rate",
+        "1",
+        "--seed",
+        "3",
+        models=MODEL,
+        tokens_per_second=2000,
+    ) as p:
         client = ollama.Client(host=p.url)
         seen: Counter[str] = Counter()
         for i in range(12):
@@ -231,5 +270,3 @@ def test_fault_injection() -> None:
         stats = httpx.get(p.url + "/sim/stats").json()
         assert (stats["errors_injected"], stats["died_mid_stream"]) == (seen["500"], seen["cut"])
     assert p.popen.returncode == 0  # SIGTERM is a clean stop
-
-

@@ -18,8 +18,12 @@ MODEL = "llama3.2:1b"
 
 
 def task_body(prompt: str = "hi", num_predict: int = 4, **extra: object) -> dict[str, object]:
-    return {"kind": "generate", "model": MODEL,
-            "request": {"prompt": prompt, "options": {"num_predict": num_predict}}, **extra}
+    return {
+        "kind": "generate",
+        "model": MODEL,
+        "request": {"prompt": prompt, "options": {"num_predict": num_predict}},
+        **extra,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -43,12 +47,21 @@ def test_submit_wait_and_read(node: Proc) -> None:
 
 
 def test_chat_and_embed_tasks(node: Proc) -> None:
-    chat = httpx.post(f"{node.url}/v1/tasks", json={
-        "kind": "chat", "model": MODEL,
-        "request": {"messages": [{"role": "user", "content": "hi"}],
-                    "options": {"num_predict": 3}}}).json()
-    emb = httpx.post(f"{node.url}/v1/tasks", json={
-        "kind": "embed", "model": "nomic-embed-text", "request": {"input": "hello"}}).json()
+    chat = httpx.post(
+        f"{node.url}/v1/tasks",
+        json={
+            "kind": "chat",
+            "model": MODEL,
+            "request": {
+                "messages": [{"role": "user", "content": "hi"}],
+                "options": {"num_predict": 3},
+            },
+        },
+    ).json()
+    emb = httpx.post(
+        f"{node.url}/v1/tasks",
+        json={"kind": "embed", "model": "nomic-embed-text", "request": {"input": "hello"}},
+    ).json()
     chat = httpx.get(f"{node.url}/v1/tasks/{chat['id']}", params={"wait": 10}, timeout=15).json()
     emb = httpx.get(f"{node.url}/v1/tasks/{emb['id']}", params={"wait": 10}, timeout=15).json()
     assert chat["result"]["message"]["content"]
@@ -78,28 +91,36 @@ def test_timeout_fails_the_task(node: Proc) -> None:
 
 def test_priority_10_overtakes_six_priority_1_tasks() -> None:
     """One slot, slow backend: a late priority-10 task finishes before >= 4 of six p1 tasks."""
-    with sim_ollama(tokens_per_second=50, parallel=1) as sim, \
-            meshlb_node(sim.url, "--max-concurrency", "1", node_id="p") as n:
-        low = [httpx.post(f"{n.url}/v1/tasks", json=task_body(f"low{i}", 10, priority=1)).json()
-               for i in range(6)]
+    with (
+        sim_ollama(tokens_per_second=50, parallel=1) as sim,
+        meshlb_node(sim.url, "--max-concurrency", "1", node_id="p") as n,
+    ):
+        low = [
+            httpx.post(f"{n.url}/v1/tasks", json=task_body(f"low{i}", 10, priority=1)).json()
+            for i in range(6)
+        ]
         high = httpx.post(f"{n.url}/v1/tasks", json=task_body("high", 10, priority=10)).json()
         finished = {}
         for t in [*low, high]:
-            finished[t["id"]] = httpx.get(f"{n.url}/v1/tasks/{t['id']}", params={"wait": 30},
-                                          timeout=35).json()["finished_at"]
+            finished[t["id"]] = httpx.get(
+                f"{n.url}/v1/tasks/{t['id']}", params={"wait": 30}, timeout=35
+            ).json()["finished_at"]
         beaten = sum(1 for t in low if finished[t["id"]] > finished[high["id"]])
         assert beaten >= 4, finished
 
 
 def test_streaming_client_that_leaves_while_queued_frees_its_place() -> None:
-    with sim_ollama(tokens_per_second=50, parallel=1) as sim, \
-            meshlb_node(sim.url, "--max-concurrency", "1", node_id="q") as n:
+    with (
+        sim_ollama(tokens_per_second=50, parallel=1) as sim,
+        meshlb_node(sim.url, "--max-concurrency", "1", node_id="q") as n,
+    ):
         blocker = httpx.post(f"{n.url}/v1/tasks", json=task_body(num_predict=100)).json()
 
         def impatient() -> None:
             with contextlib.suppress(httpx.TimeoutException):
-                httpx.post(f"{n.url}/api/generate", json={"model": MODEL, "prompt": "x"},
-                           timeout=0.5)
+                httpx.post(
+                    f"{n.url}/api/generate", json={"model": MODEL, "prompt": "x"}, timeout=0.5
+                )
 
         thread = threading.Thread(target=impatient)
         thread.start()
@@ -116,16 +137,20 @@ def test_streaming_client_that_leaves_while_queued_frees_its_place() -> None:
 def test_sigkill_with_20_queued_tasks_then_restart_completes_all(tmp_path: Path) -> None:
     data_dir = str(tmp_path / "journal")
     with sim_ollama(tokens_per_second=100, parallel=4) as sim:
-        with meshlb_node(sim.url, "--max-concurrency", "1", "--data-dir", data_dir,
-                         node_id="durable") as n:
-            ids = [httpx.post(f"{n.url}/v1/tasks", json=task_body(f"job{i}", 100)).json()["id"]
-                   for i in range(20)]
+        with meshlb_node(
+            sim.url, "--max-concurrency", "1", "--data-dir", data_dir, node_id="durable"
+        ) as n:
+            ids = [
+                httpx.post(f"{n.url}/v1/tasks", json=task_body(f"job{i}", 100)).json()["id"]
+                for i in range(20)
+            ]
             queue = httpx.get(f"{n.url}/v1/queue").json()
             assert queue["queued"] + queue["running"] >= 15, queue  # 1 s per task, one slot
             n.kill()  # SIGKILL: no chance to save anything now
             n.popen.wait(5)
-        with meshlb_node(sim.url, "--max-concurrency", "4", "--data-dir", data_dir,
-                         node_id="durable") as n2:
+        with meshlb_node(
+            sim.url, "--max-concurrency", "4", "--data-dir", data_dir, node_id="durable"
+        ) as n2:
             states = []
             for task_id in ids:
                 r = httpx.get(f"{n2.url}/v1/tasks/{task_id}", params={"wait": 30}, timeout=35)
@@ -136,8 +161,10 @@ def test_sigkill_with_20_queued_tasks_then_restart_completes_all(tmp_path: Path)
 
 
 def test_queued_task_times_out_and_queued_task_cancels_without_running() -> None:
-    with sim_ollama(tokens_per_second=50, parallel=1) as sim, \
-            meshlb_node(sim.url, "--max-concurrency", "1", node_id="tq") as n:
+    with (
+        sim_ollama(tokens_per_second=50, parallel=1) as sim,
+        meshlb_node(sim.url, "--max-concurrency", "1", node_id="tq") as n,
+    ):
         blocker = httpx.post(f"{n.url}/v1/tasks", json=task_body(num_predict=200)).json()
         late = httpx.post(f"{n.url}/v1/tasks", json=task_body(timeout_s=0.5)).json()
         queued = httpx.post(f"{n.url}/v1/tasks", json=task_body()).json()

@@ -7,12 +7,15 @@ from meshlb.api.errors import ApiError
 from meshlb.tokens import estimate_tokens, num_predict_of, tokens_from_tail
 
 
-@pytest.mark.parametrize(("body", "fragment"), [
-    (b"", "empty"),
-    (b"{not json", "invalid JSON"),
-    (b"[1, 2]", "JSON object, not list"),
-    (b"\xff\xfe", "UTF-8"),
-])
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        (b"", "empty"),
+        (b"{not json", "invalid JSON"),
+        (b"[1, 2]", "JSON object, not list"),
+        (b"\xff\xfe", "UTF-8"),
+    ],
+)
 def test_malformed_json_is_400_with_reason(body: bytes, fragment: str) -> None:
     with pytest.raises(ApiError) as info:
         parse_json_object(body)
@@ -54,8 +57,10 @@ def test_num_predict_ignores_unbounded_values() -> None:
 
 
 def test_tokens_from_ollama_final_chunk() -> None:
-    tail = (b'{"response":"a","done":false}\n'
-            b'{"done":true,"prompt_eval_count":12,"eval_count":30,"eval_duration":1}\n')
+    tail = (
+        b'{"response":"a","done":false}\n'
+        b'{"done":true,"prompt_eval_count":12,"eval_count":30,"eval_duration":1}\n'
+    )
     assert tokens_from_tail(tail) == 42
 
 

@@ -49,8 +49,9 @@ def test_join_flags_tuple_become_list() -> None:
         ({"cluster_key": "short"}, "cluster_key", "at least 8"),
     ],
 )
-def test_bad_values_name_key_value_and_reason(flags: dict[str, object], key: str,
-                                              fragment: str) -> None:
+def test_bad_values_name_key_value_and_reason(
+    flags: dict[str, object], key: str, fragment: str
+) -> None:
     with pytest.raises(ConfigError) as info:
         load_settings(None, flags, environ={})
     assert info.value.key.split(".")[0] == key

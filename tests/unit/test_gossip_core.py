@@ -161,15 +161,19 @@ def test_no_buddy_without_lifeguard() -> None:
 def test_suspicion_expires_to_dead_at_max_without_confirmations() -> None:
     core = core_with_peers(9)  # N = 10: min = 4 s, max = 24 s, k = 2
     core.receive((Suspect("n5", 0, "n1"),), addr(1), 0.0)
-    for t in (1.0, 10.0, 23.9):
+    for t in (1.0, 10.0, 22.9):
         core.tick(t)
         assert core.member("n5").state == "suspect"  # type: ignore[union-attr]
-    core.tick(24.0)  # unconfirmed: one last buddy ping first
+    sent(core)
+    for t in (23.0, 23.5):  # two last-chance buddy pings, probe_timeout apart, before it
+        core.tick(t)
+        last = [d for d in sent(core) if d.addr == addr(5)]
+        assert last and Suspect("n5", 0, "n0") in last[-1].messages
+        assert any(isinstance(m, Ping) for m in last[-1].messages)
+        assert core.member("n5").state == "suspect"  # type: ignore[union-attr]
+    core.tick(23.99)
     assert core.member("n5").state == "suspect"  # type: ignore[union-attr]
-    last = [d for d in sent(core) if d.addr == addr(5)]
-    assert last and Suspect("n5", 0, "n0") in last[-1].messages
-    assert any(isinstance(m, Ping) for m in last[-1].messages)
-    core.tick(24.0 + core.awareness.scale(0.5))  # probe timeout, stretched by our health
+    core.tick(24.0)
     assert core.member("n5").state == "dead"  # type: ignore[union-attr]
     assert MemberDied("n5", "n0", 0) in core.events()
 
@@ -177,7 +181,7 @@ def test_suspicion_expires_to_dead_at_max_without_confirmations() -> None:
 def test_last_chance_ping_answered_with_current_alive_saves_the_member() -> None:
     core = core_with_peers(9)
     core.receive((Suspect("n5", 0, "n1"),), addr(1), 0.0)
-    core.tick(24.0)
+    core.tick(23.5)
     last = [d for d in sent(core) if d.addr == addr(5)][-1]
     # n5 had refuted long ago (inc 1) but we missed it; a stale suspicion reminds it.
     target = Membership(GossipConfig(), "n5", addr(5), b"", random.Random(5), 0.0)
@@ -186,11 +190,11 @@ def test_last_chance_ping_answered_with_current_alive_saves_the_member() -> None
     assert target.incarnation == 1
     run_until(target, 10.0, 1.0)  # the refutation runs out of retransmits
     assert not target.broadcast_pending("n5")
-    target.receive(last.messages, addr(0), 24.1)
+    target.receive(last.messages, addr(0), 23.55)
     (reply,) = sent(target)
     assert any(isinstance(m, Ack) for m in reply.messages)
     assert Alive("n5", 1, addr(5), b"") in reply.messages
-    core.receive(reply.messages, addr(5), 24.2)
+    core.receive(reply.messages, addr(5), 23.6)
     core.tick(24.5)
     assert core.member("n5").state == "alive"  # type: ignore[union-attr]
 
@@ -201,9 +205,9 @@ def test_independent_confirmations_shrink_suspicion_to_min() -> None:
     core.receive((Suspect("n5", 0, "n1"),), addr(1), 0.1)  # same accuser: no confirmation
     core.receive((Suspect("n5", 0, "n2"),), addr(2), 0.2)
     core.receive((Suspect("n5", 0, "n3"),), addr(3), 0.3)
-    core.tick(3.9)
+    run_until(core, 3.99, 0.3)  # (ticks at every deadline, last-chance pings included)
     assert core.member("n5").state == "suspect"  # type: ignore[union-attr]
-    core.tick(4.0)
+    run_until(core, 4.0, 3.99)
     assert core.member("n5").state == "dead"  # type: ignore[union-attr]
 
 
@@ -253,3 +257,16 @@ def test_no_trio_socket_or_time_in_core_modules() -> None:
                 names = [node.module]
             for name in names:
                 assert name.split(".")[0] not in {"trio", "socket", "time", "asyncio"}, path
+
+
+def test_late_confirmation_still_gives_the_suspect_its_last_chance_pings() -> None:
+    core = core_with_peers(9)
+    core.receive((Suspect("n5", 0, "n1"),), addr(1), 0.0)
+    core.tick(5.0)
+    sent(core)
+    core.receive((Suspect("n5", 0, "n2"),), addr(2), 20.0)  # deadline -> 11.4 s: passed
+    core.tick(20.0)
+    assert core.member("n5").state == "suspect"  # type: ignore[union-attr]
+    assert any(Suspect("n5", 0, "n0") in d.messages for d in sent(core) if d.addr == addr(5))
+    core.tick(21.0)
+    assert core.member("n5").state == "dead"  # type: ignore[union-attr]

@@ -12,8 +12,9 @@ def test_valid_signature_passes() -> None:
 
 def test_wrong_key_tampered_body_and_path_fail() -> None:
     header = sign(KEY, "POST", "/api/chat", b"{}", now=1000.0)
-    assert "does not match" in (verify("other-key-123", header, "POST", "/api/chat", b"{}",
-                                       1000.0) or "")
+    assert "does not match" in (
+        verify("other-key-123", header, "POST", "/api/chat", b"{}", 1000.0) or ""
+    )
     assert verify(KEY, header, "POST", "/api/chat", b'{"x":1}', 1000.0) is not None
     assert verify(KEY, header, "POST", "/api/generate", b"{}", 1000.0) is not None
 

@@ -7,9 +7,11 @@ from meshlb.mesh.meta import MAX_META_BYTES, Load, NodeMeta, decode_meta, encode
 
 
 def test_round_trip() -> None:
-    meta = NodeMeta("10.0.0.1:11435", ("llama3.2:1b", "nomic-embed-text:latest"),
-                    Load(queued=3, running=2, max_concurrency=4, rpm_limit=60, rpm_used=7,
-                         tokens_per_s=42.5))
+    meta = NodeMeta(
+        "10.0.0.1:11435",
+        ("llama3.2:1b", "nomic-embed-text:latest"),
+        Load(queued=3, running=2, max_concurrency=4, rpm_limit=60, rpm_used=7, tokens_per_s=42.5),
+    )
     assert decode_meta(encode_meta(meta)) == meta
 
 

@@ -15,15 +15,25 @@ from meshlb.mesh.placement import (
 M = "llama3.2:1b"
 
 
-def cand(node_id: str, queued: int = 0, running: int = 0, slots: int = 4, tps: float = 50.0,
-         models: tuple[str, ...] = (M,), local: bool = False, **kw: int) -> Candidate:
-    return Candidate(node_id, frozenset(models), queued, running, slots, tps, is_local=local,
-                     **kw)
+def cand(
+    node_id: str,
+    queued: int = 0,
+    running: int = 0,
+    slots: int = 4,
+    tps: float = 50.0,
+    models: tuple[str, ...] = (M,),
+    local: bool = False,
+    **kw: int,
+) -> Candidate:
+    return Candidate(node_id, frozenset(models), queued, running, slots, tps, is_local=local, **kw)
 
 
 def test_idle_local_host_runs_it_when_peers_are_no_better() -> None:
-    d = place(TaskNeeds(M, 100), [cand("a", local=True), cand("b"), cand("c", running=2)],
-              random.Random(1))
+    d = place(
+        TaskNeeds(M, 100),
+        [cand("a", local=True), cand("b"), cand("c", running=2)],
+        random.Random(1),
+    )
     assert isinstance(d, RunHere)
     assert d.eta_s == expected_completion_s(cand("a"), TaskNeeds(M, 100)) == 2.0
 
@@ -34,42 +44,55 @@ def test_much_faster_idle_peer_wins() -> None:
 
 
 def test_busy_local_forwards_to_idle_peer() -> None:
-    d = place(TaskNeeds(M, 100), [cand("a", queued=20, running=4, local=True), cand("b")],
-              random.Random(1))
+    d = place(
+        TaskNeeds(M, 100),
+        [cand("a", queued=20, running=4, local=True), cand("b")],
+        random.Random(1),
+    )
     assert isinstance(d, SendTo) and d.node_id == "b"
 
 
 def test_small_gain_keeps_task_here() -> None:
-    d = place(TaskNeeds(M, 100), [cand("a", running=1, local=True), cand("b", tps=51)],
-              random.Random(1))
+    d = place(
+        TaskNeeds(M, 100), [cand("a", running=1, local=True), cand("b", tps=51)], random.Random(1)
+    )
     assert isinstance(d, RunHere)
 
 
 def test_forwarded_task_runs_where_it_lands() -> None:
-    d = place(TaskNeeds(M, 100, hops=1), [cand("a", queued=50, local=True), cand("b")],
-              random.Random(1))
+    d = place(
+        TaskNeeds(M, 100, hops=1), [cand("a", queued=50, local=True), cand("b")], random.Random(1)
+    )
     assert isinstance(d, RunHere)
 
 
 def test_model_only_elsewhere_is_sent_there() -> None:
-    d = place(TaskNeeds("other", 10), [cand("a", local=True), cand("b", models=("other",))],
-              random.Random(1))
+    d = place(
+        TaskNeeds("other", 10),
+        [cand("a", local=True), cand("b", models=("other",))],
+        random.Random(1),
+    )
     assert isinstance(d, SendTo) and d.node_id == "b" and d.local_eta_s is None
 
 
 def test_model_nowhere_is_no_host() -> None:
-    assert isinstance(place(TaskNeeds("x", 10), [cand("a", local=True), cand("b")],
-                            random.Random(1)), NoHost)
+    assert isinstance(
+        place(TaskNeeds("x", 10), [cand("a", local=True), cand("b")], random.Random(1)), NoHost
+    )
 
 
 def test_exhausted_budget_is_avoided() -> None:
-    d = place(TaskNeeds(M, 100), [cand("a", local=True, rpm_headroom=0), cand("b")],
-              random.Random(1))
+    d = place(
+        TaskNeeds(M, 100), [cand("a", local=True, rpm_headroom=0), cand("b")], random.Random(1)
+    )
     assert isinstance(d, SendTo) and d.node_id == "b"
 
 
 def test_two_choices_spread_load_over_the_best_few() -> None:
     peers = [cand("a", queued=40, local=True)] + [cand(f"p{i}") for i in range(3)]
-    chosen = {d.node_id for s in range(50)
-              if isinstance(d := place(TaskNeeds(M, 100), peers, random.Random(s)), SendTo)}
+    chosen = {
+        d.node_id
+        for s in range(50)
+        if isinstance(d := place(TaskNeeds(M, 100), peers, random.Random(s)), SendTo)
+    }
     assert len(chosen) >= 2  # not everyone herds onto one peer

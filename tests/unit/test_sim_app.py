@@ -60,18 +60,25 @@ async def test_generate_streams_ndjson_then_final_stats() -> None:
     assert all(x["done"] is False and x["model"] == MODEL for x in chunks)
     assert final["done"] is True and final["done_reason"] == "stop" and final["response"] == ""
     assert final["eval_count"] == len(chunks) and len(final["context"]) > len(chunks)
-    whole = (await c.post("/api/generate", json={"model": MODEL, "stream": False,
-                                                 "prompt": "why is the sky blue?"})).json()
+    whole = (
+        await c.post(
+            "/api/generate",
+            json={"model": MODEL, "stream": False, "prompt": "why is the sky blue?"},
+        )
+    ).json()
     assert whole["response"] == "".join(x["response"] for x in chunks)
     assert whole["eval_count"] == final["eval_count"]
 
 
 async def test_num_predict_and_done_reason_length() -> None:
     c, _ = sim()
-    for path, body in (("/api/generate", {"prompt": "hi"}),
-                       ("/api/chat", {"messages": [{"role": "user", "content": "hi"}]})):
-        r = await c.post(path, json={"model": MODEL, "stream": False,
-                                     "options": {"num_predict": 4}, **body})
+    for path, body in (
+        ("/api/generate", {"prompt": "hi"}),
+        ("/api/chat", {"messages": [{"role": "user", "content": "hi"}]}),
+    ):
+        r = await c.post(
+            path, json={"model": MODEL, "stream": False, "options": {"num_predict": 4}, **body}
+        )
         out = r.json()
         assert r.headers["content-type"] == "application/json; charset=utf-8"
         assert out["eval_count"] == 4 and out["done_reason"] == "length"
@@ -83,14 +90,28 @@ async def test_format_json_gives_json_unless_cut() -> None:
     out = (await c.post("/api/generate", json=body)).json()
     assert out["done_reason"] == "stop" and set(json.loads(out["response"])) == {"answer"}
     schema = {"type": "object"}
-    chat = (await c.post("/api/chat", json={"model": MODEL, "stream": False, "format": schema,
-                                            "messages": [{"role": "user", "content": "x"}]}))
+    chat = await c.post(
+        "/api/chat",
+        json={
+            "model": MODEL,
+            "stream": False,
+            "format": schema,
+            "messages": [{"role": "user", "content": "x"}],
+        },
+    )
     assert "answer" in json.loads(chat.json()["message"]["content"])
     cut = (await c.post("/api/generate", json={**body, "options": {"num_predict": 3}})).json()
     assert cut["done_reason"] == "length" and cut["eval_count"] == 3
-    oa = (await c.post("/v1/chat/completions", json={
-        "model": MODEL, "messages": [{"role": "user", "content": "x"}],
-        "response_format": {"type": "json_object"}})).json()
+    oa = (
+        await c.post(
+            "/v1/chat/completions",
+            json={
+                "model": MODEL,
+                "messages": [{"role": "user", "content": "x"}],
+                "response_format": {"type": "json_object"},
+            },
+        )
+    ).json()
     assert "answer" in json.loads(oa["choices"][0]["message"]["content"])
 
 
@@ -100,33 +121,47 @@ async def test_chat_stream_and_non_stream_agree() -> None:
     *chunks, final = ndjson(await c.post("/api/chat", json={"model": MODEL, "messages": msgs}))
     assert all(x["message"]["role"] == "assistant" for x in chunks)
     assert final["message"] == {"role": "assistant", "content": ""}
-    whole = (await c.post("/api/chat", json={"model": MODEL, "messages": msgs,
-                                             "stream": False})).json()
+    whole = (
+        await c.post("/api/chat", json={"model": MODEL, "messages": msgs, "stream": False})
+    ).json()
     assert whole["message"]["content"] == "".join(x["message"]["content"] for x in chunks)
     assert "context" not in whole
 
 
-async def test_durations_are_nanoseconds_consistent_with_speed(
-        autojump_clock: MockClock) -> None:
+async def test_durations_are_nanoseconds_consistent_with_speed(autojump_clock: MockClock) -> None:
     c, _ = sim(tokens_per_second=20.0, latency_ms=250)
     t0 = trio.current_time()
-    out = (await c.post("/api/generate", json={"model": MODEL, "prompt": "abcd" * 10,
-                                               "stream": False,
-                                               "options": {"num_predict": 10}})).json()
+    out = (
+        await c.post(
+            "/api/generate",
+            json={
+                "model": MODEL,
+                "prompt": "abcd" * 10,
+                "stream": False,
+                "options": {"num_predict": 10},
+            },
+        )
+    ).json()
     elapsed = trio.current_time() - t0
     assert out["eval_count"] == 10 and out["eval_duration"] == 500_000_000  # 10 / 20 tok/s
     assert out["eval_count"] / out["eval_duration"] * 1e9 == pytest.approx(20.0)
     assert out["prompt_eval_duration"] == int(out["prompt_eval_count"] / 400 * 1e9)
     assert out["load_duration"] == pytest.approx(250_000_000, abs=1000)  # latency_ms
     assert out["total_duration"] == pytest.approx(elapsed * 1e9, abs=1000)
-    assert out["total_duration"] >= (out["load_duration"] + out["prompt_eval_duration"]
-                                     + out["eval_duration"] - 10)
+    assert out["total_duration"] >= (
+        out["load_duration"] + out["prompt_eval_duration"] + out["eval_duration"] - 10
+    )
 
 
 async def test_load_time_only_when_model_not_loaded(autojump_clock: MockClock) -> None:
     c, _ = sim(load_ms=2000)
-    body = {"model": MODEL, "prompt": "x", "stream": False, "options": {"num_predict": 1},
-            "keep_alive": "10s"}
+    body = {
+        "model": MODEL,
+        "prompt": "x",
+        "stream": False,
+        "options": {"num_predict": 1},
+        "keep_alive": "10s",
+    }
     cold = (await c.post("/api/generate", json=body)).json()
     warm = (await c.post("/api/generate", json=body)).json()
     assert cold["load_duration"] == pytest.approx(2e9, abs=1e3) and warm["load_duration"] < 1e3
@@ -137,8 +172,9 @@ async def test_load_time_only_when_model_not_loaded(autojump_clock: MockClock) -
 async def test_stream_paces_tokens_per_request(autojump_clock: MockClock) -> None:
     c, _ = sim(tokens_per_second=5.0, prompt_tokens_per_second=1e9)
     t0 = trio.current_time()
-    r = await c.post("/api/generate", json={"model": MODEL, "prompt": "x",
-                                            "options": {"num_predict": 5}})
+    r = await c.post(
+        "/api/generate", json={"model": MODEL, "prompt": "x", "options": {"num_predict": 5}}
+    )
     assert len(ndjson(r)) == 6
     assert trio.current_time() - t0 == pytest.approx(1.0, abs=1e-3)
 
@@ -150,23 +186,42 @@ async def test_errors_match_ollama() -> None:
         ("/api/chat", {"model": "nope", "messages": []}, 404, "model 'nope' not found"),
         ("/api/embed", {"model": "nope", "input": "x"}, 404, "model 'nope' not found"),
         ("/api/show", {"model": "nope"}, 404, "model 'nope' not found"),
-        ("/api/embeddings", {"model": "nope", "prompt": "x"}, 404,
-         'model "nope" not found, try pulling it first'),
+        (
+            "/api/embeddings",
+            {"model": "nope", "prompt": "x"},
+            404,
+            'model "nope" not found, try pulling it first',
+        ),
         ("/api/generate", {"prompt": "x"}, 400, "model is required"),
         ("/api/chat", {"model": ""}, 400, "model is required"),
-        ("/api/generate", {"model": EMBED, "prompt": "x"}, 400,
-         '"nomic-embed-text" does not support generate'),
+        (
+            "/api/generate",
+            {"model": EMBED, "prompt": "x"},
+            400,
+            '"nomic-embed-text" does not support generate',
+        ),
         ("/api/embed", {"model": EMBED, "input": 3}, 400, "invalid input type"),
-        ("/api/chat", {"model": MODEL, "messages": [], "think": True}, 400,
-         '"llama3.2:1b" does not support thinking'),
-        ("/api/generate", {"model": MODEL, "prompt": "x", "keep_alive": "soon"}, 400,
-         'time: invalid duration "soon"'),
+        (
+            "/api/chat",
+            {"model": MODEL, "messages": [], "think": True},
+            400,
+            '"llama3.2:1b" does not support thinking',
+        ),
+        (
+            "/api/generate",
+            {"model": MODEL, "prompt": "x", "keep_alive": "soon"},
+            400,
+            'time: invalid duration "soon"',
+        ),
     ]
     for path, body, status, message in cases:
         r = await c.post(path, json=body)
         assert (r.status_code, r.json()) == (status, {"error": message}), path
-    for raw, message in ((b"{\"model\": ", "unexpected EOF"), (b"", "missing request body"),
-                         (b"nope", "invalid character 'n' looking for beginning of value")):
+    for raw, message in (
+        (b'{"model": ', "unexpected EOF"),
+        (b"", "missing request body"),
+        (b"nope", "invalid character 'n' looking for beginning of value"),
+    ):
         r = await c.post("/api/generate", content=raw)
         assert (r.status_code, r.json()) == (400, {"error": message})
     r = await c.post("/api/chat", content=b"[1]")
@@ -187,8 +242,10 @@ async def test_empty_prompt_loads_and_keep_alive_zero_unloads() -> None:
 async def test_ps_lists_models_used_within_keep_alive(autojump_clock: MockClock) -> None:
     c, _ = sim()
     assert (await c.get("/api/ps")).json() == {"models": []}
-    await c.post("/api/generate", json={"model": MODEL, "prompt": "x", "keep_alive": "1m",
-                                        "options": {"num_predict": 1}})
+    await c.post(
+        "/api/generate",
+        json={"model": MODEL, "prompt": "x", "keep_alive": "1m", "options": {"num_predict": 1}},
+    )
     assert len((await c.get("/api/ps")).json()["models"]) == 1
     await trio.sleep(61)
     assert (await c.get("/api/ps")).json() == {"models": []}
@@ -197,17 +254,25 @@ async def test_ps_lists_models_used_within_keep_alive(autojump_clock: MockClock)
 async def test_embed_and_legacy_embeddings() -> None:
     c, _ = sim(models=(MODEL, EMBED))
     out = (await c.post("/api/embed", json={"model": EMBED, "input": ["a", "b"]})).json()
-    assert set(out) == {"model", "embeddings", "total_duration", "load_duration",
-                        "prompt_eval_count"}
+    assert set(out) == {
+        "model",
+        "embeddings",
+        "total_duration",
+        "load_duration",
+        "prompt_eval_count",
+    }
     a, b = out["embeddings"]
     assert len(a) == 768 and a != b and math.isclose(sum(x * x for x in a), 1, rel_tol=1e-6)
     one = (await c.post("/api/embed", json={"model": EMBED, "input": "a"})).json()
     assert one["embeddings"] == [a]
-    short = (await c.post("/api/embed", json={"model": EMBED, "input": "a",
-                                              "dimensions": 8})).json()["embeddings"][0]
+    short = (
+        await c.post("/api/embed", json={"model": EMBED, "input": "a", "dimensions": 8})
+    ).json()["embeddings"][0]
     assert len(short) == 8
     assert (await c.post("/api/embed", json={"model": EMBED, "input": []})).json() == {
-        "model": EMBED, "embeddings": []}
+        "model": EMBED,
+        "embeddings": [],
+    }
     legacy = (await c.post("/api/embeddings", json={"model": EMBED, "prompt": "a"})).json()
     assert legacy == {"embedding": a}
 
@@ -220,8 +285,7 @@ async def test_show_describes_model() -> None:
     assert (await c.post("/api/show", json={})).json() == {"error": "model is required"}
 
 
-async def test_busy_answers_503_when_slots_and_queue_are_full(
-        autojump_clock: MockClock) -> None:
+async def test_busy_answers_503_when_slots_and_queue_are_full(autojump_clock: MockClock) -> None:
     c, state = sim(tokens_per_second=10.0, parallel=1, max_queue=1)
     body = {"model": MODEL, "prompt": "x", "stream": False, "options": {"num_predict": 20}}
     statuses: list[int] = []
@@ -246,9 +310,11 @@ async def test_busy_answers_503_when_slots_and_queue_are_full(
 async def test_parallel_slots_bound_concurrency(autojump_clock: MockClock) -> None:
     c, state = sim(tokens_per_second=10.0, parallel=2, prompt_tokens_per_second=1e9)
     t0 = trio.current_time()
+
     async def call(i: int) -> None:
-        await c.post("/api/generate", json={"model": MODEL, "prompt": f"{i}",
-                                            "options": {"num_predict": 10}})
+        await c.post(
+            "/api/generate", json={"model": MODEL, "prompt": f"{i}", "options": {"num_predict": 10}}
+        )
 
     async with trio.open_nursery() as nursery:
         for i in range(5):
@@ -270,14 +336,24 @@ async def test_fault_injection_errors_and_cuts() -> None:
     assert r.status_code == 200  # only streams are cut
 
 
-async def _asgi_generate(app: Any, body: dict[str, Any], gone: trio.Event,
-                         chunks: list[bytes]) -> None:
+async def _asgi_generate(
+    app: Any, body: dict[str, Any], gone: trio.Event, chunks: list[bytes]
+) -> None:
     """Drive the ASGI app by hand, so the test decides when the client disconnects."""
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
-             "method": "POST", "scheme": "http", "path": "/api/generate",
-             "raw_path": b"/api/generate", "query_string": b"", "root_path": "",
-             "headers": [(b"content-type", b"application/json")],
-             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 2)}
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/api/generate",
+        "raw_path": b"/api/generate",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"content-type", b"application/json")],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 2),
+    }
     request = [{"type": "http.request", "body": json.dumps(body).encode(), "more_body": False}]
 
     async def receive() -> dict[str, Any]:
@@ -320,14 +396,24 @@ async def test_disconnect_cancels_stream_and_frees_slot(autojump_clock: MockCloc
 async def test_openai_chat_completions() -> None:
     c, _ = sim()
     msgs = [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]
-    out = (await c.post("/v1/chat/completions", json={"model": MODEL, "messages": msgs,
-                                                      "max_tokens": 3})).json()
+    out = (
+        await c.post(
+            "/v1/chat/completions", json={"model": MODEL, "messages": msgs, "max_tokens": 3}
+        )
+    ).json()
     assert out["object"] == "chat.completion" and out["id"].startswith("chatcmpl-")
     assert out["choices"][0]["finish_reason"] == "length"
     assert out["usage"]["completion_tokens"] == 3
-    r = await c.post("/v1/chat/completions", json={"model": MODEL, "messages": msgs,
-                                                   "stream": True, "max_tokens": 3,
-                                                   "stream_options": {"include_usage": True}})
+    r = await c.post(
+        "/v1/chat/completions",
+        json={
+            "model": MODEL,
+            "messages": msgs,
+            "stream": True,
+            "max_tokens": 3,
+            "stream_options": {"include_usage": True},
+        },
+    )
     assert r.headers["content-type"] == "text/event-stream"
     events = [e.removeprefix("data: ") for e in r.text.split("\n\n") if e]
     assert events[-1] == "[DONE]" and json.loads(events[-2])["usage"]["total_tokens"] > 3
@@ -335,8 +421,11 @@ async def test_openai_chat_completions() -> None:
     assert "".join(deltas) == out["choices"][0]["message"]["content"]
     r = await c.post("/v1/chat/completions", json={"model": "nope", "messages": msgs})
     assert r.status_code == 404 and r.json()["error"] == {
-        "message": "model 'nope' not found", "type": "not_found_error", "param": None,
-        "code": None}
+        "message": "model 'nope' not found",
+        "type": "not_found_error",
+        "param": None,
+        "code": None,
+    }
     r = await c.post("/v1/chat/completions", json={"model": MODEL, "messages": []})
     assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
 
@@ -346,8 +435,11 @@ async def test_openai_embeddings_models_and_completions() -> None:
     native = (await c.post("/api/embed", json={"model": EMBED, "input": "a"})).json()
     out = (await c.post("/v1/embeddings", json={"model": EMBED, "input": ["a"]})).json()
     assert out["data"][0]["embedding"] == native["embeddings"][0]
-    b64 = (await c.post("/v1/embeddings", json={"model": EMBED, "input": "a",
-                                                "encoding_format": "base64"})).json()
+    b64 = (
+        await c.post(
+            "/v1/embeddings", json={"model": EMBED, "input": "a", "encoding_format": "base64"}
+        )
+    ).json()
     raw = base64.b64decode(b64["data"][0]["embedding"])
     floats = struct.unpack(f"<{len(raw) // 4}f", raw)
     assert floats == pytest.approx(native["embeddings"][0], abs=1e-6)
@@ -355,14 +447,16 @@ async def test_openai_embeddings_models_and_completions() -> None:
     ids = [m["id"] for m in (await c.get("/v1/models")).json()["data"]]
     assert ids == [MODEL, "nomic-embed-text:latest"]
     assert (await c.get(f"/v1/models/{MODEL}")).json()["owned_by"] == "library"
-    out = (await c.post("/v1/completions", json={"model": MODEL, "prompt": "x",
-                                                 "max_tokens": 2})).json()
+    out = (
+        await c.post("/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 2})
+    ).json()
     assert out["object"] == "text_completion" and out["usage"]["completion_tokens"] == 2
 
 
 async def test_stats_counts_requests() -> None:
     c, _ = sim()
-    await c.post("/api/generate", json={"model": MODEL, "prompt": "x",
-                                        "options": {"num_predict": 1}})
+    await c.post(
+        "/api/generate", json={"model": MODEL, "prompt": "x", "options": {"num_predict": 1}}
+    )
     stats = (await c.get("/sim/stats")).json()
     assert stats["served"] == 1 and stats["requests"] == 1 and stats["running"] == 0

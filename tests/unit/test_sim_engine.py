@@ -32,10 +32,10 @@ from meshlb.backend.sim_engine import (
     truncate_dims,
 )
 
-METRICS = Metrics(total_ns=900, load_ns=100, prompt_eval_count=7, prompt_eval_ns=200,
-                  eval_count=3, eval_ns=600)
-COMP = Completion(tokens=("Hi", " there", " friend."), text="Hi there friend.",
-                  done_reason="stop")
+METRICS = Metrics(
+    total_ns=900, load_ns=100, prompt_eval_count=7, prompt_eval_ns=200, eval_count=3, eval_ns=600
+)
+COMP = Completion(tokens=("Hi", " there", " friend."), text="Hi there friend.", done_reason="stop")
 
 
 def test_names_are_canonical_like_ollama() -> None:
@@ -45,16 +45,29 @@ def test_names_are_canonical_like_ollama() -> None:
     assert canonical_name("host:5000/ns/model") == "host:5000/ns/model:latest"
 
 
-@pytest.mark.parametrize(("name", "dim", "embedding"), [
-    ("nomic-embed-text", 768, True), ("all-minilm", 384, True), ("bge-m3", 1024, True),
-    ("llama3.2:1b", 2048, False), ("qwen2.5:0.5b", 2048, False), ("llama3.1:8b", 4096, False),
-])
+@pytest.mark.parametrize(
+    ("name", "dim", "embedding"),
+    [
+        ("nomic-embed-text", 768, True),
+        ("all-minilm", 384, True),
+        ("bge-m3", 1024, True),
+        ("llama3.2:1b", 2048, False),
+        ("qwen2.5:0.5b", 2048, False),
+        ("llama3.1:8b", 4096, False),
+    ],
+)
 def test_model_facts(name: str, dim: int, embedding: bool) -> None:
     spec = describe_model(name)
     assert spec.embedding_dim == dim and spec.is_embedding is embedding
     assert len(spec.digest) == 64 and int(spec.digest, 16) >= 0
-    assert set(spec.details()) == {"parent_model", "format", "family", "families",
-                                   "parameter_size", "quantization_level"}
+    assert set(spec.details()) == {
+        "parent_model",
+        "format",
+        "family",
+        "families",
+        "parameter_size",
+        "quantization_level",
+    }
     assert spec.size > 0 and describe_model(name) == spec
 
 
@@ -121,8 +134,12 @@ def test_generate_bytes() -> None:
     r = GenerateRenderer("llama3.2", [1, 2])
     chunk = r.chunk(' "quoted"', 0.0)
     assert chunk.endswith(b"\n") and chunk.count(b"\n") == 1
-    assert json.loads(chunk) == {"model": "llama3.2", "created_at": rfc3339(0.0),
-                                 "response": ' "quoted"', "done": False}
+    assert json.loads(chunk) == {
+        "model": "llama3.2",
+        "created_at": rfc3339(0.0),
+        "response": ' "quoted"',
+        "done": False,
+    }
     final = json.loads(r.tail(COMP, METRICS, 0.0))
     assert final["response"] == "" and final["done"] is True and final["context"] == [1, 2]
     assert final["done_reason"] == "stop" and final["eval_duration"] == 600
@@ -143,7 +160,7 @@ def _sse(data: bytes) -> list[str]:
     events = data.decode().split("\n\n")
     assert events[-1] == ""
     assert all(e.startswith("data: ") for e in events[:-1])
-    return [e[len("data: "):] for e in events[:-1]]
+    return [e[len("data: ") :] for e in events[:-1]]
 
 
 def test_openai_chat_stream_bytes() -> None:
@@ -153,8 +170,11 @@ def test_openai_chat_stream_bytes() -> None:
     tail = _sse(r.tail(COMP, METRICS, 0.0))
     assert tail[-1] == "[DONE]"
     assert json.loads(tail[0])["choices"][0]["finish_reason"] == "stop"
-    assert json.loads(tail[1])["usage"] == {"prompt_tokens": 7, "completion_tokens": 3,
-                                            "total_tokens": 10}
+    assert json.loads(tail[1])["usage"] == {
+        "prompt_tokens": 7,
+        "completion_tokens": 3,
+        "total_tokens": 10,
+    }
     no_usage = _sse(OpenAIChatRenderer("m", "c", include_usage=False).tail(COMP, METRICS, 0.0))
     assert len(no_usage) == 2
 
@@ -171,13 +191,22 @@ def test_openai_error_types() -> None:
     assert json.loads(openai_error_body(404, "x"))["error"]["type"] == "not_found_error"
     assert json.loads(openai_error_body(400, "x"))["error"]["type"] == "invalid_request_error"
     assert json.loads(openai_error_body(503, "x"))["error"] == {
-        "message": "x", "type": "api_error", "param": None, "code": None}
+        "message": "x",
+        "type": "api_error",
+        "param": None,
+        "code": None,
+    }
 
 
 def test_config_validates_and_parses_models() -> None:
     assert parse_models(" a, b,,c ") == ("a", "b", "c")
     assert SimOllamaConfig(tokens_per_second=10).prompt_tps == 200
-    for bad in ({"parallel": 0}, {"error_rate": 1.5}, {"models": ()},
-                {"tokens_per_second": 0}, {"max_queue": -1}):
+    for bad in (
+        {"parallel": 0},
+        {"error_rate": 1.5},
+        {"models": ()},
+        {"tokens_per_second": 0},
+        {"max_queue": -1},
+    ):
         with pytest.raises(ValueError):
             SimOllamaConfig(**bad)

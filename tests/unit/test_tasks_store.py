@@ -10,8 +10,16 @@ from meshlb.tasks.store import TaskStore
 
 
 def record(task_id: str = "t-1", key: str | None = None, created_at: float = 0.0) -> TaskRecord:
-    return TaskRecord(id=task_id, kind="generate", model="m", request={"prompt": "p"},
-                      priority=5, origin="n1", created_at=created_at, idempotency_key=key)
+    return TaskRecord(
+        id=task_id,
+        kind="generate",
+        model="m",
+        request={"prompt": "p"},
+        priority=5,
+        origin="n1",
+        created_at=created_at,
+        idempotency_key=key,
+    )
 
 
 def test_a_final_state_is_reached_once() -> None:
