@@ -8,7 +8,8 @@ For N = 10, 100, 1000 (memberlist LAN defaults, 1 s period):
   E. 5 % of members stalling 2-10 s, false deaths with Lifeguard on and off;
   F. wall time of 1000 nodes x 10 virtual minutes; one node's state at N = 1000;
   G. real UDP: 16 processes on loopback converge.
-Prints a table and writes bench/results/gossip_sim.json.
+Prints a table and writes bench/results/gossip_sim.json (--quick: gossip_sim_quick.json;
+--table-only reprints the last full run).
 
     python bench/gossip_sim.py            # full run (several minutes)
     python bench/gossip_sim.py --quick    # smoke run (~30 s)
@@ -348,6 +349,8 @@ def main() -> None:
         out["per_n"] = {int(k): v for k, v in out["per_n"].items()}
         Console(width=150).print(report(out))
         return
+    if args.quick:  # keep the full run's figures; a smoke run writes beside them
+        path = path.with_name("gossip_sim_quick.json")
     t0 = time.perf_counter()
     out = run(args.quick)
     out["bench_wall_s"] = time.perf_counter() - t0

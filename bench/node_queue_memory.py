@@ -30,9 +30,11 @@ TARGET_MB_PER_10K = 50.0
 
 async def submit_all(url: str, count: int, concurrency: int = 32) -> int:
     accepted = 0
-    body = {"kind": "generate", "model": "llama3.2:1b",
-            "request": {"prompt": "a prompt of ordinary size " * 8,
-                        "options": {"num_predict": 64}}}
+    body = {
+        "kind": "generate",
+        "model": "llama3.2:1b",
+        "request": {"prompt": "a prompt of ordinary size " * 8, "options": {"num_predict": 64}},
+    }
     async with httpx.AsyncClient(timeout=30) as client:
         next_index = 0
 
@@ -55,9 +57,19 @@ def main() -> None:
     parser.add_argument("--out", default="bench/results/node_queue_memory.json")
     args = parser.parse_args()
     count = 1000 if args.quick else 10_000
-    with sim_ollama(tokens_per_second=1, parallel=1) as sim, \
-            meshlb_node(sim.url, "--max-concurrency", "1", "--max-queue", str(count + 100),
-                        "--log-level", "warning", node_id="mem") as node:
+    with (
+        sim_ollama(tokens_per_second=1, parallel=1) as sim,
+        meshlb_node(
+            sim.url,
+            "--max-concurrency",
+            "1",
+            "--max-queue",
+            str(count + 100),
+            "--log-level",
+            "warning",
+            node_id="mem",
+        ) as node,
+    ):
         proc = psutil.Process(node.popen.pid)
         time.sleep(0.5)
         rss_before = proc.memory_info().rss / 2**20
@@ -69,10 +81,17 @@ def main() -> None:
         queued = httpx.get(f"{node.url}/v1/queue").json()["queued"]
     added = rss_after - rss_before
     per_10k = added * 10_000 / count
-    data = {"tasks": count, "accepted": accepted, "queued_after": queued,
-            "rss_before_mb": rss_before, "rss_after_mb": rss_after, "added_mb": added,
-            "added_mb_per_10k": per_10k, "target_mb_per_10k": TARGET_MB_PER_10K,
-            "submit_per_s": accepted / elapsed}
+    data = {
+        "tasks": count,
+        "accepted": accepted,
+        "queued_after": queued,
+        "rss_before_mb": rss_before,
+        "rss_after_mb": rss_after,
+        "added_mb": added,
+        "added_mb_per_10k": per_10k,
+        "target_mb_per_10k": TARGET_MB_PER_10K,
+        "submit_per_s": accepted / elapsed,
+    }
     table = Table(title="node memory for queued async tasks")
     for key in data:
         table.add_column(key)

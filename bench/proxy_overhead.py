@@ -76,8 +76,16 @@ async def closed_loop(url: str, concurrency: int, duration_s: float) -> Row:
             for _ in range(concurrency):
                 nursery.start_soon(worker)
         elapsed = time.perf_counter() - started
-    return Row("A closed-loop tiny", url, concurrency, len(latencies), errors,
-               len(latencies) / elapsed, pct(latencies, 0.5) * 1e3, pct(latencies, 0.99) * 1e3)
+    return Row(
+        "A closed-loop tiny",
+        url,
+        concurrency,
+        len(latencies),
+        errors,
+        len(latencies) / elapsed,
+        pct(latencies, 0.5) * 1e3,
+        pct(latencies, 0.99) * 1e3,
+    )
 
 
 async def open_loop(url: str, rate: float, duration_s: float) -> Row:
@@ -100,12 +108,21 @@ async def open_loop(url: str, rate: float, duration_s: float) -> Row:
                 await trio.sleep_until(started + i / rate)
                 nursery.start_soon(one)
         elapsed = trio.current_time() - started
-    return Row("B open-loop 200 req/s", url, int(rate), len(latencies), errors,
-               len(latencies) / elapsed, pct(latencies, 0.5) * 1e3, pct(latencies, 0.99) * 1e3)
+    return Row(
+        "B open-loop 200 req/s",
+        url,
+        int(rate),
+        len(latencies),
+        errors,
+        len(latencies) / elapsed,
+        pct(latencies, 0.5) * 1e3,
+        pct(latencies, 0.99) * 1e3,
+    )
 
 
-async def streams(url: str, count: int, tokens: int, node_pid: int | None,
-                  rss_probe: list[float]) -> Row:
+async def streams(
+    url: str, count: int, tokens: int, node_pid: int | None, rss_probe: list[float]
+) -> Row:
     ttft: list[float] = []
     gaps: list[float] = []
     totals: list[float] = []
@@ -144,21 +161,35 @@ async def streams(url: str, count: int, tokens: int, node_pid: int | None,
             for _ in range(count):
                 nursery.start_soon(one)
     cpu_s = (sum(proc.cpu_times()[:2]) - cpu0) if proc else 0.0
-    extra = {"ttft_p50_ms": pct(ttft, 0.5) * 1e3, "ttft_p99_ms": pct(ttft, 0.99) * 1e3,
-             "gap_p50_ms": pct(gaps, 0.5) * 1e3, "gap_p99_ms": pct(gaps, 0.99) * 1e3,
-             "total_p50_s": pct(totals, 0.5), "chunks": float(chunks)}
+    extra = {
+        "ttft_p50_ms": pct(ttft, 0.5) * 1e3,
+        "ttft_p99_ms": pct(ttft, 0.99) * 1e3,
+        "gap_p50_ms": pct(gaps, 0.5) * 1e3,
+        "gap_p99_ms": pct(gaps, 0.99) * 1e3,
+        "total_p50_s": pct(totals, 0.5),
+        "chunks": float(chunks),
+    }
     if proc:
         extra["node_cpu_s_per_1000_chunks"] = cpu_s / max(1, chunks) * 1000
-    return Row("C streamed 64 tokens", url, count, len(totals), errors,
-               extra=extra)
+    return Row("C streamed 64 tokens", url, count, len(totals), errors, extra=extra)
 
 
 async def run(args: argparse.Namespace) -> dict[str, object]:
     results: list[Row] = []
     dur = 2.0 if args.quick else 6.0
-    with sim_ollama(tokens_per_second=1e6, parallel=512) as fast_sim, \
-            meshlb_node(fast_sim.url, "--max-concurrency", "512", "--max-queue", "100000",
-                        "--log-level", "warning", node_id="bench") as node:
+    with (
+        sim_ollama(tokens_per_second=1e6, parallel=512) as fast_sim,
+        meshlb_node(
+            fast_sim.url,
+            "--max-concurrency",
+            "512",
+            "--max-queue",
+            "100000",
+            "--log-level",
+            "warning",
+            node_id="bench",
+        ) as node,
+    ):
         targets = {"direct": fast_sim.url, "node": node.url}
         for conc in (1, 4) if args.quick else (1, 16, 64):
             for name, url in targets.items():
@@ -171,9 +202,19 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             results.append(row)
     memory: dict[str, float] = {}
     tps = 20.0
-    with sim_ollama(tokens_per_second=tps, parallel=512) as sim, \
-            meshlb_node(sim.url, "--max-concurrency", "512", "--max-queue", "100000",
-                        "--log-level", "warning", node_id="bench-stream") as node:
+    with (
+        sim_ollama(tokens_per_second=tps, parallel=512) as sim,
+        meshlb_node(
+            sim.url,
+            "--max-concurrency",
+            "512",
+            "--max-queue",
+            "100000",
+            "--log-level",
+            "warning",
+            node_id="bench-stream",
+        ) as node,
+    ):
         pid = node.popen.pid
         memory["node_rss_idle_mb"] = psutil.Process(pid).memory_info().rss / 2**20
         tokens = 16 if args.quick else 64
@@ -191,32 +232,56 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
 def print_table(data: dict[str, object]) -> None:
     console = Console(width=220)
     table = Table(title="proxy overhead: direct to sim-ollama vs through one meshlb node")
-    for col in ("scenario", "target", "conc", "req", "err", "req/s", "p50 ms", "p99 ms",
-                "ttft p50", "gap p50", "gap p99", "node CPU s/1000 chunks"):
+    for col in (
+        "scenario",
+        "target",
+        "conc",
+        "req",
+        "err",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "ttft p50",
+        "gap p50",
+        "gap p99",
+        "node CPU s/1000 chunks",
+    ):
         table.add_column(col)
     for r in data["rows"]:  # type: ignore[attr-defined]
         e = r["extra"]
-        table.add_row(r["scenario"], r["target"], str(r["concurrency"]), str(r["requests"]),
-                      str(r["errors"]), f"{r['rps']:.0f}" if r["rps"] else "",
-                      f"{r['p50_ms']:.2f}" if r["p50_ms"] else "",
-                      f"{r['p99_ms']:.2f}" if r["p99_ms"] else "",
-                      f"{e.get('ttft_p50_ms', 0):.1f}" if e else "",
-                      f"{e.get('gap_p50_ms', 0):.1f}" if e else "",
-                      f"{e.get('gap_p99_ms', 0):.1f}" if e else "",
-                      f"{e['node_cpu_s_per_1000_chunks']:.3f}"
-                      if "node_cpu_s_per_1000_chunks" in e else "")
+        table.add_row(
+            r["scenario"],
+            r["target"],
+            str(r["concurrency"]),
+            str(r["requests"]),
+            str(r["errors"]),
+            f"{r['rps']:.0f}" if r["rps"] else "",
+            f"{r['p50_ms']:.2f}" if r["p50_ms"] else "",
+            f"{r['p99_ms']:.2f}" if r["p99_ms"] else "",
+            f"{e.get('ttft_p50_ms', 0):.1f}" if e else "",
+            f"{e.get('gap_p50_ms', 0):.1f}" if e else "",
+            f"{e.get('gap_p99_ms', 0):.1f}" if e else "",
+            f"{e['node_cpu_s_per_1000_chunks']:.3f}" if "node_cpu_s_per_1000_chunks" in e else "",
+        )
     console.print(table)
     console.print("overhead (node - direct):")
     rows = data["rows"]  # type: ignore[assignment]
     for r in rows:
         if r["target"] != "node" or not r["p50_ms"]:
             continue
-        d = next(x for x in rows if x["target"] == "direct" and x["scenario"] == r["scenario"]
-                 and x["concurrency"] == r["concurrency"])
-        console.print(f"  {r['scenario']} c={r['concurrency']}: "
-                      f"p50 +{r['p50_ms'] - d['p50_ms']:.2f} ms, "
-                      f"p99 +{r['p99_ms'] - d['p99_ms']:.2f} ms, "
-                      f"req/s {r['rps'] / d['rps']:.2f}x of direct")
+        d = next(
+            x
+            for x in rows
+            if x["target"] == "direct"
+            and x["scenario"] == r["scenario"]
+            and x["concurrency"] == r["concurrency"]
+        )
+        console.print(
+            f"  {r['scenario']} c={r['concurrency']}: "
+            f"p50 +{r['p50_ms'] - d['p50_ms']:.2f} ms, "
+            f"p99 +{r['p99_ms'] - d['p99_ms']:.2f} ms, "
+            f"req/s {r['rps'] / d['rps']:.2f}x of direct"
+        )
     console.print(f"memory: {data['memory']}")
 
 

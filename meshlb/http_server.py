@@ -27,14 +27,21 @@ def hypercorn_config(host: str, port: int) -> Config:
     return config
 
 
-async def serve_app(app: Starlette, host: str, port: int, shutdown: trio.Event,
-                    *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+async def serve_app(
+    app: Starlette,
+    host: str,
+    port: int,
+    shutdown: trio.Event,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
     """Serve until `shutdown` is set; `task_status.started()` once the socket listens."""
     config = hypercorn_config(host, port)
 
     async def serve_with_status(*, task_status: trio.TaskStatus[list[str]]) -> None:
-        await serve(cast(Framework, app), config, shutdown_trigger=shutdown.wait,
-                    task_status=task_status)
+        await serve(
+            cast(Framework, app), config, shutdown_trigger=shutdown.wait, task_status=task_status
+        )
 
     async with trio.open_nursery() as nursery:
         await nursery.start(serve_with_status)

@@ -36,16 +36,33 @@ def build_context(settings: NodeSettings) -> NodeContext:
     """Every part of a node, unstarted."""
     pool = (settings.max_concurrency or 16) + 4  # slots plus metadata calls
     backend = OllamaBackend(settings.ollama, pool_size=pool)
-    limits = Limits(max_concurrency=settings.max_concurrency, rpm=settings.rpm,
-                    tpm=settings.tpm, max_queue=settings.max_queue, aging_s=settings.aging_s)
+    limits = Limits(
+        max_concurrency=settings.max_concurrency,
+        rpm=settings.rpm,
+        tpm=settings.tpm,
+        max_queue=settings.max_queue,
+        aging_s=settings.aging_s,
+    )
     scheduler = LocalScheduler(limits)
     journal = Journal(settings.data_dir) if settings.data_dir is not None else None
     rate = RateAverage()
-    tasks = TaskService(settings.node_id, scheduler, backend, journal,
-                        settings.task_retention_s, settings.default_num_predict, rate)
-    return NodeContext(settings=settings, backend=backend,
-                       catalog=ModelCatalog(backend, refresh_s=settings.models_refresh_s),
-                       scheduler=scheduler, tasks=tasks, generation_rate=rate)
+    tasks = TaskService(
+        settings.node_id,
+        scheduler,
+        backend,
+        journal,
+        settings.task_retention_s,
+        settings.default_num_predict,
+        rate,
+    )
+    return NodeContext(
+        settings=settings,
+        backend=backend,
+        catalog=ModelCatalog(backend, refresh_s=settings.models_refresh_s),
+        scheduler=scheduler,
+        tasks=tasks,
+        generation_rate=rate,
+    )
 
 
 def build_gossip(ctx: NodeContext) -> GossipDriver:
@@ -53,9 +70,16 @@ def build_gossip(ctx: NodeContext) -> GossipDriver:
     settings = ctx.settings
     host, port = settings.gossip_bind
     seeds = [parse_host_port(seed, default_host="127.0.0.1") for seed in settings.join]
-    return GossipDriver(GossipConfig(), settings.node_id, (host, port),
-                        (settings.advertised_host(), port), seeds,
-                        encode_meta(local_meta(ctx)), settings.cluster_key, log)
+    return GossipDriver(
+        GossipConfig(),
+        settings.node_id,
+        (host, port),
+        (settings.advertised_host(), port),
+        seeds,
+        encode_meta(local_meta(ctx)),
+        settings.cluster_key,
+        log,
+    )
 
 
 async def log_queue_stats(ctx: NodeContext, interval_s: float = 5.0) -> None:
@@ -68,12 +92,20 @@ async def log_queue_stats(ctx: NodeContext, interval_s: float = 5.0) -> None:
         if key == last:
             continue
         last = key
-        log.info("queue stats", queued=s.queued, running=s.running,
-                 depth_by_priority=s.depth_by_priority,
-                 effective_concurrency=s.effective_concurrency, rpm_used=s.rpm_used,
-                 tpm_used=s.tpm_used, wait_p50_ms=s.wait.p50_ms, wait_p99_ms=s.wait.p99_ms,
-                 started=s.counters.started, finished=s.counters.finished,
-                 rejected=s.counters.rejected)
+        log.info(
+            "queue stats",
+            queued=s.queued,
+            running=s.running,
+            depth_by_priority=s.depth_by_priority,
+            effective_concurrency=s.effective_concurrency,
+            rpm_used=s.rpm_used,
+            tpm_used=s.tpm_used,
+            wait_p50_ms=s.wait.p50_ms,
+            wait_p99_ms=s.wait.p99_ms,
+            started=s.counters.started,
+            finished=s.counters.finished,
+            rejected=s.counters.rejected,
+        )
 
 
 async def drain(ctx: NodeContext, timeout_s: float) -> None:
@@ -87,18 +119,27 @@ async def drain(ctx: NodeContext, timeout_s: float) -> None:
     log.warning("drain timed out; stopping with work in flight", timeout_s=timeout_s)
 
 
-async def run_node(settings: NodeSettings, *,
-                   task_status: trio.TaskStatus[NodeContext] = trio.TASK_STATUS_IGNORED) -> None:
+async def run_node(
+    settings: NodeSettings, *, task_status: trio.TaskStatus[NodeContext] = trio.TASK_STATUS_IGNORED
+) -> None:
     """Run one node until SIGINT/SIGTERM (or cancellation), then leave gracefully."""
     ctx = build_context(settings)
     host, port = settings.http_bind
     shutdown = trio.Event()
     if settings.data_dir is None:
-        log.warning("no --data-dir: async tasks are kept in memory only and are lost "
-                    "if this node dies")
-    log.info("node starting", node=ctx.node_id, http=f"{host}:{port}", ollama=settings.ollama,
-             max_concurrency=settings.max_concurrency, rpm=settings.rpm, tpm=settings.tpm,
-             journal=str(settings.data_dir) if settings.data_dir else "memory only")
+        log.warning(
+            "no --data-dir: async tasks are kept in memory only and are lost if this node dies"
+        )
+    log.info(
+        "node starting",
+        node=ctx.node_id,
+        http=f"{host}:{port}",
+        ollama=settings.ollama,
+        max_concurrency=settings.max_concurrency,
+        rpm=settings.rpm,
+        tpm=settings.tpm,
+        journal=str(settings.data_dir) if settings.data_dir else "memory only",
+    )
     try:
         async with trio.open_nursery() as nursery:
             await ctx.catalog.refresh()
@@ -111,7 +152,9 @@ async def run_node(settings: NodeSettings, *,
             ctx.gossip = gossip
             nursery.start_soon(announce_loop, ctx, gossip)
             await nursery.start(serve_app, build_app(ctx), host, port, shutdown)
-            log.info("node ready", node=ctx.node_id, url=f"http://{settings.advertised_host()}:{port}")
+            log.info(
+                "node ready", node=ctx.node_id, url=f"http://{settings.advertised_host()}:{port}"
+            )
             task_status.started(ctx)
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 async for signum in signals:

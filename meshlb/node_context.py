@@ -40,9 +40,12 @@ class NodeContext:
     generation_rate: RateAverage = field(default_factory=RateAverage)
     # Placement's coin (power of two choices) and the client for node-to-node HTTP.
     rng: random.Random = field(default_factory=random.Random)
-    peer_client: httpx.AsyncClient = field(default_factory=lambda: httpx.AsyncClient(
-        timeout=httpx.Timeout(None, connect=2.0),
-        limits=httpx.Limits(max_connections=64, max_keepalive_connections=32)))
+    peer_client: httpx.AsyncClient = field(
+        default_factory=lambda: httpx.AsyncClient(
+            timeout=httpx.Timeout(None, connect=2.0),
+            limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
+        )
+    )
     # Gossip membership (None until started, or in single-node tests).
     gossip: MembershipSource | None = None
     # Set on SIGTERM: new work is refused with 503 while queued work finishes or moves.

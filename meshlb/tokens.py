@@ -10,7 +10,8 @@ import re
 from typing import Any
 
 _COUNT_RE = re.compile(
-    rb'"(prompt_eval_count|eval_count|prompt_tokens|completion_tokens)"\s*:\s*(\d+)')
+    rb'"(prompt_eval_count|eval_count|prompt_tokens|completion_tokens)"\s*:\s*(\d+)'
+)
 
 
 def _text_len(value: Any) -> int:
@@ -93,5 +94,6 @@ class RateAverage:
     def observe(self, rate: float | None) -> None:
         if rate is None or rate <= 0:
             return
-        self.value = rate if self.value == 0.0 else (
-            self.weight * rate + (1 - self.weight) * self.value)
+        self.value = (
+            rate if self.value == 0.0 else (self.weight * rate + (1 - self.weight) * self.value)
+        )

@@ -25,16 +25,23 @@ async def handle_http_exception(request: Request, exc: Exception) -> Response:
     if exc.status_code == 404:
         return error_response(404, f"no such endpoint: {request.method} {request.url.path}")
     if exc.status_code == 405:
-        return error_response(405, f"method {request.method} is not allowed on "
-                                   f"{request.url.path}", dict(exc.headers or {}))
+        return error_response(
+            405,
+            f"method {request.method} is not allowed on {request.url.path}",
+            dict(exc.headers or {}),
+        )
     return error_response(exc.status_code, str(exc.detail))
 
 
 def build_app(ctx: NodeContext) -> Starlette:
     """All routes of a node over one context."""
     return Starlette(
-        routes=[*node_routes(ctx), *mesh_routes(ctx), *ollama_routes(ctx),
-                *task_routes(ctx, ctx.tasks)],
+        routes=[
+            *node_routes(ctx),
+            *mesh_routes(ctx),
+            *ollama_routes(ctx),
+            *task_routes(ctx, ctx.tasks),
+        ],
         exception_handlers={
             ApiError: handle_api_error,
             HTTPException: handle_http_exception,

@@ -43,8 +43,9 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
     except UnicodeDecodeError:
         raise ApiError(400, "request body is not valid UTF-8 JSON") from None
     except json.JSONDecodeError as e:
-        raise ApiError(400, f"invalid JSON in request body: {e.msg} "
-                            f"at line {e.lineno} column {e.colno}") from None
+        raise ApiError(
+            400, f"invalid JSON in request body: {e.msg} at line {e.lineno} column {e.colno}"
+        ) from None
     if not isinstance(payload, dict):
         raise ApiError(400, f"request body must be a JSON object, not {type(payload).__name__}")
     return payload
@@ -68,7 +69,8 @@ def parse_priority(raw: str | None) -> int:
         value = int(raw.strip())
     except ValueError:
         raise ApiError(
-            400, f"header X-Meshlb-Priority must be an integer 1-10, got {raw!r}") from None
+            400, f"header X-Meshlb-Priority must be an integer 1-10, got {raw!r}"
+        ) from None
     return check_priority(value, "header X-Meshlb-Priority")
 
 
@@ -83,7 +85,7 @@ class Route:
     """How one Ollama-API path maps to a task."""
 
     path: str
-    kind: str            # generate | chat | embed
+    kind: str  # generate | chat | embed
     stream_default: bool  # Ollama streams by default; the OpenAI paths do not
 
 

@@ -26,8 +26,12 @@ class ApiError(Exception):
 
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
     """The one JSON error shape meshlb answers with."""
-    return Response(json.dumps({"error": message}), status_code=status,
-                    media_type="application/json", headers=headers)
+    return Response(
+        json.dumps({"error": message}),
+        status_code=status,
+        media_type="application/json",
+        headers=headers,
+    )
 
 
 async def handle_api_error(request: Request, exc: Exception) -> Response:
@@ -37,8 +41,9 @@ async def handle_api_error(request: Request, exc: Exception) -> Response:
 
 async def handle_unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error", path=request.url.path, method=request.method)
-    return error_response(500, f"meshlb hit an internal error ({type(exc).__name__}); "
-                               "it was logged on the node")
+    return error_response(
+        500, f"meshlb hit an internal error ({type(exc).__name__}); it was logged on the node"
+    )
 
 
 def retry_after(seconds: float) -> dict[str, str]:

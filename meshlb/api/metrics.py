@@ -23,19 +23,23 @@ class NodeCollector(Collector):
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         node = self.ctx.node_id
-        requests = CounterMetricFamily("meshlb_node_events", "Node request events by kind",
-                                       labels=["node", "event"])
+        requests = CounterMetricFamily(
+            "meshlb_node_events", "Node request events by kind", labels=["node", "event"]
+        )
         for event, count in sorted(self.ctx.counters.items()):
             requests.add_metric([node, event], count)
         yield requests
         stats = self.ctx.scheduler.stats()
-        for name, help_text in (("queued", "Tasks waiting in the local queue"),
-                                ("running", "Tasks running on the local Ollama")):
+        for name, help_text in (
+            ("queued", "Tasks waiting in the local queue"),
+            ("running", "Tasks running on the local Ollama"),
+        ):
             gauge = GaugeMetricFamily(f"meshlb_{name}", help_text, labels=["node"])
             gauge.add_metric([node], float(getattr(stats, name, 0)))
             yield gauge
-        up = GaugeMetricFamily("meshlb_ollama_up", "1 if the local Ollama answered lately",
-                               labels=["node"])
+        up = GaugeMetricFamily(
+            "meshlb_ollama_up", "1 if the local Ollama answered lately", labels=["node"]
+        )
         up.add_metric([node], 1.0 if self.ctx.catalog.reachable else 0.0)
         yield up
 

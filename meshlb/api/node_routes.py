@@ -32,8 +32,11 @@ def plain(value: Any) -> Any:
 
 def queue_view(ctx: NodeContext) -> dict[str, Any]:
     """`GET /v1/queue`: the scheduler's numbers plus the node's request counters."""
-    return {"node": ctx.node_id, **plain(ctx.scheduler.stats()),
-            "node_counters": dict(ctx.counters)}
+    return {
+        "node": ctx.node_id,
+        **plain(ctx.scheduler.stats()),
+        "node_counters": dict(ctx.counters),
+    }
 
 
 def node_routes(ctx: NodeContext) -> list[Route]:

@@ -57,8 +57,11 @@ async def check_model(ctx: NodeContext, model: str) -> None:
     if await ctx.catalog.knows(model):
         return
     if not ctx.catalog.reachable:
-        raise ApiError(503, f"the Ollama at {ctx.backend.base_url} {ctx.catalog.last_error}; "
-                            "try again shortly", retry_after(5))
+        raise ApiError(
+            503,
+            f"the Ollama at {ctx.backend.base_url} {ctx.catalog.last_error}; try again shortly",
+            retry_after(5),
+        )
     raise ApiError(404, f"model '{model}' not found")
 
 
@@ -73,8 +76,9 @@ def make_task_handler(ctx: NodeContext, route: Route) -> Any:
 
     async def handler(request: Request) -> Any:
         if ctx.draining:
-            raise ApiError(503, "this node is shutting down; send the request to another node",
-                           retry_after(1))
+            raise ApiError(
+                503, "this node is shutting down; send the request to another node", retry_after(1)
+            )
         priority = parse_priority(request.headers.get(PRIORITY_HEADER))
         body = await read_body(request, ctx.settings.max_body_bytes)
         payload = parse_json_object(body)
@@ -83,8 +87,14 @@ def make_task_handler(ctx: NodeContext, route: Route) -> Any:
         est_tokens = estimate_tokens(payload, route.kind, ctx.settings.default_num_predict)
         hops = parse_hops(request.headers.get(HOPS_HEADER))
         if hops and ctx.settings.cluster_key is not None:
-            problem = verify(ctx.settings.cluster_key, request.headers.get(AUTH_HEADER), "POST",
-                             route.path, body, time.time())
+            problem = verify(
+                ctx.settings.cluster_key,
+                request.headers.get(AUTH_HEADER),
+                "POST",
+                route.path,
+                body,
+                time.time(),
+            )
             if problem is not None:
                 raise ApiError(401, f"request from a peer refused: {problem}")
         forwarded = await place_in_mesh(ctx, route.path, body, model, est_tokens, priority, hops)
@@ -120,8 +130,9 @@ def remote_peers_with(ctx: NodeContext, wanted: str) -> list[str]:
     return found
 
 
-async def place_in_mesh(ctx: NodeContext, path: str, body: bytes, model: str, est_tokens: int,
-                        priority: int, hops: int) -> ForwardedResponse | None:
+async def place_in_mesh(
+    ctx: NodeContext, path: str, body: bytes, model: str, est_tokens: int, priority: int, hops: int
+) -> ForwardedResponse | None:
     """Forward to a better peer and return its response, or None to run it here.
 
     Raises 404 when no live member has the model, 503 when every one that has it failed.
@@ -137,29 +148,43 @@ async def place_in_mesh(ctx: NodeContext, path: str, body: bytes, model: str, es
     candidates = candidates_from_peers(peers, ctx.node_id)
     failed: list[str] = []
     while True:
-        usable = [c for c in candidates if c.node_id not in failed and
-                  (c.is_local or wanted in c.models)]
+        usable = [
+            c for c in candidates if c.node_id not in failed and (c.is_local or wanted in c.models)
+        ]
         decision = place(TaskNeeds(wanted, est_tokens, hops), usable, ctx.rng)
         if isinstance(decision, RunHere) and local_has:
             return None
         if not isinstance(decision, SendTo):
             if failed:
-                raise ApiError(503, f"every node that has model '{model}' is unreachable "
-                                    f"right now ({', '.join(failed)})", retry_after(2))
+                raise ApiError(
+                    503,
+                    f"every node that has model '{model}' is unreachable "
+                    f"right now ({', '.join(failed)})",
+                    retry_after(2),
+                )
             await check_model(ctx, model)  # 404, or 503 if our Ollama is down
             return None
         peer_url = "http://" + (http_addr_of(peers, decision.node_id) or "")
         try:
-            upstream = await open_on_peer(ctx.peer_client, peer_url, path, body, priority, hops,
-                                          ctx.settings.cluster_key)
+            upstream = await open_on_peer(
+                ctx.peer_client, peer_url, path, body, priority, hops, ctx.settings.cluster_key
+            )
         except PeerUnavailable as e:
-            log.info("peer could not take the request, placing again", peer=decision.node_id,
-                     reason=str(e))
+            log.info(
+                "peer could not take the request, placing again",
+                peer=decision.node_id,
+                reason=str(e),
+            )
             failed.append(decision.node_id)
             continue
         ctx.counters["forwarded"] += 1
-        log.info("request forwarded", peer=decision.node_id, model=model, eta_s=decision.eta_s,
-                 local_eta_s=decision.local_eta_s)
+        log.info(
+            "request forwarded",
+            peer=decision.node_id,
+            model=model,
+            eta_s=decision.eta_s,
+            local_eta_s=decision.local_eta_s,
+        )
         return ForwardedResponse(upstream)
 
 
@@ -174,9 +199,17 @@ def mesh_model_entries(ctx: NodeContext) -> list[dict[str, Any]]:
         if peer.state != "alive" or peer.node_id == ctx.node_id:
             continue
         for name in peer.models:
-            entries.setdefault(canonical_model(name), {
-                "name": name, "model": name, "modified_at": "1970-01-01T00:00:00Z",
-                "size": 0, "digest": "", "details": {}})
+            entries.setdefault(
+                canonical_model(name),
+                {
+                    "name": name,
+                    "model": name,
+                    "modified_at": "1970-01-01T00:00:00Z",
+                    "size": 0,
+                    "digest": "",
+                    "details": {},
+                },
+            )
     return [entries[name] for name in sorted(entries)]
 
 
@@ -185,6 +218,7 @@ def tags_handler(ctx: NodeContext) -> Any:
         if not ctx.catalog.reachable:
             await ctx.catalog.refresh()
         return JSONResponse({"models": mesh_model_entries(ctx)})
+
     return handler
 
 
@@ -192,29 +226,41 @@ def openai_models_handler(ctx: NodeContext) -> Any:
     async def handler(request: Request) -> Response:
         if not ctx.catalog.reachable:
             await ctx.catalog.refresh()
-        data = [{"id": e["name"], "object": "model", "created": int(ctx.started_at_wall),
-                 "owned_by": "library"} for e in mesh_model_entries(ctx)]
+        data = [
+            {
+                "id": e["name"],
+                "object": "model",
+                "created": int(ctx.started_at_wall),
+                "owned_by": "library",
+            }
+            for e in mesh_model_entries(ctx)
+        ]
         return JSONResponse({"object": "list", "data": data})
+
     return handler
 
 
 def passthrough_get(ctx: NodeContext, path: str) -> Any:
     """GET a small Ollama document as it is (/api/ps)."""
+
     async def handler(request: Request) -> Response:
         try:
             return JSONResponse(await ctx.backend.get_json(path))
         except BackendError as e:
             raise ApiError(503, f"{e}; try again shortly", retry_after(5)) from None
+
     return handler
 
 
 def version_handler(ctx: NodeContext) -> Any:
     """Ollama's version when it answers (clients gate features on it), else meshlb's."""
+
     async def handler(request: Request) -> Response:
         try:
             return JSONResponse(await ctx.backend.get_json("/api/version"))
         except BackendError:
             return JSONResponse({"version": f"0.0.0-meshlb-{__version__}"})
+
     return handler
 
 
@@ -230,6 +276,7 @@ def show_handler(ctx: NodeContext) -> Any:
         except BackendError as e:
             raise ApiError(503, f"{e}; try again shortly", retry_after(5)) from None
         return Response(content, status_code=status, media_type="application/json")
+
     return handler
 
 
@@ -239,8 +286,10 @@ async def root_head(request: Request) -> Response:
 
 def ollama_routes(ctx: NodeContext) -> list[StarletteRoute]:
     """Every Ollama-compatible route of a node."""
-    routes = [StarletteRoute(r.path, make_task_handler(ctx, r), methods=["POST"])
-              for r in OLLAMA_TASK_ROUTES]
+    routes = [
+        StarletteRoute(r.path, make_task_handler(ctx, r), methods=["POST"])
+        for r in OLLAMA_TASK_ROUTES
+    ]
     routes += [
         StarletteRoute("/api/tags", tags_handler(ctx), methods=["GET"]),
         StarletteRoute("/api/ps", passthrough_get(ctx, "/api/ps"), methods=["GET"]),

@@ -138,13 +138,15 @@ class RelayResponse:
                 raise BackendError(self.ctx.backend.base_url, describe_http_error(e)) from e
             self._tail = body[-TAIL_BYTES:]
             headers.append((b"content-length", str(len(body)).encode()))
-            await send({"type": "http.response.start", "status": upstream.status_code,
-                        "headers": headers})
+            await send(
+                {"type": "http.response.start", "status": upstream.status_code, "headers": headers}
+            )
             await send({"type": "http.response.body", "body": body, "more_body": False})
             self.ctx.counters["completed"] += 1
             return
-        await send({"type": "http.response.start", "status": upstream.status_code,
-                    "headers": headers})
+        await send(
+            {"type": "http.response.start", "status": upstream.status_code, "headers": headers}
+        )
         try:
             async for chunk in upstream.aiter_raw():
                 self._tail = (self._tail + chunk)[-TAIL_BYTES:]
@@ -154,8 +156,12 @@ class RelayResponse:
             log.warning("ollama failed mid-answer", task=self.task.task_id, reason=reason)
             self.ctx.counters["backend_failures"] += 1
             # Never a silent truncation: end the stream with an Ollama-style error object.
-            await send({"type": "http.response.body", "more_body": True,
-                        "body": _json_error_line(f"the Ollama at {self.ctx.backend.base_url} "
-                                                 f"{reason}")})
+            await send(
+                {
+                    "type": "http.response.body",
+                    "more_body": True,
+                    "body": _json_error_line(f"the Ollama at {self.ctx.backend.base_url} {reason}"),
+                }
+            )
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         self.ctx.counters["completed"] += 1

@@ -58,8 +58,9 @@ def parse_wait(raw: str | None) -> float:
     try:
         wait_s = float(raw)
     except ValueError:
-        raise ApiError(400, f"query parameter wait must be a number of seconds, got {raw!r}") \
-            from None
+        raise ApiError(
+            400, f"query parameter wait must be a number of seconds, got {raw!r}"
+        ) from None
     if not math.isfinite(wait_s) or not 0 <= wait_s <= MAX_WAIT_S:
         raise ApiError(422, f"query parameter wait must be from 0 to {MAX_WAIT_S:g} seconds")
     return wait_s
@@ -71,8 +72,11 @@ def task_routes(ctx: NodeContext, service: TaskService) -> list[Route]:
 
     async def submit(request: Request) -> Response:
         if ctx.draining:
-            raise ApiError(503, "this node is shutting down; send the task to another node",
-                           {"Retry-After": "1"})
+            raise ApiError(
+                503,
+                "this node is shutting down; send the task to another node",
+                {"Retry-After": "1"},
+            )
         payload = parse_json_object(await read_body(request, ctx.settings.max_body_bytes))
         try:
             body = TaskSubmitBody.model_validate(payload)
@@ -80,17 +84,28 @@ def task_routes(ctx: NodeContext, service: TaskService) -> list[Route]:
             raise validation_error(e) from None
         priority = body.priority or parse_priority(request.headers.get(PRIORITY_HEADER))
         await check_model(ctx, body.model)
-        spec = TaskSpec(kind=body.kind, model=body.model, request=body.request,
-                        priority=priority, timeout_s=body.timeout_s,
-                        idempotency_key=body.idempotency_key)
+        spec = TaskSpec(
+            kind=body.kind,
+            model=body.model,
+            request=body.request,
+            priority=priority,
+            timeout_s=body.timeout_s,
+            idempotency_key=body.idempotency_key,
+        )
         try:
             record, created = await service.submit(spec)
         except Refused as refused:
             raise refused_to_error(refused) from None
         ctx.counters["tasks_accepted" if created else "tasks_idempotent_hits"] += 1
-        return JSONResponse(record.to_public(), status_code=202 if created else 200,
-                            headers={"X-Meshlb-Task-Id": record.id, "X-Meshlb-Node": ctx.node_id,
-                                     "Location": f"/v1/tasks/{record.id}"})
+        return JSONResponse(
+            record.to_public(),
+            status_code=202 if created else 200,
+            headers={
+                "X-Meshlb-Task-Id": record.id,
+                "X-Meshlb-Node": ctx.node_id,
+                "Location": f"/v1/tasks/{record.id}",
+            },
+        )
 
     async def get_task(request: Request) -> Response:
         task_id = request.path_params["task_id"]
@@ -99,10 +114,14 @@ def task_routes(ctx: NodeContext, service: TaskService) -> list[Route]:
         if record is not None:
             return JSONResponse(record.to_public())
         if request.query_params.get("local") != "1":
-            peers = [f"http://{p.meta.http_addr}" for p in current_peers(ctx)
-                     if p.state == "alive" and p.node_id != ctx.node_id and p.meta]
-            remote = await find_on_peers(ctx.peer_client, peers, task_id, wait_s,
-                                         ctx.settings.cluster_key)
+            peers = [
+                f"http://{p.meta.http_addr}"
+                for p in current_peers(ctx)
+                if p.state == "alive" and p.node_id != ctx.node_id and p.meta
+            ]
+            remote = await find_on_peers(
+                ctx.peer_client, peers, task_id, wait_s, ctx.settings.cluster_key
+            )
             if remote is not None:
                 return JSONResponse(remote)
         raise not_found(task_id)
@@ -113,8 +132,9 @@ def task_routes(ctx: NodeContext, service: TaskService) -> list[Route]:
         if record is None:
             raise not_found(task_id)
         if record.state in FINAL_STATES:
-            raise ApiError(409, f"task '{task_id}' already finished ({record.state}); "
-                                "nothing to cancel")
+            raise ApiError(
+                409, f"task '{task_id}' already finished ({record.state}); nothing to cancel"
+            )
         record = await service.cancel(task_id)
         assert record is not None
         return JSONResponse(record.to_public())

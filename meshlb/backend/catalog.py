@@ -26,8 +26,9 @@ def canonical_model(name: str) -> str:
 class ModelCatalog:
     """The local Ollama's models (`/api/tags` entries) and whether it answered lately."""
 
-    def __init__(self, backend: OllamaBackend, refresh_s: float = 10.0,
-                 min_miss_refresh_s: float = 2.0) -> None:
+    def __init__(
+        self, backend: OllamaBackend, refresh_s: float = 10.0, min_miss_refresh_s: float = 2.0
+    ) -> None:
         self._backend = backend
         self._refresh_s = refresh_s
         self._min_miss_refresh_s = min_miss_refresh_s
@@ -57,8 +58,11 @@ class ModelCatalog:
             self.reachable, self.last_error = False, e.reason
             return
         models = data.get("models", []) if isinstance(data, dict) else []
-        entries = {canonical_model(str(m.get("name") or m.get("model"))): m
-                   for m in models if isinstance(m, dict) and (m.get("name") or m.get("model"))}
+        entries = {
+            canonical_model(str(m.get("name") or m.get("model"))): m
+            for m in models
+            if isinstance(m, dict) and (m.get("name") or m.get("model"))
+        }
         if not self.reachable or set(entries) != set(self._entries):
             log.info("ollama models", url=self._backend.base_url, models=sorted(entries))
         self._entries, self.reachable, self.last_error = entries, True, None

@@ -58,7 +58,9 @@ class OllamaBackend:
     async def open_stream(self, method: str, path: str, body: bytes | None) -> httpx.Response:
         """Send a request and return the response with its body still unread (caller closes)."""
         request = self._client.build_request(
-            method, path, content=body,
+            method,
+            path,
+            content=body,
             headers={"content-type": "application/json"} if body is not None else None,
         )
         try:
@@ -79,8 +81,9 @@ class OllamaBackend:
         except ValueError as e:
             raise BackendError(self.base_url, f"sent invalid JSON for {path}") from e
 
-    async def post_json(self, path: str, payload: dict[str, Any],
-                        timeout_s: float | None = None) -> tuple[int, bytes]:
+    async def post_json(
+        self, path: str, payload: dict[str, Any], timeout_s: float | None = None
+    ) -> tuple[int, bytes]:
         """POST a JSON body and read the whole answer (non-streamed tasks, /api/show)."""
         try:
             response = await self._client.post(path, json=payload, timeout=timeout_s)

@@ -27,12 +27,61 @@ MIN_NATURAL_TOKENS = 32  # a reply ends by itself ("stop") somewhere in this ran
 MAX_NATURAL_TOKENS = 128  # unless options.num_predict cuts it first ("length").
 
 WORDS = (
-    "the", "model", "answers", "with", "simulated", "tokens", "and", "a", "quiet",
-    "river", "of", "light", "over", "blue", "mountains", "while", "gossip", "finds",
-    "every", "peer", "in", "mesh", "queue", "moves", "fast", "because", "scheduler",
-    "is", "fair", "to", "all", "requests", "that", "arrive", "from", "many", "clients",
-    "sky", "appears", "due", "rayleigh", "scattering", "short", "wavelengths", "sun",
-    "data", "flows", "through", "nodes", "like", "water", "on", "stone", "under", "moon",
+    "the",
+    "model",
+    "answers",
+    "with",
+    "simulated",
+    "tokens",
+    "and",
+    "a",
+    "quiet",
+    "river",
+    "of",
+    "light",
+    "over",
+    "blue",
+    "mountains",
+    "while",
+    "gossip",
+    "finds",
+    "every",
+    "peer",
+    "in",
+    "mesh",
+    "queue",
+    "moves",
+    "fast",
+    "because",
+    "scheduler",
+    "is",
+    "fair",
+    "to",
+    "all",
+    "requests",
+    "that",
+    "arrive",
+    "from",
+    "many",
+    "clients",
+    "sky",
+    "appears",
+    "due",
+    "rayleigh",
+    "scattering",
+    "short",
+    "wavelengths",
+    "sun",
+    "data",
+    "flows",
+    "through",
+    "nodes",
+    "like",
+    "water",
+    "on",
+    "stone",
+    "under",
+    "moon",
 )
 
 _dumps = functools.partial(json.dumps, separators=(",", ":"), ensure_ascii=False)
@@ -61,14 +110,29 @@ class ModelSpec:
 
     def details(self) -> dict[str, Any]:
         """Ollama's `ModelDetails`: all six keys, always present."""
-        return {"parent_model": "", "format": "gguf", "family": self.family,
-                "families": [self.family], "parameter_size": self.parameter_size,
-                "quantization_level": self.quantization_level}
+        return {
+            "parent_model": "",
+            "format": "gguf",
+            "family": self.family,
+            "families": [self.family],
+            "parameter_size": self.parameter_size,
+            "quantization_level": self.quantization_level,
+        }
 
 
-_FAMILIES = (("nomic", "nomic-bert"), ("minilm", "bert"), ("bge", "bert"), ("mxbai", "bert"),
-             ("qwen3", "qwen3"), ("qwen", "qwen2"), ("llama", "llama"), ("mistral", "llama"),
-             ("gemma", "gemma3"), ("phi", "phi3"), ("deepseek", "qwen2"))
+_FAMILIES = (
+    ("nomic", "nomic-bert"),
+    ("minilm", "bert"),
+    ("bge", "bert"),
+    ("mxbai", "bert"),
+    ("qwen3", "qwen3"),
+    ("qwen", "qwen2"),
+    ("llama", "llama"),
+    ("mistral", "llama"),
+    ("gemma", "gemma3"),
+    ("phi", "phi3"),
+    ("deepseek", "qwen2"),
+)
 _EMBED_MARKERS = ("embed", "nomic", "minilm", "bge", "mxbai")
 _SIZE_RE = re.compile(r"(\d+(?:\.\d+)?)([bm])(?![a-z])")
 
@@ -100,11 +164,17 @@ def describe_model(name: str) -> ModelSpec:
         dim = 2048 if count < 3e9 else 4096
     bytes_per_param = 2.0 if is_embedding else 0.6  # F16 vs Q4_K_M
     return ModelSpec(
-        name=canon, family=family, parameter_count=count, parameter_size=size_label,
+        name=canon,
+        family=family,
+        parameter_count=count,
+        parameter_size=size_label,
         quantization_level="F16" if is_embedding else "Q4_K_M",
         size=int(count * bytes_per_param) + 20_000_000,
-        digest=hashlib.sha256(canon.encode()).hexdigest(), embedding_dim=dim,
-        context_length=8192 if is_embedding else 131072, is_embedding=is_embedding)
+        digest=hashlib.sha256(canon.encode()).hexdigest(),
+        embedding_dim=dim,
+        context_length=8192 if is_embedding else 131072,
+        is_embedding=is_embedding,
+    )
 
 
 def count_tokens(text: str) -> int:
@@ -127,8 +197,9 @@ class Completion:
 
 
 @functools.lru_cache(maxsize=4096)
-def complete(model: str, prompt: str, seed: int, num_predict: int,
-             json_mode: bool = False) -> Completion:
+def complete(
+    model: str, prompt: str, seed: int, num_predict: int, json_mode: bool = False
+) -> Completion:
     """Deterministic reply to `prompt`; `num_predict` > 0 caps its length (done_reason "length").
 
     `json_mode` (request `format` set) wraps the words in a JSON object, so a reply that
@@ -211,10 +282,14 @@ class Metrics:
     eval_ns: int
 
     def fields(self) -> dict[str, int]:
-        return {"total_duration": self.total_ns, "load_duration": self.load_ns,
-                "prompt_eval_count": self.prompt_eval_count,
-                "prompt_eval_duration": self.prompt_eval_ns,
-                "eval_count": self.eval_count, "eval_duration": self.eval_ns}
+        return {
+            "total_duration": self.total_ns,
+            "load_duration": self.load_ns,
+            "prompt_eval_count": self.prompt_eval_count,
+            "prompt_eval_duration": self.prompt_eval_ns,
+            "eval_count": self.eval_count,
+            "eval_duration": self.eval_ns,
+        }
 
 
 def error_body(message: str) -> bytes:
@@ -225,8 +300,9 @@ def error_body(message: str) -> bytes:
 def openai_error_body(status: int, message: str) -> bytes:
     """Ollama's OpenAI-compat error shape (`openai.NewError`)."""
     kind = {400: "invalid_request_error", 404: "not_found_error"}.get(status, "api_error")
-    return _dumps({"error": {"message": message, "type": kind, "param": None,
-                             "code": None}}).encode()
+    return _dumps(
+        {"error": {"message": message, "type": kind, "param": None, "code": None}}
+    ).encode()
 
 
 class Renderer(Protocol):
@@ -252,13 +328,22 @@ class GenerateRenderer:
         self._pre = b'{"model":' + _dumps(model).encode() + b',"created_at":"'
 
     def chunk(self, token: str, now: float) -> bytes:
-        return (self._pre + rfc3339(now).encode() + b'","response":' + _dumps(token).encode()
-                + b',"done":false}\n')
+        return (
+            self._pre
+            + rfc3339(now).encode()
+            + b'","response":'
+            + _dumps(token).encode()
+            + b',"done":false}\n'
+        )
 
     def _final(self, response: str, c: Completion, m: Metrics, now: float) -> dict[str, Any]:
-        body: dict[str, Any] = {"model": self._model, "created_at": rfc3339(now),
-                                "response": response, "done": True,
-                                "done_reason": c.done_reason}
+        body: dict[str, Any] = {
+            "model": self._model,
+            "created_at": rfc3339(now),
+            "response": response,
+            "done": True,
+            "done_reason": c.done_reason,
+        }
         if self._context is not None:
             body["context"] = self._context
         body.update(m.fields())
@@ -281,14 +366,23 @@ class ChatRenderer:
         self._pre = b'{"model":' + _dumps(model).encode() + b',"created_at":"'
 
     def chunk(self, token: str, now: float) -> bytes:
-        return (self._pre + rfc3339(now).encode()
-                + b'","message":{"role":"assistant","content":' + _dumps(token).encode()
-                + b'},"done":false}\n')
+        return (
+            self._pre
+            + rfc3339(now).encode()
+            + b'","message":{"role":"assistant","content":'
+            + _dumps(token).encode()
+            + b'},"done":false}\n'
+        )
 
     def _final(self, content: str, c: Completion, m: Metrics, now: float) -> dict[str, Any]:
-        return {"model": self._model, "created_at": rfc3339(now),
-                "message": {"role": "assistant", "content": content},
-                "done_reason": c.done_reason, "done": True, **m.fields()}
+        return {
+            "model": self._model,
+            "created_at": rfc3339(now),
+            "message": {"role": "assistant", "content": content},
+            "done_reason": c.done_reason,
+            "done": True,
+            **m.fields(),
+        }
 
     def tail(self, c: Completion, m: Metrics, now: float) -> bytes:
         return _dumps(self._final("", c, m, now)).encode() + b"\n"
@@ -298,8 +392,11 @@ class ChatRenderer:
 
 
 def _usage(m: Metrics) -> dict[str, int]:
-    return {"prompt_tokens": m.prompt_eval_count, "completion_tokens": m.eval_count,
-            "total_tokens": m.prompt_eval_count + m.eval_count}
+    return {
+        "prompt_tokens": m.prompt_eval_count,
+        "completion_tokens": m.eval_count,
+        "total_tokens": m.prompt_eval_count + m.eval_count,
+    }
 
 
 class OpenAIChatRenderer:
@@ -313,10 +410,20 @@ class OpenAIChatRenderer:
         self._include_usage = include_usage
 
     def _chunk(self, content: str, finish: str | None, now: float) -> dict[str, Any]:
-        return {"id": self._id, "object": "chat.completion.chunk", "created": int(now),
-                "model": self._model, "system_fingerprint": "fp_ollama",
-                "choices": [{"index": 0, "delta": {"role": "assistant", "content": content},
-                             "finish_reason": finish}]}
+        return {
+            "id": self._id,
+            "object": "chat.completion.chunk",
+            "created": int(now),
+            "model": self._model,
+            "system_fingerprint": "fp_ollama",
+            "choices": [
+                {
+                    "index": 0,
+                    "delta": {"role": "assistant", "content": content},
+                    "finish_reason": finish,
+                }
+            ],
+        }
 
     def chunk(self, token: str, now: float) -> bytes:
         return b"data: " + _dumps(self._chunk(token, None, now)).encode() + b"\n\n"
@@ -324,19 +431,36 @@ class OpenAIChatRenderer:
     def tail(self, c: Completion, m: Metrics, now: float) -> bytes:
         out = b"data: " + _dumps(self._chunk("", c.done_reason, now)).encode() + b"\n\n"
         if self._include_usage:
-            usage = {"id": self._id, "object": "chat.completion.chunk", "created": int(now),
-                     "model": self._model, "system_fingerprint": "fp_ollama", "choices": [],
-                     "usage": _usage(m)}
+            usage = {
+                "id": self._id,
+                "object": "chat.completion.chunk",
+                "created": int(now),
+                "model": self._model,
+                "system_fingerprint": "fp_ollama",
+                "choices": [],
+                "usage": _usage(m),
+            }
             out += b"data: " + _dumps(usage).encode() + b"\n\n"
         return out + b"data: [DONE]\n\n"
 
     def whole(self, c: Completion, m: Metrics, now: float) -> bytes:
-        return _dumps({"id": self._id, "object": "chat.completion", "created": int(now),
-                       "model": self._model, "system_fingerprint": "fp_ollama",
-                       "choices": [{"index": 0,
-                                    "message": {"role": "assistant", "content": c.text},
-                                    "finish_reason": c.done_reason}],
-                       "usage": _usage(m)}).encode()
+        return _dumps(
+            {
+                "id": self._id,
+                "object": "chat.completion",
+                "created": int(now),
+                "model": self._model,
+                "system_fingerprint": "fp_ollama",
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": c.text},
+                        "finish_reason": c.done_reason,
+                    }
+                ],
+                "usage": _usage(m),
+            }
+        ).encode()
 
 
 class OpenAICompletionRenderer:
@@ -350,9 +474,14 @@ class OpenAICompletionRenderer:
         self._include_usage = include_usage
 
     def _obj(self, text: str, finish: str | None, now: float) -> dict[str, Any]:
-        return {"id": self._id, "object": "text_completion", "created": int(now),
-                "model": self._model, "system_fingerprint": "fp_ollama",
-                "choices": [{"text": text, "index": 0, "finish_reason": finish}]}
+        return {
+            "id": self._id,
+            "object": "text_completion",
+            "created": int(now),
+            "model": self._model,
+            "system_fingerprint": "fp_ollama",
+            "choices": [{"text": text, "index": 0, "finish_reason": finish}],
+        }
 
     def chunk(self, token: str, now: float) -> bytes:
         return b"data: " + _dumps(self._obj(token, None, now)).encode() + b"\n\n"

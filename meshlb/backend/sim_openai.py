@@ -100,8 +100,12 @@ def openai_routes(state: SimState) -> list[Route]:
         completion = complete(spec.name, key, seed, _max_tokens(body, go), json_mode)
         renderer = OpenAIChatRenderer(model, f"chatcmpl-{next(ids) % 999}", usage_flag(body, go))
         stream = field_of(body, "stream", bool, go, False)
-        return admit(state, GenJob(spec, completion, renderer, chat_prompt_tokens(flat),
-                                   stream, config.keep_alive_s))
+        return admit(
+            state,
+            GenJob(
+                spec, completion, renderer, chat_prompt_tokens(flat), stream, config.keep_alive_s
+            ),
+        )
 
     async def completions(request: Request) -> Response:
         go = "openai.CompletionRequest"
@@ -113,11 +117,14 @@ def openai_routes(state: SimState) -> list[Route]:
             raise ApiError(400, f'"{model}" does not support generate')
         seed = field_of(body, "seed", int, go, config.seed)
         completion = complete(spec.name, "\x00" + prompt, seed, _max_tokens(body, go))
-        renderer = OpenAICompletionRenderer(model, f"cmpl-{next(ids) % 999}",
-                                            usage_flag(body, go))
+        renderer = OpenAICompletionRenderer(model, f"cmpl-{next(ids) % 999}", usage_flag(body, go))
         stream = field_of(body, "stream", bool, go, False)
-        return admit(state, GenJob(spec, completion, renderer, count_tokens(prompt) + 6,
-                                   stream, config.keep_alive_s))
+        return admit(
+            state,
+            GenJob(
+                spec, completion, renderer, count_tokens(prompt) + 6, stream, config.keep_alive_s
+            ),
+        )
 
     async def embeddings(request: Request) -> Response:
         go = "openai.EmbedRequest"
@@ -137,25 +144,43 @@ def openai_routes(state: SimState) -> list[Route]:
         def build(m: Metrics) -> bytes:
             data = []
             for i, text in enumerate(inputs):
-                vec = truncate_dims(embed_vector(spec.name, text, spec.embedding_dim,
-                                                 config.seed), dims)
-                data.append({"object": "embedding",
-                             "embedding": floats_to_base64(vec) if as_base64 else vec,
-                             "index": i})
-            return dumps({"object": "list", "data": data, "model": model,
-                          "usage": {"prompt_tokens": m.prompt_eval_count,
-                                    "total_tokens": m.prompt_eval_count}})
+                vec = truncate_dims(
+                    embed_vector(spec.name, text, spec.embedding_dim, config.seed), dims
+                )
+                data.append(
+                    {
+                        "object": "embedding",
+                        "embedding": floats_to_base64(vec) if as_base64 else vec,
+                        "index": i,
+                    }
+                )
+            return dumps(
+                {
+                    "object": "list",
+                    "data": data,
+                    "model": model,
+                    "usage": {
+                        "prompt_tokens": m.prompt_eval_count,
+                        "total_tokens": m.prompt_eval_count,
+                    },
+                }
+            )
 
         tokens = sum(max(1, count_tokens(t)) for t in inputs)
         return admit(state, EmbedJob(spec, tokens, config.keep_alive_s, build))
 
     def model_obj(spec: ModelSpec) -> dict[str, Any]:
-        return {"id": spec.name, "object": "model", "created": int(state.modified_at),
-                "owned_by": "library"}
+        return {
+            "id": spec.name,
+            "object": "model",
+            "created": int(state.modified_at),
+            "owned_by": "library",
+        }
 
     async def models(request: Request) -> Response:
-        return json_response({"object": "list",
-                              "data": [model_obj(s) for s in state.specs.values()]})
+        return json_response(
+            {"object": "list", "data": [model_obj(s) for s in state.specs.values()]}
+        )
 
     async def retrieve(request: Request) -> Response:
         return json_response(model_obj(lookup(request.path_params["model"])))
@@ -167,4 +192,3 @@ def openai_routes(state: SimState) -> list[Route]:
         Route("/v1/models", models, methods=["GET"]),
         Route("/v1/models/{model:path}", retrieve, methods=["GET"]),
     ]
-

@@ -143,18 +143,25 @@ class GenJob:
                     await trio.sleep_until(first_at + (i + 1) / tps)
                     if i == 0:
                         await _start(send, r.stream_media_type)
-                    await send({"type": "http.response.body", "body": r.chunk(tok, time.time()),
-                                "more_body": True})
+                    await send(
+                        {
+                            "type": "http.response.body",
+                            "body": r.chunk(tok, time.time()),
+                            "more_body": True,
+                        }
+                    )
                     if self.die_after is not None and i + 1 >= self.die_after:
                         state.stats["died_mid_stream"] += 1
                         raise SimulatedDeath("connection cut by die_mid_stream_rate")
-                m = _metrics(self.arrival, loaded_at, self.prompt_tokens, len(tokens),
-                             cfg.prompt_tps, tps)
+                m = _metrics(
+                    self.arrival, loaded_at, self.prompt_tokens, len(tokens), cfg.prompt_tps, tps
+                )
                 body = r.tail(self.completion, m, time.time())
             else:
                 await trio.sleep_until(first_at + len(tokens) / tps)
-                m = _metrics(self.arrival, loaded_at, self.prompt_tokens, len(tokens),
-                             cfg.prompt_tps, tps)
+                m = _metrics(
+                    self.arrival, loaded_at, self.prompt_tokens, len(tokens), cfg.prompt_tps, tps
+                )
                 body = r.whole(self.completion, m, time.time())
                 await _start(send, JSON_UTF8, len(body))
             self.finished = True
@@ -163,15 +170,25 @@ class GenJob:
             await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-def _metrics(arrival: float, loaded_at: float, prompt_tokens: int, eval_count: int,
-             prompt_tps: float, tps: float) -> Metrics:
+def _metrics(
+    arrival: float,
+    loaded_at: float,
+    prompt_tokens: int,
+    eval_count: int,
+    prompt_tps: float,
+    tps: float,
+) -> Metrics:
     """Durations in ns: load = queue wait + load (as Ollama measures it), the eval
     durations are the nominal model speed, total is measured, so total >= the parts."""
     now = trio.current_time()
-    return Metrics(total_ns=int((now - arrival) * 1e9), load_ns=int((loaded_at - arrival) * 1e9),
-                   prompt_eval_count=prompt_tokens,
-                   prompt_eval_ns=int(prompt_tokens / prompt_tps * 1e9),
-                   eval_count=eval_count, eval_ns=int(eval_count / tps * 1e9))
+    return Metrics(
+        total_ns=int((now - arrival) * 1e9),
+        load_ns=int((loaded_at - arrival) * 1e9),
+        prompt_eval_count=prompt_tokens,
+        prompt_eval_ns=int(prompt_tokens / prompt_tps * 1e9),
+        eval_count=eval_count,
+        eval_ns=int(eval_count / tps * 1e9),
+    )
 
 
 @dataclass
@@ -190,8 +207,14 @@ class EmbedJob:
             await state.load(self.spec)
             loaded_at = trio.current_time()
             await trio.sleep_until(loaded_at + self.prompt_tokens / state.config.prompt_tps)
-            m = _metrics(self.arrival, loaded_at, self.prompt_tokens, 0,
-                         state.config.prompt_tps, state.config.tokens_per_second)
+            m = _metrics(
+                self.arrival,
+                loaded_at,
+                self.prompt_tokens,
+                0,
+                state.config.prompt_tps,
+                state.config.tokens_per_second,
+            )
             body = self.build(m)
             await _start(send, JSON_UTF8, len(body))
             self.finished = True
@@ -263,8 +286,15 @@ def admit(state: SimState, job: GenJob | EmbedJob) -> SimResponse:
 
 # ---- request parsing, with Go-like messages for bad bodies ----
 
-_JSON_KIND = {dict: "object", list: "array", str: "string", bool: "bool", int: "number",
-              float: "number", type(None): "null"}
+_JSON_KIND = {
+    dict: "object",
+    list: "array",
+    str: "string",
+    bool: "bool",
+    int: "number",
+    float: "number",
+    type(None): "null",
+}
 
 
 async def read_json(request: Request, go_type: str) -> dict[str, Any]:
@@ -278,8 +308,7 @@ async def read_json(request: Request, go_type: str) -> dict[str, Any]:
         first = raw.lstrip()[:1].decode("latin-1")
         if first in "{[":
             raise ApiError(400, "unexpected EOF") from None
-        raise ApiError(400, f"invalid character '{first}' looking for beginning of value") \
-            from None
+        raise ApiError(400, f"invalid character '{first}' looking for beginning of value") from None
     if not isinstance(body, dict):
         kind = _JSON_KIND.get(type(body), "value")
         raise ApiError(400, f"json: cannot unmarshal {kind} into Go value of type {go_type}")
@@ -294,10 +323,14 @@ def field_of(body: dict[str, Any], key: str, kind: type, go_type: str, default: 
     if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
         return value
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        want = {str: "string", list: "[]", dict: "map", bool: "bool", int: "int",
-                float: "float64"}[kind]
-        raise ApiError(400, f"json: cannot unmarshal {_JSON_KIND.get(type(value), 'value')} "
-                            f"into Go struct field {go_type}.{key} of type {want}")
+        want = {str: "string", list: "[]", dict: "map", bool: "bool", int: "int", float: "float64"}[
+            kind
+        ]
+        raise ApiError(
+            400,
+            f"json: cannot unmarshal {_JSON_KIND.get(type(value), 'value')} "
+            f"into Go struct field {go_type}.{key} of type {want}",
+        )
     return value
 
 
@@ -352,4 +385,3 @@ def dumps(obj: Any) -> bytes:
 def json_response(obj: Any, status: int = 200) -> Response:
     """A compact JSON body with Ollama's content type."""
     return Response(dumps(obj), status_code=status, media_type=JSON_UTF8)
-

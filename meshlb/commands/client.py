@@ -18,8 +18,13 @@ from rich.console import Console
 from rich.table import Table
 
 DEFAULT_NODE = "http://127.0.0.1:11435"
-node_option = click.option("--node", envvar="MESHLB_NODE", default=DEFAULT_NODE,
-                           show_default=True, help="URL of any node (env MESHLB_NODE).")
+node_option = click.option(
+    "--node",
+    envvar="MESHLB_NODE",
+    default=DEFAULT_NODE,
+    show_default=True,
+    help="URL of any node (env MESHLB_NODE).",
+)
 
 
 def call(method: str, url: str, **kwargs: Any) -> Any:
@@ -47,15 +52,21 @@ def peers_command(node: str) -> None:
     """Table of mesh members as one node sees them."""
     members = call("GET", f"{node.rstrip('/')}/v1/peers")
     table = Table(title=f"members seen by {node}")
-    for col in ("id", "gossip", "http", "state", "inc", "changed", "queued", "running",
-                "models"):
+    for col in ("id", "gossip", "http", "state", "inc", "changed", "queued", "running", "models"):
         table.add_column(col)
     for m in members:
         load = m.get("load") or {}
-        table.add_row(m["id"], m.get("gossip_addr", ""), m.get("http_addr", ""), m["state"],
-                      str(m.get("incarnation", "")), age(m.get("last_change")),
-                      str(load.get("queued", "")), str(load.get("running", "")),
-                      ", ".join(m.get("models") or []))
+        table.add_row(
+            m["id"],
+            m.get("gossip_addr", ""),
+            m.get("http_addr", ""),
+            m["state"],
+            str(m.get("incarnation", "")),
+            age(m.get("last_change")),
+            str(load.get("queued", "")),
+            str(load.get("running", "")),
+            ", ".join(m.get("models") or []),
+        )
     Console().print(table)
 
 
@@ -84,15 +95,31 @@ def stats_command(node: str, as_json: bool) -> None:
 @node_option
 @click.option("--model", required=True, help="Model name, e.g. llama3.2:1b.")
 @click.option("--prompt", help="Prompt text.")
-@click.option("--file", "file_", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Read the prompt from a file ('-' is not supported; use --prompt).")
-@click.option("--kind", type=click.Choice(["generate", "chat", "embed"]), default="generate",
-              show_default=True)
+@click.option(
+    "--file",
+    "file_",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Read the prompt from a file ('-' is not supported; use --prompt).",
+)
+@click.option(
+    "--kind",
+    type=click.Choice(["generate", "chat", "embed"]),
+    default="generate",
+    show_default=True,
+)
 @click.option("--priority", type=click.IntRange(1, 10), default=5, show_default=True)
 @click.option("--timeout", "timeout_s", type=float, help="Fail the task after this many seconds.")
 @click.option("--wait", is_flag=True, help="Wait for the result and print it.")
-def submit_command(node: str, model: str, prompt: str | None, file_: Path | None, kind: str,
-                   priority: int, timeout_s: float | None, wait: bool) -> None:
+def submit_command(
+    node: str,
+    model: str,
+    prompt: str | None,
+    file_: Path | None,
+    kind: str,
+    priority: int,
+    timeout_s: float | None,
+    wait: bool,
+) -> None:
     """Submit an async task; print its id, or its result with --wait."""
     if (prompt is None) == (file_ is None):
         raise click.UsageError("give exactly one of --prompt or --file")
@@ -102,8 +129,13 @@ def submit_command(node: str, model: str, prompt: str | None, file_: Path | None
         request = {"messages": [{"role": "user", "content": text}]}
     elif kind == "embed":
         request = {"input": text}
-    body = {"kind": kind, "model": model, "request": request, "priority": priority,
-            "timeout_s": timeout_s}
+    body = {
+        "kind": kind,
+        "model": model,
+        "request": request,
+        "priority": priority,
+        "timeout_s": timeout_s,
+    }
     base = node.rstrip("/")
     task = call("POST", f"{base}/v1/tasks", json=body)
     if not wait:
@@ -112,8 +144,7 @@ def submit_command(node: str, model: str, prompt: str | None, file_: Path | None
     console = Console(stderr=True)
     with console.status(f"task {task['id']} {task['state']}…") as status:
         while task["state"] in ("queued", "running"):
-            task = call("GET", f"{base}/v1/tasks/{task['id']}", params={"wait": 20},
-                        timeout=30.0)
+            task = call("GET", f"{base}/v1/tasks/{task['id']}", params={"wait": 20}, timeout=30.0)
             status.update(f"task {task['id']} {task['state']} on {task.get('node')}…")
     if task["state"] != "succeeded":
         click.echo(f"task {task['id']} {task['state']}: {task.get('error')}", err=True)

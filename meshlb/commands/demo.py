@@ -58,17 +58,21 @@ class DemoHost:
 def plan_hosts(count: int) -> list[DemoHost]:
     hosts = []
     for i in range(count):
-        hosts.append(DemoHost(
-            name=f"node{i + 1}", http_port=free_port(11435 + i),
-            gossip_port=free_port(7946 + i, socket.SOCK_DGRAM),
-            sim_port=free_port(11534 + i), tokens_per_second=SPEEDS[i % len(SPEEDS)]))
+        hosts.append(
+            DemoHost(
+                name=f"node{i + 1}",
+                http_port=free_port(11435 + i),
+                gossip_port=free_port(7946 + i, socket.SOCK_DGRAM),
+                sim_port=free_port(11534 + i),
+                tokens_per_second=SPEEDS[i % len(SPEEDS)],
+            )
+        )
     return hosts
 
 
 def start(args: list[str], log_path: Path) -> subprocess.Popen[bytes]:
     with log_path.open("wb") as log:
-        return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def wait_ready(url: str, procs: list[subprocess.Popen[bytes]], timeout_s: float = 30.0) -> None:
@@ -91,8 +95,12 @@ def status_table(hosts: list[DemoHost]) -> Table:
         try:
             q = httpx.get(f"{h.url}/v1/queue", timeout=0.5).json()
             c = q.get("node_counters", {})
-            row = [str(q.get("queued")), str(q.get("running")), str(c.get("accepted", 0)),
-                   str(c.get("completed", 0))]
+            row = [
+                str(q.get("queued")),
+                str(q.get("running")),
+                str(c.get("accepted", 0)),
+                str(c.get("completed", 0)),
+            ]
         except (httpx.HTTPError, ValueError):
             row = ["down", "", "", ""]
         table.add_row(h.name, h.url, f"{h.tokens_per_second:.0f}", *row)
@@ -116,8 +124,13 @@ def _raise_interrupt(signum: int, frame: object) -> None:
 
 
 @click.command("demo")
-@click.option("--nodes", default=3, show_default=True, type=click.IntRange(1, 16),
-              help="How many nodes (each with its own simulated Ollama).")
+@click.option(
+    "--nodes",
+    default=3,
+    show_default=True,
+    type=click.IntRange(1, 16),
+    help="How many nodes (each with its own simulated Ollama).",
+)
 @click.option("--no-live", is_flag=True, help="Print the URLs and wait, without the live table.")
 def demo_command(nodes: int, no_live: bool) -> None:
     """Start a local mesh on loopback: N nodes beside simulated Ollamas. No Ollama needed."""
@@ -130,31 +143,64 @@ def demo_command(nodes: int, no_live: bool) -> None:
     seed = f"127.0.0.1:{hosts[0].gossip_port}"
     try:
         for h in hosts:
-            procs.append(start([*me, "sim-ollama", "--host", "127.0.0.1", "--port",
-                                str(h.sim_port), "--models", DEMO_MODELS,
-                                "--tokens-per-second", str(h.tokens_per_second)],
-                               log_dir / f"{h.name}-ollama.log"))
+            procs.append(
+                start(
+                    [
+                        *me,
+                        "sim-ollama",
+                        "--host",
+                        "127.0.0.1",
+                        "--port",
+                        str(h.sim_port),
+                        "--models",
+                        DEMO_MODELS,
+                        "--tokens-per-second",
+                        str(h.tokens_per_second),
+                    ],
+                    log_dir / f"{h.name}-ollama.log",
+                )
+            )
         for i, h in enumerate(hosts):
             join = [] if i == 0 else ["--join", seed]
-            procs.append(start([*me, "node", "--node-id", h.name, "--http",
-                                f"127.0.0.1:{h.http_port}", "--gossip",
-                                f"127.0.0.1:{h.gossip_port}", "--ollama",
-                                f"http://127.0.0.1:{h.sim_port}", *join],
-                               log_dir / f"{h.name}.log"))
+            procs.append(
+                start(
+                    [
+                        *me,
+                        "node",
+                        "--node-id",
+                        h.name,
+                        "--http",
+                        f"127.0.0.1:{h.http_port}",
+                        "--gossip",
+                        f"127.0.0.1:{h.gossip_port}",
+                        "--ollama",
+                        f"http://127.0.0.1:{h.sim_port}",
+                        *join,
+                    ],
+                    log_dir / f"{h.name}.log",
+                )
+            )
         with console.status(f"starting {nodes} nodes and {nodes} simulated Ollamas…"):
             for h in hosts:
                 wait_ready(f"{h.url}/readyz", procs)
-        console.print(f"[bold green]meshlb demo is up[/]: {nodes} nodes on 127.0.0.1 "
-                      f"(logs in {log_dir})")
+        console.print(
+            f"[bold green]meshlb demo is up[/]: {nodes} nodes on 127.0.0.1 (logs in {log_dir})"
+        )
         for h in hosts:
-            console.print(f"  {h.name}: {h.url}   dashboard {h.url}/  "
-                          f"(simulated Ollama at {h.tokens_per_second:.0f} tokens/s)")
+            console.print(
+                f"  {h.name}: {h.url}   dashboard {h.url}/  "
+                f"(simulated Ollama at {h.tokens_per_second:.0f} tokens/s)"
+            )
         first = hosts[0].url
         console.print("\nTry it:")
-        console.print(f"  curl {first}/api/generate -d '{{\"model\": \"llama3.2:1b\", "
-                      f"\"prompt\": \"Why is the sky blue?\"}}'")
-        console.print(f"  OLLAMA_HOST={first} python -c \"import ollama; "
-                      f"print(ollama.generate(model='llama3.2:1b', prompt='hi').response)\"\n")
+        console.print(
+            f'  curl {first}/api/generate -d \'{{"model": "llama3.2:1b", '
+            f'"prompt": "Why is the sky blue?"}}\''
+        )
+        console.print(
+            f'  OLLAMA_HOST={first} python -c "import ollama; '
+            f"print(ollama.generate(model='llama3.2:1b', prompt='hi').response)\"\n"
+        )
         if no_live:
             while all(p.poll() is None for p in procs):
                 time.sleep(0.5)

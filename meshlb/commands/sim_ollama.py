@@ -17,29 +17,84 @@ from meshlb.backend.sim_config import DEFAULT_MODELS, SimOllamaConfig, parse_mod
 
 @click.command("sim-ollama")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", default=11434, show_default=True, type=int,
-              help="TCP port (11434 is Ollama's own).")
-@click.option("--models", default=",".join(DEFAULT_MODELS), show_default=True,
-              help="Comma-separated model names to offer (no tag means :latest).")
-@click.option("--tokens-per-second", default=50.0, show_default=True, type=float,
-              help="Generation speed of each request.")
-@click.option("--parallel", default=4, show_default=True, type=int,
-              help="Requests generating at once (like OLLAMA_NUM_PARALLEL).")
-@click.option("--max-queue", default=512, show_default=True, type=int,
-              help="Requests waiting for a slot before 503 (like OLLAMA_MAX_QUEUE).")
-@click.option("--error-rate", default=0.0, show_default=True, type=float,
-              help="Fraction of inference requests answered 500 (fault injection).")
-@click.option("--latency-ms", default=0.0, show_default=True, type=float,
-              help="Extra delay before the first byte of each inference response.")
-@click.option("--die-mid-stream-rate", default=0.0, show_default=True, type=float,
-              help="Fraction of streams whose connection is cut after some chunks.")
-@click.option("--load-ms", default=0.0, show_default=True, type=float,
-              help="Time to load a model that is not in memory.")
-@click.option("--seed", default=0, show_default=True, type=int,
-              help="Seeds generated text, embeddings and the fault dice.")
-def sim_ollama_command(host: str, port: int, models: str, tokens_per_second: float,
-                       parallel: int, max_queue: int, error_rate: float, latency_ms: float,
-                       die_mid_stream_rate: float, load_ms: float, seed: int) -> None:
+@click.option(
+    "--port", default=11434, show_default=True, type=int, help="TCP port (11434 is Ollama's own)."
+)
+@click.option(
+    "--models",
+    default=",".join(DEFAULT_MODELS),
+    show_default=True,
+    help="Comma-separated model names to offer (no tag means :latest).",
+)
+@click.option(
+    "--tokens-per-second",
+    default=50.0,
+    show_default=True,
+    type=float,
+    help="Generation speed of each request.",
+)
+@click.option(
+    "--parallel",
+    default=4,
+    show_default=True,
+    type=int,
+    help="Requests generating at once (like OLLAMA_NUM_PARALLEL).",
+)
+@click.option(
+    "--max-queue",
+    default=512,
+    show_default=True,
+    type=int,
+    help="Requests waiting for a slot before 503 (like OLLAMA_MAX_QUEUE).",
+)
+@click.option(
+    "--error-rate",
+    default=0.0,
+    show_default=True,
+    type=float,
+    help="Fraction of inference requests answered 500 (fault injection).",
+)
+@click.option(
+    "--latency-ms",
+    default=0.0,
+    show_default=True,
+    type=float,
+    help="Extra delay before the first byte of each inference response.",
+)
+@click.option(
+    "--die-mid-stream-rate",
+    default=0.0,
+    show_default=True,
+    type=float,
+    help="Fraction of streams whose connection is cut after some chunks.",
+)
+@click.option(
+    "--load-ms",
+    default=0.0,
+    show_default=True,
+    type=float,
+    help="Time to load a model that is not in memory.",
+)
+@click.option(
+    "--seed",
+    default=0,
+    show_default=True,
+    type=int,
+    help="Seeds generated text, embeddings and the fault dice.",
+)
+def sim_ollama_command(
+    host: str,
+    port: int,
+    models: str,
+    tokens_per_second: float,
+    parallel: int,
+    max_queue: int,
+    error_rate: float,
+    latency_ms: float,
+    die_mid_stream_rate: float,
+    load_ms: float,
+    seed: int,
+) -> None:
     """Run a simulated Ollama: the real HTTP API (native and /v1), no GPU needed.
 
     Text and embeddings are deterministic fakes; speed, capacity and faults are tunable.
@@ -48,10 +103,16 @@ def sim_ollama_command(host: str, port: int, models: str, tokens_per_second: flo
     """
     try:
         config = SimOllamaConfig(
-            models=parse_models(models), tokens_per_second=tokens_per_second,
-            parallel=parallel, max_queue=max_queue, error_rate=error_rate,
-            latency_ms=latency_ms, die_mid_stream_rate=die_mid_stream_rate,
-            load_ms=load_ms, seed=seed)
+            models=parse_models(models),
+            tokens_per_second=tokens_per_second,
+            parallel=parallel,
+            max_queue=max_queue,
+            error_rate=error_rate,
+            latency_ms=latency_ms,
+            die_mid_stream_rate=die_mid_stream_rate,
+            load_ms=load_ms,
+            seed=seed,
+        )
     except ValueError as e:
         click.echo(f"meshlb sim-ollama: {e}", err=True)
         sys.exit(2)
@@ -83,11 +144,16 @@ async def _main(config: SimOllamaConfig, host: str, port: int) -> None:
     shutdown = trio.Event()
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
-            await nursery.start(lambda task_status: serve_sim(
-                config, host, port, shutdown=shutdown, task_status=task_status))
-            click.echo(f"simulated Ollama listening on http://{host}:{port} "
-                       f"(models: {', '.join(config.models)}; "
-                       f"{config.tokens_per_second:g} tokens/s, {config.parallel} slots)")
+            await nursery.start(
+                lambda task_status: serve_sim(
+                    config, host, port, shutdown=shutdown, task_status=task_status
+                )
+            )
+            click.echo(
+                f"simulated Ollama listening on http://{host}:{port} "
+                f"(models: {', '.join(config.models)}; "
+                f"{config.tokens_per_second:g} tokens/s, {config.parallel} slots)"
+            )
             async for _ in signals:
                 shutdown.set()
                 break

@@ -28,14 +28,22 @@ def local_meta(ctx: NodeContext) -> NodeMeta:
     return NodeMeta(
         http_addr=f"{ctx.settings.advertised_host()}:{ctx.settings.http_bind[1]}",
         models=tuple(ctx.catalog.names) if ctx.catalog.reachable else (),
-        load=Load(queued=stats.queued, running=stats.running,
-                  max_concurrency=stats.effective_concurrency, rpm_used=stats.rpm_used,
-                  rpm_limit=limits.rpm, tpm_used=stats.tpm_used, tpm_limit=limits.tpm,
-                  tokens_per_s=ctx.generation_rate.value))
+        load=Load(
+            queued=stats.queued,
+            running=stats.running,
+            max_concurrency=stats.effective_concurrency,
+            rpm_used=stats.rpm_used,
+            rpm_limit=limits.rpm,
+            tpm_used=stats.tpm_used,
+            tpm_limit=limits.tpm,
+            tokens_per_s=ctx.generation_rate.value,
+        ),
+    )
 
 
-async def announce_loop(ctx: NodeContext, sink: MetaSink,
-                        interval_s: float = ANNOUNCE_INTERVAL_S) -> None:
+async def announce_loop(
+    ctx: NodeContext, sink: MetaSink, interval_s: float = ANNOUNCE_INTERVAL_S
+) -> None:
     """Forever: push changed metadata to gossip at most once per interval."""
     last = b""
     while True:

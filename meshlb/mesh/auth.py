@@ -16,8 +16,14 @@ MAX_SKEW_S = 60.0
 
 
 def _mac(key: str, method: str, path: str, body: bytes, timestamp: str) -> str:
-    message = b"\n".join([method.upper().encode(), path.encode(),
-                          hashlib.sha256(body).hexdigest().encode(), timestamp.encode()])
+    message = b"\n".join(
+        [
+            method.upper().encode(),
+            path.encode(),
+            hashlib.sha256(body).hexdigest().encode(),
+            timestamp.encode(),
+        ]
+    )
     return hmac.new(hashlib.sha256(key.encode()).digest(), message, hashlib.sha256).hexdigest()
 
 
@@ -27,8 +33,9 @@ def sign(key: str, method: str, path: str, body: bytes, now: float) -> str:
     return f"{timestamp}:{_mac(key, method, path, body, timestamp)}"
 
 
-def verify(key: str, header: str | None, method: str, path: str, body: bytes,
-           now: float) -> str | None:
+def verify(
+    key: str, header: str | None, method: str, path: str, body: bytes, now: float
+) -> str | None:
     """None if the header authenticates the request, else the reason it does not."""
     if not header or ":" not in header:
         return "missing node-to-node authentication (X-Meshlb-Auth)"

@@ -15,16 +15,25 @@ def headroom(limit: int | None, used: int) -> int | None:
 def candidate(node_id: str, meta: NodeMeta, is_local: bool) -> Candidate:
     load: Load = meta.load
     return Candidate(
-        node_id=node_id, models=frozenset(canonical_model(m) for m in meta.models),
-        queued=load.queued, running=load.running, max_concurrency=load.max_concurrency,
-        tokens_per_s=load.tokens_per_s, rpm_headroom=headroom(load.rpm_limit, load.rpm_used),
-        tpm_headroom=headroom(load.tpm_limit, load.tpm_used), is_local=is_local)
+        node_id=node_id,
+        models=frozenset(canonical_model(m) for m in meta.models),
+        queued=load.queued,
+        running=load.running,
+        max_concurrency=load.max_concurrency,
+        tokens_per_s=load.tokens_per_s,
+        rpm_headroom=headroom(load.rpm_limit, load.rpm_used),
+        tpm_headroom=headroom(load.tpm_limit, load.tpm_used),
+        is_local=is_local,
+    )
 
 
 def candidates_from_peers(peers: list[Peer], local_id: str) -> list[Candidate]:
     """Alive members only: a suspect may be dead, and sending work there risks a hang."""
-    return [candidate(p.node_id, p.meta, p.node_id == local_id) for p in peers
-            if p.meta is not None and (p.state == "alive" or p.node_id == local_id)]
+    return [
+        candidate(p.node_id, p.meta, p.node_id == local_id)
+        for p in peers
+        if p.meta is not None and (p.state == "alive" or p.node_id == local_id)
+    ]
 
 
 def http_addr_of(peers: list[Peer], node_id: str) -> str | None:

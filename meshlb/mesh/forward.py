@@ -26,19 +26,35 @@ log = structlog.get_logger()
 HOPS_HEADER = "x-meshlb-hops"
 # Status codes that mean "this peer cannot take it now": try another placement.
 RETRY_ELSEWHERE = frozenset({404, 502, 503})
-PASSED_HEADERS = ("content-type", "content-encoding", "x-meshlb-task-id", "x-meshlb-node",
-                  "x-meshlb-queue-ms", "retry-after")
+PASSED_HEADERS = (
+    "content-type",
+    "content-encoding",
+    "x-meshlb-task-id",
+    "x-meshlb-node",
+    "x-meshlb-queue-ms",
+    "retry-after",
+)
 
 
 class PeerUnavailable(Exception):
     """The peer could not take the request; nothing was sent to the client yet."""
 
 
-async def open_on_peer(client: httpx.AsyncClient, peer_url: str, path: str, body: bytes,
-                       priority: int, hops: int, cluster_key: str | None) -> httpx.Response:
+async def open_on_peer(
+    client: httpx.AsyncClient,
+    peer_url: str,
+    path: str,
+    body: bytes,
+    priority: int,
+    hops: int,
+    cluster_key: str | None,
+) -> httpx.Response:
     """Start the request on the peer; raise PeerUnavailable when it should go elsewhere."""
-    headers = {"content-type": "application/json", "x-meshlb-priority": str(priority),
-               HOPS_HEADER: str(hops + 1)}
+    headers = {
+        "content-type": "application/json",
+        "x-meshlb-priority": str(priority),
+        HOPS_HEADER: str(hops + 1),
+    }
     if cluster_key is not None:
         headers[AUTH_HEADER] = sign(cluster_key, "POST", path, body, time.time())
     request = client.build_request("POST", f"{peer_url}{path}", content=body, headers=headers)
@@ -75,16 +91,19 @@ class ForwardedResponse:
 
     async def _relay(self, send: Send) -> None:
         up = self.upstream
-        headers = [(k.encode(), up.headers[k].encode()) for k in PASSED_HEADERS
-                   if k in up.headers]
-        await send({"type": "http.response.start", "status": up.status_code,
-                    "headers": headers})
+        headers = [(k.encode(), up.headers[k].encode()) for k in PASSED_HEADERS if k in up.headers]
+        await send({"type": "http.response.start", "status": up.status_code, "headers": headers})
         try:
             async for chunk in up.aiter_raw():
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except httpx.HTTPError as e:
             reason = f"the node running this request failed mid-answer ({describe_http_error(e)})"
             log.warning("peer failed mid-stream", peer=str(up.url), reason=reason)
-            await send({"type": "http.response.body", "more_body": True,
-                        "body": json.dumps({"error": reason}).encode() + b"\n"})
+            await send(
+                {
+                    "type": "http.response.body",
+                    "more_body": True,
+                    "body": json.dumps({"error": reason}).encode() + b"\n",
+                }
+            )
         await send({"type": "http.response.body", "body": b"", "more_body": False})

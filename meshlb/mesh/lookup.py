@@ -20,8 +20,13 @@ from meshlb.mesh.auth import AUTH_HEADER, sign
 LOOKUP_TIMEOUT_S = 2.0
 
 
-async def find_on_peers(client: httpx.AsyncClient, peer_urls: Sequence[str], task_id: str,
-                        wait_s: float, cluster_key: str | None) -> dict[str, Any] | None:
+async def find_on_peers(
+    client: httpx.AsyncClient,
+    peer_urls: Sequence[str],
+    task_id: str,
+    wait_s: float,
+    cluster_key: str | None,
+) -> dict[str, Any] | None:
     """The task's JSON from whichever peer holds it, or None."""
     found: dict[str, Any] | None = None
     path = f"/v1/tasks/{task_id}"
@@ -35,8 +40,9 @@ async def find_on_peers(client: httpx.AsyncClient, peer_urls: Sequence[str], tas
         if wait_s:
             params["wait"] = str(wait_s)
         try:
-            r = await client.get(f"{url}{path}", params=params, headers=headers,
-                                 timeout=wait_s + LOOKUP_TIMEOUT_S)
+            r = await client.get(
+                f"{url}{path}", params=params, headers=headers, timeout=wait_s + LOOKUP_TIMEOUT_S
+            )
         except httpx.HTTPError:
             return
         if r.status_code == 200 and found is None:

@@ -62,12 +62,26 @@ class _MetaWire(BaseModel):
 
 def _pack(meta: NodeMeta, models: tuple[str, ...], truncated: bool) -> bytes:
     load = meta.load
-    return bytes(msgpack.packb({
-        "v": 1, "h": meta.http_addr, "m": list(models), "t": truncated,
-        "lo": {"q": load.queued, "r": load.running, "c": load.max_concurrency,
-               "ru": load.rpm_used, "rl": load.rpm_limit, "tu": load.tpm_used,
-               "tl": load.tpm_limit, "tps": round(load.tokens_per_s, 1)},
-    }))
+    return bytes(
+        msgpack.packb(
+            {
+                "v": 1,
+                "h": meta.http_addr,
+                "m": list(models),
+                "t": truncated,
+                "lo": {
+                    "q": load.queued,
+                    "r": load.running,
+                    "c": load.max_concurrency,
+                    "ru": load.rpm_used,
+                    "rl": load.rpm_limit,
+                    "tu": load.tpm_used,
+                    "tl": load.tpm_limit,
+                    "tps": round(load.tokens_per_s, 1),
+                },
+            }
+        )
+    )
 
 
 def encode_meta(meta: NodeMeta, limit: int = MAX_META_BYTES) -> bytes:
@@ -94,7 +108,18 @@ def decode_meta(data: bytes) -> NodeMeta | None:
     except (ValueError, ValidationError, msgpack.UnpackException, TypeError):
         return None
     lo = wire.lo
-    return NodeMeta(http_addr=wire.h, models=tuple(wire.m), models_truncated=wire.t,
-                    load=Load(queued=lo.q, running=lo.r, max_concurrency=lo.c,
-                              rpm_used=lo.ru, rpm_limit=lo.rl, tpm_used=lo.tu,
-                              tpm_limit=lo.tl, tokens_per_s=lo.tps))
+    return NodeMeta(
+        http_addr=wire.h,
+        models=tuple(wire.m),
+        models_truncated=wire.t,
+        load=Load(
+            queued=lo.q,
+            running=lo.r,
+            max_concurrency=lo.c,
+            rpm_used=lo.ru,
+            rpm_limit=lo.rl,
+            tpm_used=lo.tu,
+            tpm_limit=lo.tl,
+            tokens_per_s=lo.tps,
+        ),
+    )

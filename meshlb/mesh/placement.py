@@ -78,7 +78,8 @@ def expected_completion_s(c: Candidate, task: TaskNeeds) -> float:
     ahead = c.queued + c.running
     wait_s = 0.0 if ahead < slots else (ahead - slots + 1) / slots * service_s
     if (c.rpm_headroom is not None and c.rpm_headroom <= 0) or (
-            c.tpm_headroom is not None and c.tpm_headroom < task.est_tokens):
+        c.tpm_headroom is not None and c.tpm_headroom < task.est_tokens
+    ):
         wait_s += BUDGET_EXHAUSTED_PENALTY_S
     return wait_s + service_s
 
@@ -91,8 +92,11 @@ def place(task: TaskNeeds, candidates: Sequence[Candidate], rng: random.Random) 
     if local_has and task.hops >= MAX_HOPS:
         assert local_eta is not None
         return RunHere(local_eta)
-    remotes = sorted((expected_completion_s(c, task), c.node_id) for c in candidates
-                      if not c.is_local and task.model in c.models)
+    remotes = sorted(
+        (expected_completion_s(c, task), c.node_id)
+        for c in candidates
+        if not c.is_local and task.model in c.models
+    )
     if not remotes:
         return RunHere(local_eta) if local_eta is not None else NoHost()
     best_few = remotes[:BEST_FEW]

@@ -54,26 +54,43 @@ class Peer:
         """The JSON shape SPEC.md gives for `GET /v1/peers`."""
         load = self.load
         return {
-            "id": self.node_id, "gossip_addr": self.gossip_addr,
+            "id": self.node_id,
+            "gossip_addr": self.gossip_addr,
             "http_addr": self.meta.http_addr if self.meta else None,
-            "state": self.state, "incarnation": self.incarnation,
-            "last_change": self.last_change_wall, "models": list(self.models),
+            "state": self.state,
+            "incarnation": self.incarnation,
+            "last_change": self.last_change_wall,
+            "models": list(self.models),
             "models_truncated": bool(self.meta and self.meta.models_truncated),
-            "load": {"queued": load.queued, "running": load.running,
-                     "max_concurrency": load.max_concurrency, "rpm_used": load.rpm_used,
-                     "rpm_limit": load.rpm_limit, "tpm_used": load.tpm_used,
-                     "tpm_limit": load.tpm_limit, "tokens_per_s": load.tokens_per_s},
+            "load": {
+                "queued": load.queued,
+                "running": load.running,
+                "max_concurrency": load.max_concurrency,
+                "rpm_used": load.rpm_used,
+                "rpm_limit": load.rpm_limit,
+                "tpm_used": load.tpm_used,
+                "tpm_limit": load.tpm_limit,
+                "tokens_per_s": load.tokens_per_s,
+            },
         }
 
 
-def peers_from_members(members: Sequence[MemberLike], trio_now: float,
-                       wall_now: float | None = None) -> list[Peer]:
+def peers_from_members(
+    members: Sequence[MemberLike], trio_now: float, wall_now: float | None = None
+) -> list[Peer]:
     """Decode every member; gossip times (Trio clock) become wall-clock seconds."""
     wall = time.time() if wall_now is None else wall_now
-    return [Peer(node_id=m.node_id, gossip_addr=f"{m.addr[0]}:{m.addr[1]}", state=m.state,
-                 incarnation=m.incarnation,
-                 last_change_wall=wall - max(0.0, trio_now - m.last_change_at),
-                 meta=decode_meta(m.meta)) for m in members]
+    return [
+        Peer(
+            node_id=m.node_id,
+            gossip_addr=f"{m.addr[0]}:{m.addr[1]}",
+            state=m.state,
+            incarnation=m.incarnation,
+            last_change_wall=wall - max(0.0, trio_now - m.last_change_at),
+            meta=decode_meta(m.meta),
+        )
+        for m in members
+    ]
 
 
 def cluster_totals(peers: Sequence[Peer]) -> dict[str, Any]:
@@ -81,9 +98,11 @@ def cluster_totals(peers: Sequence[Peer]) -> dict[str, Any]:
     live = [p for p in peers if p.state in ("alive", "suspect")]
     models = sorted({m for p in live for m in p.models})
     return {
-        "members": len(peers), "live": len(live),
-        "by_state": {s: sum(1 for p in peers if p.state == s)
-                     for s in ("alive", "suspect", "dead", "left")},
+        "members": len(peers),
+        "live": len(live),
+        "by_state": {
+            s: sum(1 for p in peers if p.state == s) for s in ("alive", "suspect", "dead", "left")
+        },
         "queued": sum(p.load.queued for p in live),
         "running": sum(p.load.running for p in live),
         "max_concurrency": sum(p.load.max_concurrency or 0 for p in live),

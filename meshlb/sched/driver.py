@@ -51,8 +51,13 @@ class LocalScheduler:
     def _wake_loop(self) -> None:
         self._kick.set()
 
-    def submit(self, task_id: str, priority: int, est_tokens: int,
-               on_start: Callable[[float], None] | None = None) -> None:
+    def submit(
+        self,
+        task_id: str,
+        priority: int,
+        est_tokens: int,
+        on_start: Callable[[float], None] | None = None,
+    ) -> None:
         """Queue a task; raise `Refused` with the core's sentence if it cannot be queued.
 
         Without `on_start` the caller must `wait_turn`; with it, `on_start(waited_s)` is

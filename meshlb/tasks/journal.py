@@ -46,7 +46,9 @@ class Journal:
             self._db.executemany(
                 "INSERT INTO tasks(id, state, finished_at, record) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT(id) DO UPDATE SET state=excluded.state, "
-                "finished_at=excluded.finished_at, record=excluded.record", rows)
+                "finished_at=excluded.finished_at, record=excluded.record",
+                rows,
+            )
 
     async def write(self, *records: TaskRecord) -> None:
         """Persist the records' current state (in a worker thread)."""
@@ -62,7 +64,8 @@ class Journal:
         with self._lock:
             cur = self._db.execute(
                 "DELETE FROM tasks WHERE finished_at IS NOT NULL AND finished_at < ?",
-                (finished_before,))
+                (finished_before,),
+            )
             return cur.rowcount
 
     async def delete_finished_before(self, when: float) -> int:

@@ -16,8 +16,11 @@ from typing import Any, Literal
 TaskState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 TaskKind = Literal["generate", "chat", "embed"]
 FINAL_STATES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
-KIND_PATHS: dict[str, str] = {"generate": "/api/generate", "chat": "/api/chat",
-                              "embed": "/api/embed"}
+KIND_PATHS: dict[str, str] = {
+    "generate": "/api/generate",
+    "chat": "/api/chat",
+    "embed": "/api/embed",
+}
 
 
 def new_task_id() -> str:
@@ -74,8 +77,15 @@ class TaskRecord:
             raise AlreadyFinal(self.id)
         self.state = "queued"
 
-    def finish(self, state: str, now: float, *, result: Any = None, error: str | None = None,
-               error_status: int | None = None) -> None:
+    def finish(
+        self,
+        state: str,
+        now: float,
+        *,
+        result: Any = None,
+        error: str | None = None,
+        error_status: int | None = None,
+    ) -> None:
         if state not in FINAL_STATES:
             raise ValueError(f"{state} is not a final state")
         if self.final:
@@ -86,12 +96,21 @@ class TaskRecord:
     def to_public(self) -> dict[str, Any]:
         """The JSON shape of `GET /v1/tasks/{id}` (SPEC.md)."""
         return {
-            "id": self.id, "state": self.state, "kind": self.kind, "priority": self.priority,
-            "model": self.model, "node": self.node, "origin": self.origin,
-            "attempts": self.attempts, "created_at": self.created_at,
-            "started_at": self.started_at, "finished_at": self.finished_at,
-            "timeout_s": self.timeout_s, "idempotency_key": self.idempotency_key,
-            "result": self.result, "error": self.error,
+            "id": self.id,
+            "state": self.state,
+            "kind": self.kind,
+            "priority": self.priority,
+            "model": self.model,
+            "node": self.node,
+            "origin": self.origin,
+            "attempts": self.attempts,
+            "created_at": self.created_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "timeout_s": self.timeout_s,
+            "idempotency_key": self.idempotency_key,
+            "result": self.result,
+            "error": self.error,
         }
 
     def to_dict(self) -> dict[str, Any]:

@@ -68,9 +68,16 @@ def result_tokens(result: Any) -> int | None:
 class TaskService:
     """The async task API of one node, over its scheduler and its Ollama."""
 
-    def __init__(self, node_id: str, scheduler: LocalScheduler, backend: OllamaBackend,
-                 journal: Journal | None, retention_s: float, default_num_predict: int,
-                 generation_rate: RateAverage | None = None) -> None:
+    def __init__(
+        self,
+        node_id: str,
+        scheduler: LocalScheduler,
+        backend: OllamaBackend,
+        journal: Journal | None,
+        retention_s: float,
+        default_num_predict: int,
+        generation_rate: RateAverage | None = None,
+    ) -> None:
         self.node_id = node_id
         self.scheduler = scheduler
         self.backend = backend
@@ -94,8 +101,11 @@ class TaskService:
             self._nursery = nursery
             recovered = self._recover()
             if recovered:
-                log.info("tasks recovered from journal", count=recovered,
-                         path=str(self.journal.path) if self.journal else None)
+                log.info(
+                    "tasks recovered from journal",
+                    count=recovered,
+                    path=str(self.journal.path) if self.journal else None,
+                )
             nursery.start_soon(self._expire_loop)
             nursery.start_soon(self._deadline_loop)
             task_status.started()
@@ -140,17 +150,29 @@ class TaskService:
                 return existing, False
         request = {**spec.request, "model": spec.model, "stream": False}
         record = TaskRecord(
-            id=new_task_id(), kind=spec.kind, model=spec.model, request=request,
-            priority=spec.priority, origin=self.node_id, created_at=time.time(),
-            timeout_s=spec.timeout_s, idempotency_key=spec.idempotency_key,
-            est_tokens=estimate_tokens(request, spec.kind, self.default_num_predict))
+            id=new_task_id(),
+            kind=spec.kind,
+            model=spec.model,
+            request=request,
+            priority=spec.priority,
+            origin=self.node_id,
+            created_at=time.time(),
+            timeout_s=spec.timeout_s,
+            idempotency_key=spec.idempotency_key,
+            est_tokens=estimate_tokens(request, spec.kind, self.default_num_predict),
+        )
         self._enqueue(record)
         self.store.add(record)
         self._arm_deadline(record)
         if self.journal is not None:
             await self.journal.write(record)
-        log.info("task accepted", task=record.id, kind=record.kind, model=record.model,
-                 priority=record.priority)
+        log.info(
+            "task accepted",
+            task=record.id,
+            kind=record.kind,
+            model=record.model,
+            priority=record.priority,
+        )
         return record, True
 
     def get(self, task_id: str) -> TaskRecord | None:
@@ -213,9 +235,12 @@ class TaskService:
                 _, task_id = heapq.heappop(self._deadlines)
                 record = self.store.get(task_id)
                 if record is not None and not record.final and self.scheduler.cancel(task_id):
-                    await self._finish(record, "failed", error_status=504,
-                                       error=f"task timed out after {record.timeout_s:g}s "
-                                             "(still queued)")
+                    await self._finish(
+                        record,
+                        "failed",
+                        error_status=504,
+                        error=f"task timed out after {record.timeout_s:g}s (still queued)",
+                    )
             next_at = self._deadlines[0][0] if self._deadlines else math.inf
             with trio.move_on_at(next_at):
                 await self._deadline_added.wait()
@@ -229,7 +254,8 @@ class TaskService:
             await self._finish(record, "cancelled", error="cancelled by request")
             return
         deadline = trio.current_time() + (
-            record.deadline_at - time.time() if record.deadline_at is not None else math.inf)
+            record.deadline_at - time.time() if record.deadline_at is not None else math.inf
+        )
         with trio.CancelScope(deadline=deadline) as scope:
             self._scopes[record.id] = scope
             try:
@@ -237,15 +263,20 @@ class TaskService:
             except Exception as e:  # a bug must fail one task, not stop the node
                 log.exception("task worker failed", task=record.id)
                 self.scheduler.finish(record.id, 0)
-                await self._finish(record, "failed", error=f"meshlb internal error: {e!r}",
-                                   error_status=500)
+                await self._finish(
+                    record, "failed", error=f"meshlb internal error: {e!r}", error_status=500
+                )
         self._scopes.pop(record.id, None)
         if not record.final:
             if record.id in self._cancel_requested:
                 await self._finish(record, "cancelled", error="cancelled by request")
             else:
-                await self._finish(record, "failed", error_status=504,
-                                   error=f"task timed out after {record.timeout_s:g}s")
+                await self._finish(
+                    record,
+                    "failed",
+                    error_status=504,
+                    error=f"task timed out after {record.timeout_s:g}s",
+                )
         self._cancel_requested.discard(record.id)
 
     async def _attempts(self, record: TaskRecord) -> None:
@@ -262,8 +293,12 @@ class TaskService:
                 if record.attempts >= MAX_BACKEND_ATTEMPTS:
                     await self._finish(record, "failed", error=f"{e}", error_status=503)
                     return
-                log.warning("ollama unreachable, task will retry", task=record.id,
-                            attempt=record.attempts, reason=e.reason)
+                log.warning(
+                    "ollama unreachable, task will retry",
+                    task=record.id,
+                    attempt=record.attempts,
+                    reason=e.reason,
+                )
                 record.mark_queued()
                 await trio.sleep(BACKOFF_S[min(record.attempts, len(BACKOFF_S)) - 1])
                 await self._requeue(record)
@@ -301,20 +336,31 @@ class TaskService:
         if status == 200 and result is not None:
             await self._finish(record, "succeeded", result=result)
         else:
-            await self._finish(record, "failed", error=ollama_error_text(content, status),
-                               error_status=status if status >= 400 else 502)
+            await self._finish(
+                record,
+                "failed",
+                error=ollama_error_text(content, status),
+                error_status=status if status >= 400 else 502,
+            )
 
-    async def _finish(self, record: TaskRecord, state: str, *, result: Any = None,
-                      error: str | None = None, error_status: int | None = None) -> None:
+    async def _finish(
+        self,
+        record: TaskRecord,
+        state: str,
+        *,
+        result: Any = None,
+        error: str | None = None,
+        error_status: int | None = None,
+    ) -> None:
         try:
-            record.finish(state, time.time(), result=result, error=error,
-                          error_status=error_status)
+            record.finish(state, time.time(), result=result, error=error, error_status=error_status)
         except AlreadyFinal:
             log.warning("duplicate final state dropped", task=record.id, state=state)
             return
         self.store.note_finished(record)
-        log.info("task finished", task=record.id, state=state, error=error,
-                 attempts=record.attempts)
+        log.info(
+            "task finished", task=record.id, state=state, error=error, attempts=record.attempts
+        )
         with trio.CancelScope(shield=True):
             if self.journal is not None:
                 await self.journal.write(record)

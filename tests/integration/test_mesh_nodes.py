@@ -122,11 +122,17 @@ def test_request_for_a_model_only_a_peer_has_streams_through_the_first_node() ->
             )
             assert r.status_code == 200 and r.headers["x-meshlb-node"] == "b"
             assert httpx.get(f"{a.url}/v1/queue").json()["node_counters"]["forwarded"] >= 2
-            task = httpx.post(f"{b.url}/v1/tasks", json={
-                "kind": "generate", "model": "qwen2.5:0.5b",
-                "request": {"prompt": "x", "options": {"num_predict": 3}}}).json()
-            seen_from_a = httpx.get(f"{a.url}/v1/tasks/{task['id']}", params={"wait": 10},
-                                    timeout=15)
+            task = httpx.post(
+                f"{b.url}/v1/tasks",
+                json={
+                    "kind": "generate",
+                    "model": "qwen2.5:0.5b",
+                    "request": {"prompt": "x", "options": {"num_predict": 3}},
+                },
+            ).json()
+            seen_from_a = httpx.get(
+                f"{a.url}/v1/tasks/{task['id']}", params={"wait": 10}, timeout=15
+            )
             assert seen_from_a.status_code == 200, seen_from_a.text
             assert seen_from_a.json()["state"] == "succeeded"
             assert seen_from_a.json()["origin"] == "b"
