@@ -36,10 +36,10 @@ async def test_backend_busy_503_is_absorbed_by_requeueing() -> None:
             async with trio.open_nursery() as nursery:
                 for i in range(8):
                     nursery.start_soon(one, i)
+            queue = (await client.get(f"{n.url}/v1/queue")).json()
+            sim_stats = (await client.get(f"{sim.url}/sim/stats")).json()
         assert statuses == [200] * 8
-        queue = httpx.get(f"{n.url}/v1/queue").json()
         assert queue["counters"]["requeued_busy"] >= 1
-        sim_stats = httpx.get(f"{sim.url}/sim/stats").json()
         assert sim_stats["rejected_busy"] >= 1  # the backend really did say busy
 
 
