@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 
 import structlog
+import trio
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -39,7 +40,19 @@ async def handle_api_error(request: Request, exc: Exception) -> Response:
     return error_response(exc.status, exc.message, exc.headers)
 
 
+# Raised by the server's socket when the client went away while we were answering
+# (hypercorn can race its own close against our send): not a meshlb bug.
+CONNECTION_GONE = (trio.BusyResourceError, trio.BrokenResourceError, trio.ClosedResourceError)
+
+
 async def handle_unexpected(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, CONNECTION_GONE):
+        log.info(
+            "client connection closed while answering",
+            path=request.url.path,
+            error=type(exc).__name__,
+        )
+        return error_response(499, "client closed the connection")
     log.exception("unhandled error", path=request.url.path, method=request.method)
     return error_response(
         500, f"meshlb hit an internal error ({type(exc).__name__}); it was logged on the node"
