@@ -141,8 +141,8 @@ class RelayResponse:
             await send(
                 {"type": "http.response.start", "status": upstream.status_code, "headers": headers}
             )
+            self.ctx.counters["completed"] += 1  # before the send: the client may hang up
             await send({"type": "http.response.body", "body": body, "more_body": False})
-            self.ctx.counters["completed"] += 1
             return
         await send(
             {"type": "http.response.start", "status": upstream.status_code, "headers": headers}
@@ -163,5 +163,6 @@ class RelayResponse:
                     "body": _json_error_line(f"the Ollama at {self.ctx.backend.base_url} {reason}"),
                 }
             )
+        else:
+            self.ctx.counters["completed"] += 1
         await send({"type": "http.response.body", "body": b"", "more_body": False})
-        self.ctx.counters["completed"] += 1

@@ -67,6 +67,7 @@ def test_openai_client_chat_and_stream(node: Proc) -> None:
 
 
 def test_meshlb_headers_on_every_task(node: Proc) -> None:
+    before = httpx.get(f"{node.url}/v1/queue").json()["node_counters"].get("completed", 0)
     r = httpx.post(
         f"{node.url}/api/generate",
         headers={"X-Meshlb-Priority": "9"},
@@ -77,6 +78,8 @@ def test_meshlb_headers_on_every_task(node: Proc) -> None:
     assert r.headers["x-meshlb-node"] == "n1"
     assert int(r.headers["x-meshlb-queue-ms"]) >= 0
     assert r.json()["eval_count"] == 3
+    after = httpx.get(f"{node.url}/v1/queue").json()["node_counters"]["completed"]
+    assert after == before + 1  # counted even though the client hangs up at once
 
 
 def test_metadata_endpoints(node: Proc) -> None:
