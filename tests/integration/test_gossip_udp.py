@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import structlog
 import trio
@@ -144,14 +145,33 @@ def test_five_processes_sigkill_detected_and_restart_rejoins() -> None:
         log = open(state + ".log", "wb")  # noqa: SIM115
         return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
 
-    procs: list[subprocess.Popen[bytes] | None] = [spawn(i) for i in range(5)]
     files = [os.path.join(tmp, f"n{i}.json") for i in range(5)]
+
+    def all_alive() -> bool:
+        return all(sum(s == "alive" for s in _view(f).values()) == 5 for f in files)
+
+    procs: list[subprocess.Popen[bytes] | None] = []
+    for attempt in range(3):
+        # A port probed free can be taken by another process before our child binds it
+        # (a busy CI machine): if a child died at start, start over on fresh ports.
+        procs = [spawn(i) for i in range(5)]
+        time.sleep(1.0)
+        if all(p is not None and p.poll() is None for p in procs) or attempt == 2:
+            break
+        for p in procs:
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait()
+        ports[:] = [_free_udp_tcp_port() for _ in range(5)]
     try:
-
-        def all_alive() -> bool:
-            return all(sum(s == "alive" for s in _view(f).values()) == 5 for f in files)
-
-        _wait(all_alive, 30, "5 processes converging")
+        try:
+            _wait(all_alive, 30, "5 processes converging")
+        except AssertionError:
+            logs = [Path(f + ".log").read_text(errors="replace")[-800:] for f in files]
+            raise AssertionError(
+                f"no convergence; exit codes "
+                f"{[p.poll() if p else None for p in procs]}; logs: {logs}"
+            ) from None
         victim = procs[3]
         assert victim is not None
         victim.send_signal(signal.SIGKILL)

@@ -11,7 +11,7 @@ import httpx
 import ollama
 import pytest
 
-from tests.procs import Proc, free_port, meshlb_argv, meshlb_node, sim_ollama, spawn
+from tests.procs import Proc, free_port, meshlb_argv, meshlb_node, sim_ollama, spawn_retrying
 
 pytestmark = pytest.mark.integration
 
@@ -34,11 +34,12 @@ def wait_until(check: Callable[[], bool], timeout_s: float, what: str) -> float:
 def test_five_nodes_converge_detect_sigkill_and_readmit_restart() -> None:
     with sim_ollama(tokens_per_second=100) as sim, contextlib.ExitStack() as stack:
         gossip_ports = [free_port(socket.SOCK_DGRAM) for _ in range(5)]
-        seed = f"127.0.0.1:{gossip_ports[0]}"
 
-        def start(i: int) -> Proc:
+        def make_args(i: int) -> tuple[list[str], str]:
             http_port = free_port()
-            join = [] if i == 0 else ["--join", seed]
+            if i != 3:  # a restarted n3 must keep its gossip port (same member)
+                gossip_ports[i] = free_port(socket.SOCK_DGRAM)
+            join = [] if i == 0 else ["--join", f"127.0.0.1:{gossip_ports[0]}"]
             args = meshlb_argv(
                 "node",
                 "--node-id",
@@ -53,7 +54,10 @@ def test_five_nodes_converge_detect_sigkill_and_readmit_restart() -> None:
                 "json",
                 *join,
             )
-            return stack.enter_context(spawn(args, f"http://127.0.0.1:{http_port}"))
+            return args, f"http://127.0.0.1:{http_port}"
+
+        def start(i: int) -> Proc:
+            return stack.enter_context(spawn_retrying(lambda: make_args(i)))
 
         nodes = [start(i) for i in range(5)]
         names = {f"n{i}" for i in range(5)}
