@@ -5,25 +5,12 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 
-
-def free_port() -> int:
-    """A port free for both UDP and TCP on 127.0.0.1."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            u.bind(("127.0.0.1", 0))
-            port = int(u.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-                try:
-                    t.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return port
+from tests.procs import free_gossip_port
 
 
 def alive_count(path: str) -> int:
@@ -37,7 +24,7 @@ def alive_count(path: str) -> int:
 def converge_processes(k: int, timeout_s: float = 60.0) -> dict[str, float | int | bool]:
     """Seconds from spawning k members until every one sees k alive (and when started)."""
     tmp = tempfile.mkdtemp(prefix="gossip-bench-")
-    ports = [free_port() for _ in range(k)]
+    ports = [free_gossip_port() for _ in range(k)]
     files = [os.path.join(tmp, f"n{i}.json") for i in range(k)]
     procs = []
     t0 = time.monotonic()

@@ -27,6 +27,20 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
         return int(s.getsockname()[1])
 
 
+def free_gossip_port() -> int:
+    """A port free for both UDP (gossip) and TCP (push-pull uses the same number)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.bind(("127.0.0.1", 0))
+            port = int(udp.getsockname()[1])
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+                try:
+                    tcp.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
+
+
 @dataclass
 class Proc:
     """A running child process with its log file."""
@@ -168,7 +182,7 @@ def meshlb_node(
 
     def make_args() -> tuple[list[str], str]:
         http_port = free_port()
-        gossip_ports.append(free_port(socket.SOCK_DGRAM))
+        gossip_ports.append(free_gossip_port())
         args = meshlb_argv(
             "node",
             "--node-id",

@@ -91,7 +91,6 @@ async def test_five_drivers_converge_over_udp_with_a_cluster_key() -> None:
 import json  # noqa: E402
 import os  # noqa: E402
 import signal  # noqa: E402
-import socket  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -99,18 +98,7 @@ import time  # noqa: E402
 
 import pytest  # noqa: E402
 
-
-def _free_udp_tcp_port() -> int:
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            u.bind(("127.0.0.1", 0))
-            port = int(u.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-                try:
-                    t.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return port
+from tests.procs import free_gossip_port  # noqa: E402
 
 
 def _view(path: str) -> dict[str, str]:
@@ -134,7 +122,7 @@ def _wait(cond: Callable[[], bool], timeout_s: float, what: str) -> float:
 @pytest.mark.slow
 def test_five_processes_sigkill_detected_and_restart_rejoins() -> None:
     tmp = tempfile.mkdtemp(prefix="gossip-")
-    ports = [_free_udp_tcp_port() for _ in range(5)]
+    ports = [free_gossip_port() for _ in range(5)]
 
     def spawn(i: int) -> subprocess.Popen[bytes]:
         state = os.path.join(tmp, f"n{i}.json")
@@ -162,7 +150,7 @@ def test_five_processes_sigkill_detected_and_restart_rejoins() -> None:
             if p is not None and p.poll() is None:
                 p.kill()
                 p.wait()
-        ports[:] = [_free_udp_tcp_port() for _ in range(5)]
+        ports[:] = [free_gossip_port() for _ in range(5)]
     try:
         try:
             _wait(all_alive, 30, "5 processes converging")

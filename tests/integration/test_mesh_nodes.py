@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import socket
 import time
 from collections.abc import Callable
 
@@ -11,7 +10,15 @@ import httpx
 import ollama
 import pytest
 
-from tests.procs import Proc, free_port, meshlb_argv, meshlb_node, sim_ollama, spawn_retrying
+from tests.procs import (
+    Proc,
+    free_gossip_port,
+    free_port,
+    meshlb_argv,
+    meshlb_node,
+    sim_ollama,
+    spawn_retrying,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -33,12 +40,12 @@ def wait_until(check: Callable[[], bool], timeout_s: float, what: str) -> float:
 
 def test_five_nodes_converge_detect_sigkill_and_readmit_restart() -> None:
     with sim_ollama(tokens_per_second=100) as sim, contextlib.ExitStack() as stack:
-        gossip_ports = [free_port(socket.SOCK_DGRAM) for _ in range(5)]
+        gossip_ports = [free_gossip_port() for _ in range(5)]
 
         def make_args(i: int) -> tuple[list[str], str]:
             http_port = free_port()
             if i != 3:  # a restarted n3 must keep its gossip port (same member)
-                gossip_ports[i] = free_port(socket.SOCK_DGRAM)
+                gossip_ports[i] = free_gossip_port()
             join = [] if i == 0 else ["--join", f"127.0.0.1:{gossip_ports[0]}"]
             args = meshlb_argv(
                 "node",
