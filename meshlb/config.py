@@ -66,6 +66,9 @@ class NodeSettings(BaseModel):
     tpm: int | None = Field(default=None, ge=1)
     # 1000 queued tasks is minutes of work for a small fleet; beyond, fail fast with 503.
     max_queue: int = Field(default=1000, ge=1, le=1_000_000)
+    # Each async task is held by this many nodes (its owner and replicas): 2 survives
+    # any single node's death; 3 survives two at once, for one more copy per change.
+    replication: int = Field(default=2, ge=1, le=5)
     # A waiting task gains one priority level per aging_s, so nothing starves.
     aging_s: float = Field(default=30.0, gt=0)
     # Token estimate when a request does not say num_predict/max_tokens.

@@ -7,6 +7,7 @@ finish for a bounded time, then exits 0.
 
 from __future__ import annotations
 
+import secrets
 import signal
 
 import structlog
@@ -20,7 +21,10 @@ from meshlb.gossip.config import GossipConfig
 from meshlb.gossip.driver import GossipDriver
 from meshlb.http_server import serve_app
 from meshlb.mesh.announce import announce_loop, local_meta
+from meshlb.mesh.mailer import PeerMailer
 from meshlb.mesh.meta import encode_meta
+from meshlb.mesh.node_view import NodeMeshView
+from meshlb.mesh.placement import SendTo, TaskNeeds, place
 from meshlb.node_context import NodeContext
 from meshlb.sched.driver import LocalScheduler
 from meshlb.sched.limits import Limits
@@ -30,6 +34,8 @@ from meshlb.tokens import RateAverage
 
 log = structlog.get_logger()
 DRAIN_TIMEOUT_S = 30.0
+# A restarted node recovers its journal once it has joined (or after this long alone).
+JOIN_WAIT_S = 5.0
 
 
 def build_context(settings: NodeSettings) -> NodeContext:
@@ -46,6 +52,7 @@ def build_context(settings: NodeSettings) -> NodeContext:
     scheduler = LocalScheduler(limits)
     journal = Journal(settings.data_dir) if settings.data_dir is not None else None
     rate = RateAverage()
+    boot = secrets.token_hex(4)
     tasks = TaskService(
         settings.node_id,
         scheduler,
@@ -54,8 +61,11 @@ def build_context(settings: NodeSettings) -> NodeContext:
         settings.task_retention_s,
         settings.default_num_predict,
         rate,
+        boot=boot,
+        replication=settings.replication,
     )
     return NodeContext(
+        boot=boot,
         settings=settings,
         backend=backend,
         catalog=ModelCatalog(backend, refresh_s=settings.models_refresh_s),
@@ -108,12 +118,35 @@ async def log_queue_stats(ctx: NodeContext, interval_s: float = 5.0) -> None:
         )
 
 
+def hand_queued_to_peers(ctx: NodeContext, view: NodeMeshView) -> int:
+    """Graceful leave: offer every queued task this node owns to the best alive peer
+    that has its model (the three-phase hand-over; an offer that fails comes back
+    and runs here). Returns how many were offered."""
+    peers = view.peer_candidates()
+    offered = 0
+    for waiting in ctx.tasks.waiting():
+        usable = [p for p in peers if waiting.model in p.models]
+        decision = place(TaskNeeds(waiting.model, waiting.est_tokens), usable, ctx.rng)
+        if isinstance(decision, SendTo):
+            ctx.tasks.mesh.hand_over(waiting.task_id, decision.node_id)
+            offered += 1
+    return offered
+
+
+async def join_then_recover(ctx: NodeContext, gossip: GossipDriver) -> None:
+    """Recover the journal once joined, so peers that took over our tasks can tell us."""
+    with trio.move_on_after(JOIN_WAIT_S):
+        while not gossip.joined:  # noqa: ASYNC110 - gossip has no "joined" event to wait on
+            await trio.sleep(0.1)
+    ctx.tasks.recover()
+
+
 async def drain(ctx: NodeContext, timeout_s: float) -> None:
-    """Wait (bounded) until nothing is queued or running here."""
+    """Wait (bounded) until nothing is queued, running or being handed over here."""
     with trio.move_on_after(timeout_s):
         while True:
             stats = ctx.scheduler.stats()
-            if stats.queued == 0 and stats.running == 0:
+            if stats.queued == 0 and stats.running == 0 and not ctx.tasks.mesh.core.owned():
                 return
             await trio.sleep(0.1)
     log.warning("drain timed out; stopping with work in flight", timeout_s=timeout_s)
@@ -148,10 +181,21 @@ async def run_node(
             await nursery.start(ctx.tasks.run)
             nursery.start_soon(log_queue_stats, ctx)
             gossip = build_gossip(ctx)
+            membership_events = gossip.subscribe()
             await nursery.start(gossip.run)
             ctx.gossip = gossip
             nursery.start_soon(announce_loop, ctx, gossip)
+            view = NodeMeshView(ctx)
+            mailer = PeerMailer(
+                ctx.node_id, ctx.boot, ctx.peer_client, view.address_of, settings.cluster_key
+            )
+            await nursery.start(mailer.run)
+            ctx.mailer = mailer
+            ctx.tasks.mesh.sender = mailer
+            ctx.tasks.mesh.view = view
+            nursery.start_soon(ctx.tasks.mesh.follow_gossip, membership_events)
             await nursery.start(serve_app, build_app(ctx), host, port, shutdown)
+            nursery.start_soon(join_then_recover, ctx, gossip)
             log.info(
                 "node ready", node=ctx.node_id, url=f"http://{settings.advertised_host()}:{port}"
             )
@@ -161,6 +205,9 @@ async def run_node(
                     log.info("stopping", node=ctx.node_id, signal=signal.Signals(signum).name)
                     break
             ctx.draining = True
+            offered = hand_queued_to_peers(ctx, view)
+            if offered:
+                log.info("queued tasks offered to peers before leaving", count=offered)
             await drain(ctx, DRAIN_TIMEOUT_S)
             await gossip.leave()
             shutdown.set()

@@ -7,6 +7,7 @@ never construct clients or read globals, so tests can assemble a node in-process
 from __future__ import annotations
 
 import random
+import secrets
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ import httpx
 from meshlb.backend.catalog import ModelCatalog
 from meshlb.backend.ollama import OllamaBackend
 from meshlb.config import NodeSettings
+from meshlb.mesh.mailer import PeerMailer
 from meshlb.mesh.view import MembershipSource
 from meshlb.sched.driver import LocalScheduler
 from meshlb.tasks.model import new_task_id
@@ -48,6 +50,10 @@ class NodeContext:
     )
     # Gossip membership (None until started, or in single-node tests).
     gossip: MembershipSource | None = None
+    # Outbound ownership messages (None until started, or in single-node tests).
+    mailer: PeerMailer | None = None
+    # Random per process start, gossiped: peers tell a restart from a slow node by it.
+    boot: str = field(default_factory=lambda: secrets.token_hex(4))
     # Set on SIGTERM: new work is refused with 503 while queued work finishes or moves.
     draining: bool = False
 

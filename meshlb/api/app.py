@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from meshlb.api.errors import ApiError, error_response, handle_api_error, handle_unexpected
+from meshlb.api.internal_routes import internal_routes
 from meshlb.api.mesh_routes import mesh_routes
 from meshlb.api.node_routes import node_routes
 from meshlb.api.ollama_routes import ollama_routes
@@ -41,6 +42,7 @@ def build_app(ctx: NodeContext) -> Starlette:
             *mesh_routes(ctx),
             *ollama_routes(ctx),
             *task_routes(ctx, ctx.tasks),
+            *internal_routes(ctx),
         ],
         exception_handlers={
             ApiError: handle_api_error,

@@ -29,6 +29,14 @@ class NodeCollector(Collector):
         for event, count in sorted(self.ctx.counters.items()):
             requests.add_metric([node, event], count)
         yield requests
+        mesh = CounterMetricFamily(
+            "meshlb_mesh_tasks",
+            "Async tasks moved or decided by the ownership protocol, by kind",
+            labels=["node", "kind"],
+        )
+        for kind, count in sorted(self.ctx.tasks.mesh.stats().items()):
+            mesh.add_metric([node, kind], count)
+        yield mesh
         stats = self.ctx.scheduler.stats()
         for name, help_text in (
             ("queued", "Tasks waiting in the local queue"),

@@ -36,6 +36,8 @@ def queue_view(ctx: NodeContext) -> dict[str, Any]:
         "node": ctx.node_id,
         **plain(ctx.scheduler.stats()),
         "node_counters": dict(ctx.counters),
+        "mesh": ctx.tasks.mesh.stats(),
+        "mailer": dict(ctx.mailer.counters) if ctx.mailer is not None else {},
     }
 
 

@@ -17,12 +17,16 @@ from starlette.routing import Route
 from meshlb.api.body import PRIORITY_HEADER, parse_json_object, parse_priority, read_body
 from meshlb.api.errors import ApiError
 from meshlb.api.mesh_routes import current_peers
-from meshlb.api.ollama_routes import check_model, refused_to_error
-from meshlb.mesh.lookup import find_on_peers
+from meshlb.api.ollama_routes import check_model, refused_to_error, remote_peers_with
+from meshlb.backend.catalog import canonical_model
+from meshlb.mesh.candidates import candidates_from_peers
+from meshlb.mesh.lookup import ask_peers, find_on_peers
+from meshlb.mesh.placement import SendTo, TaskNeeds, place
 from meshlb.node_context import NodeContext
 from meshlb.sched.driver import Refused
 from meshlb.tasks.model import FINAL_STATES
 from meshlb.tasks.service import TaskService, TaskSpec
+from meshlb.tokens import estimate_tokens
 
 MAX_WAIT_S = 300.0
 TYPE_ERRORS = ("missing", "type", "parsing", "extra_forbidden", "literal_error", "_type")
@@ -66,6 +70,33 @@ def parse_wait(raw: str | None) -> float:
     return wait_s
 
 
+async def choose_owner(
+    ctx: NodeContext, kind: str, model: str, request: dict[str, Any]
+) -> str | None:
+    """The peer placement prefers for a new async task, or None to keep it here
+    (the same policy as Ollama-API requests: expected completion, power of two)."""
+    wanted = canonical_model(model)
+    if not remote_peers_with(ctx, wanted):
+        return None  # fast path: nobody else can run it
+    local_has = await ctx.catalog.knows(model)
+    candidates = [
+        c
+        for c in candidates_from_peers(current_peers(ctx), ctx.node_id)
+        if (c.is_local and local_has) or (not c.is_local and wanted in c.models)
+    ]
+    est = estimate_tokens({**request, "model": model}, kind, ctx.settings.default_num_predict)
+    decision = place(TaskNeeds(wanted, est), candidates, ctx.rng)
+    return decision.node_id if isinstance(decision, SendTo) else None
+
+
+def peer_urls(ctx: NodeContext) -> list[str]:
+    return [
+        f"http://{p.meta.http_addr}"
+        for p in current_peers(ctx)
+        if p.state == "alive" and p.node_id != ctx.node_id and p.meta
+    ]
+
+
 def task_routes(ctx: NodeContext, service: TaskService) -> list[Route]:
     def not_found(task_id: str) -> ApiError:
         return ApiError(404, f"task '{task_id}' not found")
@@ -92,8 +123,9 @@ def task_routes(ctx: NodeContext, service: TaskService) -> list[Route]:
             timeout_s=body.timeout_s,
             idempotency_key=body.idempotency_key,
         )
+        forward_to = await choose_owner(ctx, body.kind, body.model, body.request)
         try:
-            record, created = await service.submit(spec)
+            record, created = await service.submit(spec, forward_to)
         except Refused as refused:
             raise refused_to_error(refused) from None
         ctx.counters["tasks_accepted" if created else "tasks_idempotent_hits"] += 1
@@ -114,13 +146,8 @@ def task_routes(ctx: NodeContext, service: TaskService) -> list[Route]:
         if record is not None:
             return JSONResponse(record.to_public())
         if request.query_params.get("local") != "1":
-            peers = [
-                f"http://{p.meta.http_addr}"
-                for p in current_peers(ctx)
-                if p.state == "alive" and p.node_id != ctx.node_id and p.meta
-            ]
             remote = await find_on_peers(
-                ctx.peer_client, peers, task_id, wait_s, ctx.settings.cluster_key
+                ctx.peer_client, peer_urls(ctx), task_id, wait_s, ctx.settings.cluster_key
             )
             if remote is not None:
                 return JSONResponse(remote)
@@ -129,15 +156,35 @@ def task_routes(ctx: NodeContext, service: TaskService) -> list[Route]:
     async def delete_task(request: Request) -> Response:
         task_id = request.path_params["task_id"]
         record = service.get(task_id)
-        if record is None:
-            raise not_found(task_id)
-        if record.state in FINAL_STATES:
+        if record is not None and record.state in FINAL_STATES:
             raise ApiError(
                 409, f"task '{task_id}' already finished ({record.state}); nothing to cancel"
             )
-        record = await service.cancel(task_id)
-        assert record is not None
-        return JSONResponse(record.to_public())
+        if service.owns(task_id):
+            record = await service.cancel(task_id)
+            assert record is not None
+            return JSONResponse(record.to_public())
+        if request.query_params.get("local") == "1":
+            raise ApiError(404, f"task '{task_id}' is not owned by this node")
+        # Only the owner can stop a task: ask every peer, the owner answers.
+        answer = await ask_peers(
+            ctx.peer_client,
+            peer_urls(ctx),
+            "DELETE",
+            f"/v1/tasks/{task_id}",
+            0.0,
+            ctx.settings.cluster_key,
+            frozenset({200, 409}),
+        )
+        if answer is not None:
+            return JSONResponse(answer[1], status_code=answer[0])
+        if record is not None:
+            raise ApiError(
+                503,
+                f"the node that owns task '{task_id}' did not answer; try again",
+                {"Retry-After": "2"},
+            )
+        raise not_found(task_id)
 
     async def list_tasks(request: Request) -> Response:
         state = request.query_params.get("state")
@@ -146,7 +193,8 @@ def task_routes(ctx: NodeContext, service: TaskService) -> list[Route]:
         limit_raw = request.query_params.get("limit", "100")
         if not limit_raw.isdigit() or not 1 <= int(limit_raw) <= 1000:
             raise ApiError(422, "query parameter limit must be an integer from 1 to 1000")
-        rows = service.store.recent(state, int(limit_raw))
+        rows = [service.get(r.id) or r for r in service.store.recent(None, 100_000)]
+        rows = [r for r in rows if state is None or r.state == state][: int(limit_raw)]
         return JSONResponse({"tasks": [r.to_public() for r in rows]})
 
     return [

@@ -39,6 +39,11 @@ def node_options(f: Any) -> Any:
         click.option("--tpm", type=str, help="Max tokens per minute [default: no limit]."),
         click.option("--max-queue", type=str, help="Max queued tasks before 503 [default: 1000]."),
         click.option(
+            "--replication",
+            type=str,
+            help="Nodes holding each async task (owner + replicas) [default: 2].",
+        ),
+        click.option(
             "--data-dir",
             type=str,
             help="Directory for the durable task journal [default: memory only].",

@@ -11,7 +11,7 @@ from typing import Protocol
 
 import trio
 
-from meshlb.mesh.meta import Load, NodeMeta, encode_meta
+from meshlb.mesh.meta import Load, Moves, NodeMeta, encode_meta
 from meshlb.node_context import NodeContext
 
 ANNOUNCE_INTERVAL_S = 1.0
@@ -38,6 +38,18 @@ def local_meta(ctx: NodeContext) -> NodeMeta:
             tpm_limit=limits.tpm,
             tokens_per_s=ctx.generation_rate.value,
         ),
+        boot=ctx.boot,
+        moves=local_moves(ctx),
+    )
+
+
+def local_moves(ctx: NodeContext) -> Moves:
+    mesh = ctx.tasks.mesh.stats()
+    return Moves(
+        forwarded=ctx.counters["forwarded"] + mesh["forwarded"],
+        stolen=mesh["stolen_by_here"],
+        taken_over=mesh["taken_over"],
+        duplicates_dropped=mesh["duplicates_dropped"],
     )
 
 

@@ -32,11 +32,25 @@ class Load:
 
 
 @dataclass(frozen=True, slots=True)
+class Moves:
+    """How much work moved through this node since it started (for `/v1/cluster`)."""
+
+    forwarded: int = 0  # requests and tasks this node sent to a peer to run
+    stolen: int = 0  # queued tasks this node took from a busy peer
+    taken_over: int = 0  # tasks of a dead or departed peer this node re-queued
+    duplicates_dropped: int = 0  # second results for a task, dropped
+
+
+@dataclass(frozen=True, slots=True)
 class NodeMeta:
     http_addr: str
     models: tuple[str, ...] = ()
     load: Load = field(default_factory=Load)
     models_truncated: bool = False
+    # Random per process start: a peer that sees it change knows this node restarted
+    # and lost whatever it owned, even if it came back faster than dead-detection.
+    boot: str = ""
+    moves: Moves = field(default_factory=Moves)
 
 
 class _LoadWire(BaseModel):
@@ -51,13 +65,23 @@ class _LoadWire(BaseModel):
     tps: float = Field(0.0, ge=0)
 
 
+class _MovesWire(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    f: int = Field(0, ge=0)
+    s: int = Field(0, ge=0)
+    t: int = Field(0, ge=0)
+    d: int = Field(0, ge=0)
+
+
 class _MetaWire(BaseModel):
     model_config = ConfigDict(extra="ignore")
     v: int
     h: str = Field(max_length=300)
     m: list[str] = Field(default_factory=list)
     t: bool = False
+    b: str = Field("", max_length=32)
     lo: _LoadWire = Field(default_factory=lambda: _LoadWire())
+    mv: _MovesWire = Field(default_factory=lambda: _MovesWire())
 
 
 def _pack(meta: NodeMeta, models: tuple[str, ...], truncated: bool) -> bytes:
@@ -69,6 +93,13 @@ def _pack(meta: NodeMeta, models: tuple[str, ...], truncated: bool) -> bytes:
                 "h": meta.http_addr,
                 "m": list(models),
                 "t": truncated,
+                "b": meta.boot,
+                "mv": {
+                    "f": meta.moves.forwarded,
+                    "s": meta.moves.stolen,
+                    "t": meta.moves.taken_over,
+                    "d": meta.moves.duplicates_dropped,
+                },
                 "lo": {
                     "q": load.queued,
                     "r": load.running,
@@ -112,6 +143,8 @@ def decode_meta(data: bytes) -> NodeMeta | None:
         http_addr=wire.h,
         models=tuple(wire.m),
         models_truncated=wire.t,
+        boot=wire.b,
+        moves=Moves(wire.mv.f, wire.mv.s, wire.mv.t, wire.mv.d),
         load=Load(
             queued=lo.q,
             running=lo.r,

@@ -169,6 +169,20 @@ class Ownership(ResultsMixin):
         e = self._tasks.get(task_id)
         return None if e is None else e.role
 
+    def settled(self, task_id: str) -> bool:
+        """Is a task we accepted held by another node too? Its replicas acked our
+        copy, or the peer we forwarded it to owns it (we stay a replica). With no
+        live replica there is nobody to wait for."""
+        e = self._tasks.get(task_id)
+        if e is None:
+            return False
+        if e.role == REPLICA:
+            return True
+        if e.role != OWNER:
+            return False
+        live_replicas = {n for n in e.copy.replicas if n in self.live and n != self.node_id}
+        return not (e.unacked & live_replicas)
+
     def owned(self) -> list[TaskCopy]:
         """Unfinished tasks this node owns (queued, running, or being offered)."""
         return [e.copy for e in self._tasks.values()

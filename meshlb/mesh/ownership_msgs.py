@@ -73,6 +73,7 @@ class TaskFinished:
     at: float
     result: Any = None
     error: str | None = None
+    error_status: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

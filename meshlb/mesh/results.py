@@ -50,7 +50,7 @@ class ResultsMixin(TakeOverMixin):
 
     def _final_copy(self, e: Entry, ev: m.TaskFinished) -> TaskCopy:
         rec = snapshot(e.copy.record)
-        rec.finish(ev.state, ev.at, result=ev.result, error=ev.error)
+        rec.finish(ev.state, ev.at, result=ev.result, error=ev.error, error_status=ev.error_status)
         return e.copy.with_record(rec, self._run_id(e))
 
     def _drop(self, task_id: str, run_id: str, kept: str | None) -> None:

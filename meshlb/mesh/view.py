@@ -72,6 +72,16 @@ class Peer:
                 "tpm_limit": load.tpm_limit,
                 "tokens_per_s": load.tokens_per_s,
             },
+            "counters": self.counters(),
+        }
+
+    def counters(self) -> dict[str, int]:
+        moves = self.meta.moves if self.meta else None
+        return {
+            "forwarded": moves.forwarded if moves else 0,
+            "stolen": moves.stolen if moves else 0,
+            "taken_over": moves.taken_over if moves else 0,
+            "duplicates_dropped": moves.duplicates_dropped if moves else 0,
         }
 
 
@@ -108,6 +118,10 @@ def cluster_totals(peers: Sequence[Peer]) -> dict[str, Any]:
         "max_concurrency": sum(p.load.max_concurrency or 0 for p in live),
         "tokens_per_s": round(sum(p.load.tokens_per_s for p in live), 1),
         "models": models,
+        "counters": {
+            k: sum(p.counters()[k] for p in peers)
+            for k in ("forwarded", "stolen", "taken_over", "duplicates_dropped")
+        },
     }
 
 

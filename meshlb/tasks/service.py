@@ -1,9 +1,13 @@
 """Async tasks on one node: accept, journal, queue, run on the local Ollama, record.
 
-Each accepted task gets a worker (a Trio task) that waits its turn in the scheduler,
-calls Ollama non-streamed, and records the result. Invariants:
-- a task is journaled before the client hears 202, so a SIGKILL loses nothing accepted;
-- a task reaches a final state exactly once (`TaskRecord.finish` refuses a second);
+Who runs a task and which result counts is decided by the ownership core, through
+`OwnershipDriver` (`self.mesh`): this service tells it what happened here (accepted,
+started, finished) and carries out what it decides (run a task it now owns, unqueue
+one that moved, record a final result). A started task gets a worker (a Trio task)
+that calls Ollama non-streamed. Invariants:
+- a task is journaled, and held by a second node when there is one (bounded wait),
+  before the client hears 202, so neither a SIGKILL nor a lost host loses it;
+- a task's result is recorded once, when the core says so (`record_final`);
 - the scheduler slot a worker holds is given back exactly once, whatever happens.
 """
 
@@ -20,6 +24,10 @@ import structlog
 import trio
 
 from meshlb.backend.ollama import BackendError, OllamaBackend
+from meshlb.mesh import ownership_msgs as m
+from meshlb.mesh.ownership_driver import OwnershipDriver
+from meshlb.mesh.replication import snapshot
+from meshlb.mesh.stealing import Waiting
 from meshlb.sched.driver import LocalScheduler, Refused
 from meshlb.tasks.journal import Journal
 from meshlb.tasks.model import KIND_PATHS, AlreadyFinal, TaskRecord, new_task_id
@@ -32,6 +40,9 @@ log = structlog.get_logger()
 MAX_BACKEND_ATTEMPTS = 5
 BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 16.0)
 EXPIRY_INTERVAL_S = 30.0
+# How long a new task may wait for a second node to hold it before 202 is sent anyway
+# (the journal still has it; a peer that slow is probably dying).
+SETTLE_TIMEOUT_S = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +88,9 @@ class TaskService:
         retention_s: float,
         default_num_predict: int,
         generation_rate: RateAverage | None = None,
+        *,
+        boot: str = "",
+        replication: int = 2,
     ) -> None:
         self.node_id = node_id
         self.scheduler = scheduler
@@ -85,6 +99,10 @@ class TaskService:
         self.default_num_predict = default_num_predict
         self.generation_rate = generation_rate or RateAverage()
         self.store = TaskStore(retention_s)
+        # Tasks this node owns and queues or runs: its own working records (the
+        # core's copies are immutable snapshots, replicated as they change).
+        self._local: dict[str, TaskRecord] = {}
+        self.mesh = OwnershipDriver(node_id, boot, replication, self)
         self._final_events: dict[str, trio.Event] = {}
         self._scopes: dict[str, trio.CancelScope] = {}
         self._cancel_requested: set[str] = set()
@@ -96,37 +114,32 @@ class TaskService:
     # ---- lifecycle -------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Recover journaled tasks, then run workers and expiry until cancelled."""
+        """Run workers, expiry and the ownership driver until cancelled."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            recovered = self._recover()
-            if recovered:
-                log.info(
-                    "tasks recovered from journal",
-                    count=recovered,
-                    path=str(self.journal.path) if self.journal else None,
-                )
             nursery.start_soon(self._expire_loop)
             nursery.start_soon(self._deadline_loop)
+            nursery.start_soon(self.mesh.run)
             task_status.started()
 
-    def _recover(self) -> int:
+    def recover(self) -> int:
+        """Take back journaled tasks (after a restart): results are served again, and
+        unfinished tasks are accepted again here. Called once the node has joined the
+        mesh, so that peers that took them over meanwhile can tell this node."""
         if self.journal is None:
             return 0
         count = 0
         for record in self.journal.load_all():
-            self.store.add(record)
             if record.final:
+                self.store.add(record)
                 continue
             if record.state == "running":
                 record.mark_queued()  # it was running when the node died: run it again
-            self._arm_deadline(record)
-            try:
-                self._enqueue(record)
-            except Refused:  # a smaller queue than before the restart: keep trying
-                assert self._nursery is not None
-                self._nursery.start_soon(self._enqueue_when_room, record)
+            self.store.add(snapshot(record))
+            self.mesh.accept(record, None)
             count += 1
+        if count:
+            log.info("unfinished tasks recovered from journal", count=count)
         return count
 
     async def _expire_loop(self) -> None:
@@ -139,8 +152,11 @@ class TaskService:
 
     # ---- API -----------------------------------------------------------------------
 
-    async def submit(self, spec: TaskSpec) -> tuple[TaskRecord, bool]:
-        """Accept a task (or return the one with the same idempotency key).
+    async def submit(
+        self, spec: TaskSpec, forward_to: str | None = None
+    ) -> tuple[TaskRecord, bool]:
+        """Accept a task (or return the one with the same idempotency key), to run
+        here or, with `forward_to`, on that peer (handed over by the core).
 
         Returns (record, created). Raises `Refused` from the scheduler when full.
         """
@@ -161,46 +177,120 @@ class TaskService:
             idempotency_key=spec.idempotency_key,
             est_tokens=estimate_tokens(request, spec.kind, self.default_num_predict),
         )
-        self._enqueue(record)
-        self.store.add(record)
-        self._arm_deadline(record)
+        if forward_to is None:
+            self._local[record.id] = record
+            try:
+                self._enqueue(record)  # first, so a full queue refuses before anything
+            except Refused:
+                del self._local[record.id]
+                raise
+            self._arm_deadline(record)
+        self.store.add(snapshot(record))
+        # Before any await: a fast run must not finish before the core knows the task.
+        self.mesh.accept(record, forward_to)
         if self.journal is not None:
             await self.journal.write(record)
+        settled = await self.mesh.wait_settled(record.id, SETTLE_TIMEOUT_S)
         log.info(
             "task accepted",
             task=record.id,
             kind=record.kind,
             model=record.model,
             priority=record.priority,
+            forwarded_to=forward_to,
+            held_by_a_peer=settled,
         )
         return record, True
 
     def get(self, task_id: str) -> TaskRecord | None:
-        return self.store.get(task_id)
+        """The freshest record this node has: its ownership copy, else its store."""
+        copy = self.mesh.get(task_id)
+        return copy.record if copy is not None else self.store.get(task_id)
+
+    def owns(self, task_id: str) -> bool:
+        return task_id in self._local
 
     async def wait_final(self, task_id: str, timeout_s: float) -> TaskRecord | None:
         """The record once final, or as it is after `timeout_s` (long-poll)."""
-        record = self.store.get(task_id)
+        record = self.get(task_id)
         if record is not None and not record.final:
             event = self._final_events.setdefault(task_id, trio.Event())
             with trio.move_on_after(timeout_s):
                 await event.wait()
-        return self.store.get(task_id)
+        return self.get(task_id)
 
     async def cancel(self, task_id: str) -> TaskRecord | None:
-        """Cancel an unfinished task; its worker ends it in `cancelled`."""
-        record = self.store.get(task_id)
+        """Cancel an unfinished task this node owns; its worker ends it in `cancelled`."""
+        record = self._local.get(task_id)
         if record is None or record.final:
-            return record
+            return self.get(task_id)
         if self.scheduler.cancel(task_id):  # still queued: no worker to stop
             await self._finish(record, "cancelled", error="cancelled by request")
-            return record
-        self._cancel_requested.add(task_id)
-        scope = self._scopes.get(task_id)
-        if scope is not None:
-            scope.cancel()
-        await self.wait_final(task_id, 5.0)
-        return record
+        else:
+            self._cancel_requested.add(task_id)
+            scope = self._scopes.get(task_id)
+            if scope is not None:
+                scope.cancel()
+        return await self.wait_final(task_id, 5.0)
+
+    # ---- what the ownership core asks of this node (`Executor`) -------------------
+
+    def run_owned(self, record: TaskRecord, reason: str) -> None:
+        """This node owns the task now: queue it (a full queue delays, never drops)."""
+        if record.id in self._local:
+            return  # queued here already (accepted here, or a repeated command)
+        local = snapshot(record)
+        if local.state == "running":  # it was running on a node that died
+            local.mark_queued()
+        self._local[local.id] = local
+        if self.store.get(local.id) is None:
+            self.store.add(snapshot(local))
+        self._arm_deadline(local)
+        try:
+            self._enqueue(local)
+        except Refused:
+            assert self._nursery is not None
+            self._nursery.start_soon(self._enqueue_when_room, local)
+
+    def unqueue(self, task_id: str) -> None:
+        """The task moved to a peer (or finished elsewhere): drop it if still queued."""
+        if self.scheduler.cancel(task_id):
+            self._local.pop(task_id, None)
+
+    def record_final(self, record: TaskRecord, decided_here: bool) -> None:
+        """The task's one result: keep it, journal it, wake the long-polls."""
+        final = snapshot(record)
+        self.store.add(final)
+        local = self._local.get(record.id)
+        if local is not None and local.state != "running":
+            self._local.pop(record.id)
+        if self.journal is not None and self._nursery is not None:
+            self._nursery.start_soon(self._journal_final, final)
+        event = self._final_events.pop(record.id, None)
+        if event is not None:
+            event.set()
+
+    async def _journal_final(self, record: TaskRecord) -> None:
+        assert self.journal is not None
+        with trio.CancelScope(shield=True):
+            await self.journal.write(record)
+
+    def waiting(self) -> tuple[Waiting, ...]:
+        """Queued tasks in expected start order, as a thief's request needs them."""
+        out = []
+        for q in self.scheduler.core.queued_tasks():
+            rec = self._local.get(q.task_id)
+            if rec is not None:
+                out.append(Waiting(rec.id, rec.model, rec.est_tokens))
+        return tuple(out)
+
+    def free_slots(self) -> int:
+        """Slots free now with nothing queued (0 when anything waits)."""
+        core = self.scheduler.core
+        if core.queued:
+            return 0
+        cap = core.effective_concurrency(trio.current_time())
+        return 1 if cap is None else max(0, cap - core.running)
 
     # ---- workers -------------------------------------------------------------------
 
@@ -233,7 +323,7 @@ class TaskService:
         while True:
             while self._deadlines and self._deadlines[0][0] <= trio.current_time():
                 _, task_id = heapq.heappop(self._deadlines)
-                record = self.store.get(task_id)
+                record = self._local.get(task_id)
                 if record is not None and not record.final and self.scheduler.cancel(task_id):
                     await self._finish(
                         record,
@@ -285,8 +375,7 @@ class TaskService:
         while True:
             try:
                 record.mark_running(self.node_id, time.time())
-                if self.journal is not None:
-                    await self.journal.write(record)
+                self.mesh.feed(m.TaskStarted(record.id, record.started_at or time.time()))
                 status, content = await self.backend.post_json(path, record.request)
             except BackendError as e:
                 self.scheduler.finish(record.id, 0)
@@ -300,6 +389,7 @@ class TaskService:
                     reason=e.reason,
                 )
                 record.mark_queued()
+                self.mesh.feed(m.RunLost(record.id))
                 await trio.sleep(BACKOFF_S[min(record.attempts, len(BACKOFF_S)) - 1])
                 await self._requeue(record)
                 continue
@@ -308,6 +398,7 @@ class TaskService:
                 raise
             if status == 503:  # Ollama busy: back to the queue, keep the place
                 record.mark_queued()
+                self.mesh.feed(m.RunLost(record.id))
                 await self.scheduler.requeue_busy(record.id)
                 continue
             await self._complete(record, status, content)
@@ -352,18 +443,15 @@ class TaskService:
         error: str | None = None,
         error_status: int | None = None,
     ) -> None:
+        """This node's run ended: the core decides whether it is the task's result."""
+        now = time.time()
         try:
-            record.finish(state, time.time(), result=result, error=error, error_status=error_status)
+            record.finish(state, now, result=result, error=error, error_status=error_status)
         except AlreadyFinal:
             log.warning("duplicate final state dropped", task=record.id, state=state)
             return
-        self.store.note_finished(record)
+        self._local.pop(record.id, None)
         log.info(
             "task finished", task=record.id, state=state, error=error, attempts=record.attempts
         )
-        with trio.CancelScope(shield=True):
-            if self.journal is not None:
-                await self.journal.write(record)
-        event = self._final_events.pop(record.id, None)
-        if event is not None:
-            event.set()
+        self.mesh.feed(m.TaskFinished(record.id, state, now, result, error, error_status))

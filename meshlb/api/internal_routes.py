@@ -1,0 +1,47 @@
+"""Node-to-node endpoint of the ownership protocol: `POST /v1/internal/ownership`.
+
+A peer posts a msgpack batch of copies, acks, offers and steal requests
+(`meshlb.mesh.ownership_wire`); this node feeds them to its ownership core and
+answers 204 once they are applied. With a cluster key the request must carry a valid
+HMAC (`meshlb.mesh.auth`), else it is 401 and nothing is applied; a malformed batch
+is 400 and nothing is applied either.
+"""
+
+from __future__ import annotations
+
+import time
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from meshlb.api.body import read_body
+from meshlb.api.errors import ApiError
+from meshlb.mesh.auth import AUTH_HEADER, verify
+from meshlb.mesh.mailer import OWNERSHIP_PATH
+from meshlb.mesh.ownership_wire import MAX_BATCH_BYTES, WireError, decode_batch
+from meshlb.node_context import NodeContext
+
+
+def internal_routes(ctx: NodeContext) -> list[Route]:
+    async def ownership(request: Request) -> Response:
+        body = await read_body(request, MAX_BATCH_BYTES)
+        key = ctx.settings.cluster_key
+        if key is not None:
+            problem = verify(
+                key, request.headers.get(AUTH_HEADER), "POST", OWNERSHIP_PATH, body, time.time()
+            )
+            if problem is not None:
+                ctx.counters["internal_refused"] += 1
+                raise ApiError(401, f"ownership batch refused: {problem}")
+        try:
+            batch = decode_batch(body)
+        except WireError as e:
+            ctx.counters["internal_malformed"] += 1
+            raise ApiError(400, f"malformed ownership batch: {e}") from None
+        if batch.sender == ctx.node_id:
+            raise ApiError(400, "ownership batch claims to come from this node itself")
+        ctx.tasks.mesh.receive(batch)
+        return Response(status_code=204)
+
+    return [Route(OWNERSHIP_PATH, ownership, methods=["POST"])]
