@@ -17,6 +17,7 @@ import httpx
 from meshlb.backend.catalog import ModelCatalog
 from meshlb.backend.ollama import OllamaBackend
 from meshlb.config import NodeSettings
+from meshlb.mesh.candidates import RecentlySent
 from meshlb.mesh.mailer import PeerMailer
 from meshlb.mesh.view import MembershipSource
 from meshlb.sched.driver import LocalScheduler
@@ -48,6 +49,8 @@ class NodeContext:
             limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
         )
     )
+    # Work sent to each peer since its gossiped load last changed (anti-herding).
+    recently_sent: RecentlySent = field(default_factory=RecentlySent)
     # Gossip membership (None until started, or in single-node tests).
     gossip: MembershipSource | None = None
     # Outbound ownership messages (None until started, or in single-node tests).

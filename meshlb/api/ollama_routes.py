@@ -32,7 +32,7 @@ from meshlb.api.relay import LocalTask, RelayResponse
 from meshlb.backend.catalog import canonical_model
 from meshlb.backend.ollama import BackendError
 from meshlb.mesh.auth import AUTH_HEADER, verify
-from meshlb.mesh.candidates import candidates_from_peers, http_addr_of
+from meshlb.mesh.candidates import candidates_from_peers, http_addr_of, incarnation_of
 from meshlb.mesh.forward import HOPS_HEADER, ForwardedResponse, PeerUnavailable, open_on_peer
 from meshlb.mesh.meta import decode_meta
 from meshlb.mesh.placement import RunHere, SendTo, TaskNeeds, place
@@ -145,7 +145,7 @@ async def place_in_mesh(
             await check_model(ctx, model)
         return None
     peers = current_peers(ctx)
-    candidates = candidates_from_peers(peers, ctx.node_id)
+    candidates = candidates_from_peers(peers, ctx.node_id, ctx.recently_sent)
     failed: list[str] = []
     while True:
         usable = [
@@ -178,6 +178,7 @@ async def place_in_mesh(
             failed.append(decision.node_id)
             continue
         ctx.counters["forwarded"] += 1
+        ctx.recently_sent.note(decision.node_id, incarnation_of(peers, decision.node_id))
         log.info(
             "request forwarded",
             peer=decision.node_id,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
+import msgpack
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -19,7 +20,7 @@ from meshlb.api.errors import ApiError
 from meshlb.api.mesh_routes import current_peers
 from meshlb.api.ollama_routes import check_model, refused_to_error, remote_peers_with
 from meshlb.backend.catalog import canonical_model
-from meshlb.mesh.candidates import candidates_from_peers
+from meshlb.mesh.candidates import candidates_from_peers, incarnation_of
 from meshlb.mesh.lookup import ask_peers, find_on_peers
 from meshlb.mesh.placement import SendTo, TaskNeeds, place
 from meshlb.node_context import NodeContext
@@ -79,14 +80,27 @@ async def choose_owner(
     if not remote_peers_with(ctx, wanted):
         return None  # fast path: nobody else can run it
     local_has = await ctx.catalog.knows(model)
+    peers = current_peers(ctx)
     candidates = [
         c
-        for c in candidates_from_peers(current_peers(ctx), ctx.node_id)
+        for c in candidates_from_peers(peers, ctx.node_id, ctx.recently_sent)
         if (c.is_local and local_has) or (not c.is_local and wanted in c.models)
     ]
     est = estimate_tokens({**request, "model": model}, kind, ctx.settings.default_num_predict)
     decision = place(TaskNeeds(wanted, est), candidates, ctx.rng)
-    return decision.node_id if isinstance(decision, SendTo) else None
+    if not isinstance(decision, SendTo):
+        return None
+    ctx.recently_sent.note(decision.node_id, incarnation_of(peers, decision.node_id))
+    return decision.node_id
+
+
+def carries(value: Any) -> bool:
+    """Can the request travel between nodes (msgpack: integers up to 64 bits)?"""
+    try:
+        msgpack.packb(value)
+    except (TypeError, ValueError, OverflowError):
+        return False
+    return True
 
 
 def peer_urls(ctx: NodeContext) -> list[str]:
@@ -113,6 +127,8 @@ def task_routes(ctx: NodeContext, service: TaskService) -> list[Route]:
             body = TaskSubmitBody.model_validate(payload)
         except ValidationError as e:
             raise validation_error(e) from None
+        if not carries(body.request):
+            raise ApiError(422, "field 'request' holds a number too large to carry (over 64 bits)")
         priority = body.priority or parse_priority(request.headers.get(PRIORITY_HEADER))
         await check_model(ctx, body.model)
         spec = TaskSpec(

@@ -1,6 +1,14 @@
-"""Placement candidates from the mesh view: live members with readable metadata."""
+"""Placement candidates from the mesh view: live members with readable metadata.
+
+Gossiped load is up to an announce interval old. During a burst, every request would
+see the same idle peer and all would go there (herding). So each node remembers what
+it sent to a peer since that peer's last metadata update (`RecentlySent`, keyed by
+the peer's incarnation, which every update bumps) and counts it as queued there.
+"""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 from meshlb.backend.catalog import canonical_model
 from meshlb.mesh.meta import Load, NodeMeta
@@ -27,13 +35,37 @@ def candidate(node_id: str, meta: NodeMeta, is_local: bool) -> Candidate:
     )
 
 
-def candidates_from_peers(peers: list[Peer], local_id: str) -> list[Candidate]:
+class RecentlySent:
+    """Work this node sent to each peer since the peer last updated its metadata."""
+
+    def __init__(self) -> None:
+        self._sent: dict[str, tuple[int, int]] = {}  # node -> (incarnation, count)
+
+    def note(self, node_id: str, incarnation: int, count: int = 1) -> None:
+        seen, sent = self._sent.get(node_id, (incarnation, 0))
+        self._sent[node_id] = (incarnation, (sent if seen == incarnation else 0) + count)
+
+    def pending(self, node_id: str, incarnation: int) -> int:
+        seen, sent = self._sent.get(node_id, (incarnation, 0))
+        return sent if seen == incarnation else 0
+
+
+def candidates_from_peers(
+    peers: list[Peer], local_id: str, sent: RecentlySent | None = None
+) -> list[Candidate]:
     """Alive members only: a suspect may be dead, and sending work there risks a hang."""
-    return [
-        candidate(p.node_id, p.meta, p.node_id == local_id)
-        for p in peers
-        if p.meta is not None and (p.state == "alive" or p.node_id == local_id)
-    ]
+    out = []
+    for p in peers:
+        if p.meta is None or (p.state != "alive" and p.node_id != local_id):
+            continue
+        c = candidate(p.node_id, p.meta, p.node_id == local_id)
+        extra = sent.pending(p.node_id, p.incarnation) if sent is not None else 0
+        out.append(replace(c, queued=c.queued + extra) if extra else c)
+    return out
+
+
+def incarnation_of(peers: list[Peer], node_id: str) -> int:
+    return next((p.incarnation for p in peers if p.node_id == node_id), 0)
 
 
 def http_addr_of(peers: list[Peer], node_id: str) -> str | None:

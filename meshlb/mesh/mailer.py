@@ -81,12 +81,31 @@ class PeerMailer:
             if not await self._post(to, batch):
                 await trio.sleep(FAILURE_PAUSE_S)
 
+    def _encode(self, to: str, batch: list[NetworkCommand]) -> bytes:
+        """The batch's bytes; an item msgpack cannot carry (e.g. an integer beyond 64
+        bits in an Ollama result) is dropped and logged, so it never blocks the rest."""
+        try:
+            return encode_batch(self.node_id, self.boot, batch)
+        except (TypeError, ValueError, OverflowError):
+            good = []
+            for cmd in batch:
+                try:
+                    encode_batch(self.node_id, self.boot, [cmd])
+                except (TypeError, ValueError, OverflowError) as e:
+                    self.counters["unencodable"] += 1
+                    log.error(
+                        "ownership message cannot be encoded, dropped", peer=to, error=repr(e)
+                    )
+                    continue
+                good.append(cmd)
+            return encode_batch(self.node_id, self.boot, good)
+
     async def _post(self, to: str, batch: list[NetworkCommand]) -> bool:
         addr = self.address_of(to)
         if addr is None:
             self.counters["dropped_no_address"] += len(batch)
             return False
-        body = encode_batch(self.node_id, self.boot, batch)
+        body = self._encode(to, batch)
         headers = {"content-type": "application/msgpack"}
         if self.cluster_key is not None:
             headers[AUTH_HEADER] = sign(self.cluster_key, "POST", OWNERSHIP_PATH, body, time.time())

@@ -24,7 +24,11 @@ class NodeMeshView:
 
     def peer_candidates(self) -> list[Candidate]:
         peers = current_peers(self.ctx)
-        return [c for c in candidates_from_peers(peers, self.ctx.node_id) if not c.is_local]
+        return [
+            c
+            for c in candidates_from_peers(peers, self.ctx.node_id, self.ctx.recently_sent)
+            if not c.is_local
+        ]
 
     def address_of(self, node_id: str) -> str | None:
         return http_addr_of(current_peers(self.ctx), node_id)

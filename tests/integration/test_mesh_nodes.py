@@ -10,6 +10,11 @@ import httpx
 import ollama
 import pytest
 
+from meshlb.mesh import ownership_msgs as m
+from meshlb.mesh.auth import AUTH_HEADER, sign
+from meshlb.mesh.ownership_wire import encode_batch
+from meshlb.mesh.replication import TaskCopy
+from meshlb.tasks.model import TaskRecord
 from tests.procs import (
     Proc,
     free_gossip_port,
@@ -161,6 +166,11 @@ def test_request_for_a_model_only_a_peer_has_streams_through_the_first_node() ->
             assert r.status_code == 404 or "retry-after" in r.headers
 
 
+def forged_copy() -> TaskCopy:
+    record = TaskRecord("t-forged", "generate", "llama3.2:1b", {}, 5, "intruder", time.time())
+    return TaskCopy(record, "intruder", 1, ("k",))
+
+
 def test_cluster_key_refuses_unauthenticated_peer_requests() -> None:
     with (
         sim_ollama(tokens_per_second=200) as sim,
@@ -182,3 +192,18 @@ def test_cluster_key_refuses_unauthenticated_peer_requests() -> None:
             },
         )
         assert ok.status_code == 200
+        # The ownership endpoint: a well-formed batch without the key does nothing.
+        batch = encode_batch("intruder", "b0", [m.ReplicateTo("k", forged_copy())])
+        path = "/v1/internal/ownership"
+        for headers in (
+            {},
+            {AUTH_HEADER: sign("wrong-key-entirely", "POST", path, batch, time.time())},
+            {AUTH_HEADER: sign("s3cret-key-for-tests", "POST", path, batch, time.time() - 600)},
+        ):
+            refused = httpx.post(f"{n.url}{path}", content=batch, headers=headers)
+            assert refused.status_code == 401, refused.text
+        signed = {AUTH_HEADER: sign("s3cret-key-for-tests", "POST", path, b"junk", time.time())}
+        garbage = httpx.post(f"{n.url}{path}", content=b"junk", headers=signed)
+        assert garbage.status_code == 400 and "malformed" in garbage.json()["error"]
+        assert httpx.get(f"{n.url}/v1/tasks/t-forged").status_code == 404
+        assert httpx.get(f"{n.url}/v1/queue").json()["mesh"]["copies"] == 0

@@ -44,6 +44,12 @@ def node() -> Iterator[Proc]:
             "timeout_s",
         ),
         ("/v1/tasks", b'{"kind": "generate", "model": "ghost"}', 404, "not found"),
+        (
+            "/v1/tasks",
+            b'{"kind": "generate", "model": "llama3.2:1b", "request": {"seed": 1' + b"0" * 30 + b"}}",
+            422,
+            "too large",
+        ),
     ],
 )
 def test_bad_bodies(node: Proc, path: str, body: bytes, status: int, fragment: str) -> None:

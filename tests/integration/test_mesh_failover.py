@@ -1,0 +1,141 @@
+"""Real processes: a 3-node mesh shares async work and loses none of it to a SIGKILL.
+
+Three `meshlb node` processes, each beside its own `meshlb sim-ollama` (one slow), on
+loopback with real UDP gossip and real HTTP between nodes. 24 tasks go to the slow
+node; placement and stealing spread them; one fast node is SIGKILLed while it holds
+work. Every task must still succeed exactly once, on at least two nodes, and be
+readable, with the same result, from every surviving node.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.procs import Proc, meshlb_node, sim_ollama
+
+pytestmark = pytest.mark.integration
+
+TASKS = 24
+
+
+def wait_until(check: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            if check():
+                return
+        time.sleep(0.1)
+    raise AssertionError(f"not within {timeout_s}s: {what}")
+
+
+def alive_ids(node: Proc) -> set[str]:
+    peers = httpx.get(f"{node.url}/v1/peers", timeout=2).json()
+    return {p["id"] for p in peers if p["state"] == "alive"}
+
+
+def holds_work(node: Proc) -> bool:
+    q = httpx.get(f"{node.url}/v1/queue", timeout=2).json()
+    return bool(q["running"] or q["mesh"]["owned"])
+
+
+def task_body(i: int) -> dict[str, Any]:
+    return {
+        "kind": "generate",
+        "model": "llama3.2:1b",
+        "request": {"prompt": f"task {i}", "options": {"num_predict": 30}},
+    }
+
+
+def test_24_tasks_on_the_slow_node_survive_a_sigkill_and_run_on_several_nodes() -> None:
+    with (
+        sim_ollama(models="llama3.2:1b", tokens_per_second=5, parallel=2) as slow_sim,
+        sim_ollama(models="llama3.2:1b", tokens_per_second=30, parallel=2) as sim_b,
+        sim_ollama(models="llama3.2:1b", tokens_per_second=30, parallel=2) as sim_c,
+        meshlb_node(slow_sim.url, "--max-concurrency", "2", node_id="slow") as slow,
+    ):
+        seed = f"127.0.0.1:{slow.extra['gossip_port']}"
+        with (
+            meshlb_node(sim_b.url, "--max-concurrency", "2", "--join", seed, node_id="b") as b,
+            meshlb_node(sim_c.url, "--max-concurrency", "2", "--join", seed, node_id="c") as c,
+        ):
+            everyone = {"slow", "b", "c"}
+            for node in (slow, b, c):
+                wait_until(lambda n=node: alive_ids(n) == everyone, 20, f"{node.url} sees all")
+            with httpx.Client(timeout=10) as client:
+                ids = []
+                for i in range(TASKS):
+                    r = client.post(f"{slow.url}/v1/tasks", json=task_body(i))
+                    assert r.status_code == 202, r.text
+                    ids.append(r.json()["id"])
+            wait_until(lambda: holds_work(c), 15, "node c holds some of the work")
+            c.kill()
+            c.popen.wait(5)
+            killed_at = time.monotonic()
+
+            results: dict[str, dict[str, dict[str, Any]]] = {"slow": {}, "b": {}}
+            for name, node in (("slow", slow), ("b", b)):
+                for task_id in ids:
+                    r = httpx.get(
+                        f"{node.url}/v1/tasks/{task_id}", params={"wait": 60}, timeout=70
+                    )
+                    assert r.status_code == 200, (name, task_id, r.text)
+                    results[name][task_id] = r.json()
+            took_s = time.monotonic() - killed_at
+
+            states = {t["state"] for t in results["slow"].values()}
+            assert states == {"succeeded"}, [
+                (t["id"], t["state"], t["error"]) for t in results["slow"].values()
+            ]
+            ran_on = {t["node"] for t in results["slow"].values()}
+            assert len(ran_on) >= 2, ran_on
+            for task_id in ids:  # one recorded result, the same from every survivor
+                seen_slow, seen_b = results["slow"][task_id], results["b"][task_id]
+                assert seen_b["state"] == "succeeded"
+                assert seen_slow["node"] == seen_b["node"]
+                assert seen_slow["result"] == seen_b["result"]
+                assert seen_slow["result"]["eval_count"] == 30
+            cluster = httpx.get(f"{slow.url}/v1/cluster", timeout=5).json()
+            moved = cluster["totals"]["counters"]
+            assert moved["forwarded"] + moved["stolen"] >= 1, moved
+            print(
+                f"all {TASKS} succeeded {took_s:.1f}s after the kill; ran on {sorted(ran_on)}; "
+                f"mesh counters {moved}"
+            )
+
+
+def test_graceful_leave_hands_queued_tasks_to_a_peer() -> None:
+    """SIGTERM on a node with a queue: its queued tasks move to the peer (not waited
+    for), the node exits 0, and every task succeeds, readable from the survivor."""
+    with (
+        sim_ollama(models="llama3.2:1b", tokens_per_second=30, parallel=1) as sim_a,
+        sim_ollama(models="llama3.2:1b", tokens_per_second=10, parallel=2) as sim_b,
+        meshlb_node(sim_a.url, "--max-concurrency", "1", node_id="a") as a,
+    ):
+        seed = f"127.0.0.1:{a.extra['gossip_port']}"
+        with meshlb_node(sim_b.url, "--max-concurrency", "2", "--join", seed, node_id="b") as b:
+            for node in (a, b):
+                wait_until(lambda n=node: alive_ids(n) == {"a", "b"}, 20, "both alive")
+            with httpx.Client(timeout=10) as client:
+                ids = [
+                    client.post(f"{a.url}/v1/tasks", json=task_body(i)).json()["id"]
+                    for i in range(12)
+                ]
+                queued_on_a = client.get(f"{a.url}/v1/queue").json()["queued"]
+            assert queued_on_a >= 2, "the test needs a queue on the leaving node"
+            exit_code = a.stop(timeout_s=20)
+            assert exit_code == 0, a.log()[-2000:]
+            assert "queued tasks offered to peers before leaving" in a.log()
+            for task_id in ids:
+                r = httpx.get(f"{b.url}/v1/tasks/{task_id}", params={"wait": 60}, timeout=70)
+                assert r.status_code == 200, r.text
+                assert r.json()["state"] == "succeeded", r.json()
+            ran_on_b = sum(
+                httpx.get(f"{b.url}/v1/tasks/{t}").json()["node"] == "b" for t in ids
+            )
+            assert ran_on_b >= queued_on_a
