@@ -81,9 +81,7 @@ def test_24_tasks_on_the_slow_node_survive_a_sigkill_and_run_on_several_nodes() 
             results: dict[str, dict[str, dict[str, Any]]] = {"slow": {}, "b": {}}
             for name, node in (("slow", slow), ("b", b)):
                 for task_id in ids:
-                    r = httpx.get(
-                        f"{node.url}/v1/tasks/{task_id}", params={"wait": 60}, timeout=70
-                    )
+                    r = httpx.get(f"{node.url}/v1/tasks/{task_id}", params={"wait": 60}, timeout=70)
                     assert r.status_code == 200, (name, task_id, r.text)
                     results[name][task_id] = r.json()
             took_s = time.monotonic() - killed_at
@@ -135,7 +133,5 @@ def test_graceful_leave_hands_queued_tasks_to_a_peer() -> None:
                 r = httpx.get(f"{b.url}/v1/tasks/{task_id}", params={"wait": 60}, timeout=70)
                 assert r.status_code == 200, r.text
                 assert r.json()["state"] == "succeeded", r.json()
-            ran_on_b = sum(
-                httpx.get(f"{b.url}/v1/tasks/{t}").json()["node"] == "b" for t in ids
-            )
+            ran_on_b = sum(httpx.get(f"{b.url}/v1/tasks/{t}").json()["node"] == "b" for t in ids)
             assert ran_on_b >= queued_on_a

@@ -46,7 +46,9 @@ def node() -> Iterator[Proc]:
         ("/v1/tasks", b'{"kind": "generate", "model": "ghost"}', 404, "not found"),
         (
             "/v1/tasks",
-            b'{"kind": "generate", "model": "llama3.2:1b", "request": {"seed": 1' + b"0" * 30 + b"}}",
+            b'{"kind": "generate", "model": "llama3.2:1b", "request": {"seed": 1'
+            + b"0" * 30
+            + b"}}",
             422,
             "too large",
         ),
