@@ -15,6 +15,7 @@ import structlog
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route as StarletteRoute
+from starlette.types import ASGIApp
 
 from meshlb import __version__
 from meshlb.api.body import (
@@ -97,16 +98,25 @@ def make_task_handler(ctx: NodeContext, route: Route) -> Any:
             )
             if problem is not None:
                 raise ApiError(401, f"request from a peer refused: {problem}")
-        forwarded = await place_in_mesh(ctx, route.path, body, model, est_tokens, priority, hops)
-        if forwarded is not None:
-            return forwarded
-        task_id = new_task_id()
-        try:
-            ctx.scheduler.submit(task_id, priority, est_tokens)
-        except Refused as refused:
-            raise refused_to_error(refused) from None
-        ctx.counters["accepted"] += 1
-        return RelayResponse(ctx, LocalTask(task_id, route.path, body, model))
+
+        async def respond(exclude: frozenset[str]) -> ASGIApp:
+            """Forward to the best peer (not one in `exclude`), else queue here."""
+            forwarded = await place_in_mesh(
+                ctx, route.path, body, model, est_tokens, priority, hops, exclude
+            )
+            if forwarded is not None:
+                failed = exclude | {forwarded.peer}
+                forwarded.retry = lambda: respond(failed)
+                return forwarded
+            task_id = new_task_id()
+            try:
+                ctx.scheduler.submit(task_id, priority, est_tokens)
+            except Refused as refused:
+                raise refused_to_error(refused) from None
+            ctx.counters["accepted"] += 1
+            return RelayResponse(ctx, LocalTask(task_id, route.path, body, model))
+
+        return await respond(frozenset())
 
     return handler
 
@@ -131,7 +141,14 @@ def remote_peers_with(ctx: NodeContext, wanted: str) -> list[str]:
 
 
 async def place_in_mesh(
-    ctx: NodeContext, path: str, body: bytes, model: str, est_tokens: int, priority: int, hops: int
+    ctx: NodeContext,
+    path: str,
+    body: bytes,
+    model: str,
+    est_tokens: int,
+    priority: int,
+    hops: int,
+    exclude: frozenset[str] = frozenset(),
 ) -> ForwardedResponse | None:
     """Forward to a better peer and return its response, or None to run it here.
 
@@ -139,14 +156,14 @@ async def place_in_mesh(
     """
     wanted = canonical_model(model)
     local_has = await ctx.catalog.knows(model)
-    remote = remote_peers_with(ctx, wanted)
-    if not remote:  # fast path: nobody else can run it
+    remote = [p for p in remote_peers_with(ctx, wanted) if p not in exclude]
+    if not remote and not exclude:  # fast path: nobody else can run it
         if not local_has:
             await check_model(ctx, model)
         return None
     peers = current_peers(ctx)
     candidates = candidates_from_peers(peers, ctx.node_id, ctx.recently_sent)
-    failed: list[str] = []
+    failed: list[str] = sorted(exclude)
     while True:
         usable = [
             c for c in candidates if c.node_id not in failed and (c.is_local or wanted in c.models)
@@ -186,7 +203,7 @@ async def place_in_mesh(
             eta_s=decision.eta_s,
             local_eta_s=decision.local_eta_s,
         )
-        return ForwardedResponse(upstream)
+        return ForwardedResponse(upstream, decision.node_id)
 
 
 def mesh_model_entries(ctx: NodeContext) -> list[dict[str, Any]]:

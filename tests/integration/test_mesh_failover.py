@@ -10,6 +10,8 @@ readable, with the same result, from every surviving node.
 from __future__ import annotations
 
 import contextlib
+import json
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -135,3 +137,67 @@ def test_graceful_leave_hands_queued_tasks_to_a_peer() -> None:
                 assert r.json()["state"] == "succeeded", r.json()
             ran_on_b = sum(httpx.get(f"{b.url}/v1/tasks/{t}").json()["node"] == "b" for t in ids)
             assert ran_on_b >= queued_on_a
+
+
+def test_peer_dying_before_its_first_byte_is_replaced_transparently() -> None:
+    """A streams a request to B (slow to its first byte); B is SIGKILLed before that
+    byte: the client gets a complete answer from C and never sees B's failure."""
+    with (
+        sim_ollama(models="llama3.2:1b", tokens_per_second=100) as sim_a,
+        sim_ollama("--latency-ms", "4000", models="qwen2.5:0.5b") as sim_b,
+        sim_ollama("--latency-ms", "1000", models="qwen2.5:0.5b") as sim_c,
+        meshlb_node(sim_a.url, node_id="a") as a,
+    ):
+        seed = f"127.0.0.1:{a.extra['gossip_port']}"
+        with (
+            meshlb_node(sim_b.url, "--join", seed, node_id="b") as b,
+            meshlb_node(sim_c.url, "--join", seed, node_id="c") as c,
+        ):
+            for node in (a, b, c):
+                wait_until(lambda n=node: alive_ids(n) == {"a", "b", "c"}, 20, "all alive")
+            body = {
+                "model": "qwen2.5:0.5b",
+                "messages": [{"role": "user", "content": "hi"}],
+                "options": {"num_predict": 8},
+            }
+            for _ in range(8):  # placement picks b or c at random: until it is b
+                outcome: dict[str, Any] = {}
+                thread = threading.Thread(target=stream_chat, args=(a.url, body, outcome))
+                thread.start()
+                landed_on_b = poll(lambda: running(b) > 0 or running(c) > 0, 3.0) and running(b)
+                if landed_on_b:
+                    break
+                thread.join(15)
+            else:
+                pytest.fail("placement never chose b in 8 tries")
+            b.kill()
+            thread.join(30)
+            assert outcome.get("status") == 200, outcome
+            assert outcome["node"] == "c", outcome
+            lines = [json.loads(line) for line in outcome["lines"]]
+            assert not any("error" in line for line in lines), lines
+            assert lines[-1]["done"] is True and lines[-1]["eval_count"] == 8
+            assert "peer failed before its first byte, placing again" in a.log() or (
+                "peer could not take the request, placing again" in a.log()
+            )
+
+
+def running(node: Proc) -> int:
+    return int(httpx.get(f"{node.url}/v1/queue", timeout=2).json()["running"])
+
+
+def poll(check: Callable[[], bool], timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            if check():
+                return True
+        time.sleep(0.05)
+    return False
+
+
+def stream_chat(url: str, body: dict[str, Any], outcome: dict[str, Any]) -> None:
+    with httpx.stream("POST", f"{url}/api/chat", json=body, timeout=30) as r:
+        outcome["status"] = r.status_code
+        outcome["node"] = r.headers.get("x-meshlb-node")
+        outcome["lines"] = [line for line in r.iter_lines() if line]
