@@ -28,6 +28,7 @@ from meshlb.api.body import (
     require_model,
 )
 from meshlb.api.errors import ApiError, retry_after
+from meshlb.api.mesh_docs import ps_handler, show_handler
 from meshlb.api.mesh_routes import current_peers
 from meshlb.api.relay import LocalTask, RelayResponse
 from meshlb.backend.catalog import canonical_model
@@ -258,18 +259,6 @@ def openai_models_handler(ctx: NodeContext) -> Any:
     return handler
 
 
-def passthrough_get(ctx: NodeContext, path: str) -> Any:
-    """GET a small Ollama document as it is (/api/ps)."""
-
-    async def handler(request: Request) -> Response:
-        try:
-            return JSONResponse(await ctx.backend.get_json(path))
-        except BackendError as e:
-            raise ApiError(503, f"{e}; try again shortly", retry_after(5)) from None
-
-    return handler
-
-
 def version_handler(ctx: NodeContext) -> Any:
     """Ollama's version when it answers (clients gate features on it), else meshlb's."""
 
@@ -278,22 +267,6 @@ def version_handler(ctx: NodeContext) -> Any:
             return JSONResponse(await ctx.backend.get_json("/api/version"))
         except BackendError:
             return JSONResponse({"version": f"0.0.0-meshlb-{__version__}"})
-
-    return handler
-
-
-def show_handler(ctx: NodeContext) -> Any:
-    async def handler(request: Request) -> Response:
-        payload = parse_json_object(await read_body(request, ctx.settings.max_body_bytes))
-        if "model" not in payload and isinstance(payload.get("name"), str):
-            payload["model"] = payload["name"]  # older clients send "name"
-        model = require_model(payload)
-        await check_model(ctx, model)
-        try:
-            status, content = await ctx.backend.post_json("/api/show", payload, timeout_s=30)
-        except BackendError as e:
-            raise ApiError(503, f"{e}; try again shortly", retry_after(5)) from None
-        return Response(content, status_code=status, media_type="application/json")
 
     return handler
 
@@ -310,7 +283,7 @@ def ollama_routes(ctx: NodeContext) -> list[StarletteRoute]:
     ]
     routes += [
         StarletteRoute("/api/tags", tags_handler(ctx), methods=["GET"]),
-        StarletteRoute("/api/ps", passthrough_get(ctx, "/api/ps"), methods=["GET"]),
+        StarletteRoute("/api/ps", ps_handler(ctx), methods=["GET"]),
         StarletteRoute("/api/version", version_handler(ctx), methods=["GET"]),
         StarletteRoute("/api/show", show_handler(ctx), methods=["POST"]),
         StarletteRoute("/v1/models", openai_models_handler(ctx), methods=["GET"]),

@@ -71,3 +71,24 @@ async def find_on_peers(
     """The task's JSON from whichever peer holds it, or None."""
     found = await ask_peers(client, peer_urls, "GET", f"/v1/tasks/{task_id}", wait_s, cluster_key)
     return None if found is None else found[1]
+
+
+async def gather_from_peers(
+    client: httpx.AsyncClient, peer_urls: Sequence[str], path: str
+) -> list[dict[str, Any]]:
+    """Every peer's JSON answer to `GET path?local=1` (those that answer 200 in time)."""
+    answers: list[dict[str, Any]] = []
+
+    async def ask(url: str) -> None:
+        try:
+            r = await client.get(f"{url}{path}", params={"local": "1"}, timeout=LOOKUP_TIMEOUT_S)
+            body = r.json()
+        except (httpx.HTTPError, ValueError):
+            return
+        if r.status_code == 200 and isinstance(body, dict):
+            answers.append(body)
+
+    async with trio.open_nursery() as nursery:
+        for url in peer_urls:
+            nursery.start_soon(ask, url)
+    return answers

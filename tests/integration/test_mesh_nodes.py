@@ -137,6 +137,17 @@ def test_request_for_a_model_only_a_peer_has_streams_through_the_first_node() ->
                 },
             )
             assert r.status_code == 200 and r.headers["x-meshlb-node"] == "b"
+            # Metadata for the whole mesh: b's model is shown and listed as loaded via a.
+            shown = httpx.post(f"{a.url}/api/show", json={"model": "qwen2.5:0.5b"})
+            assert shown.status_code == 200 and "details" in shown.json(), shown.text
+            httpx.post(
+                f"{a.url}/api/generate",
+                json={"model": "llama3.2:1b", "prompt": "x", "stream": False},
+            )
+            loaded = {m["name"] for m in client.ps().models}
+            assert {"qwen2.5:0.5b", "llama3.2:1b"} <= loaded, loaded
+            local_ps = httpx.get(f"{a.url}/api/ps", params={"local": "1"}).json()
+            assert {m["name"] for m in local_ps["models"]} == {"llama3.2:1b"}
             assert httpx.get(f"{a.url}/v1/queue").json()["node_counters"]["forwarded"] >= 2
             task = httpx.post(
                 f"{b.url}/v1/tasks",

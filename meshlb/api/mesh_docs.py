@@ -1,0 +1,97 @@
+"""Ollama metadata answered for the whole mesh: `GET /api/ps` and `POST /api/show`.
+
+A client of any node sees the mesh as one big Ollama: `/api/ps` lists the models
+loaded on every live member (asked in parallel with `?local=1`, so never further),
+and `/api/show` for a model only a peer has is answered by that peer's Ollama.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from meshlb.api.body import parse_json_object, read_body, require_model
+from meshlb.api.errors import ApiError, retry_after
+from meshlb.api.mesh_routes import current_peers
+from meshlb.backend.catalog import canonical_model
+from meshlb.backend.ollama import BackendError, describe_http_error
+from meshlb.mesh.candidates import http_addr_of
+from meshlb.mesh.lookup import gather_from_peers
+from meshlb.node_context import NodeContext
+
+
+def alive_peer_urls(ctx: NodeContext) -> list[str]:
+    return [
+        f"http://{p.meta.http_addr}"
+        for p in current_peers(ctx)
+        if p.state == "alive" and p.node_id != ctx.node_id and p.meta
+    ]
+
+
+def ps_handler(ctx: NodeContext) -> Any:
+    async def handler(request: Request) -> Response:
+        local_only = request.query_params.get("local") == "1"
+        docs: list[dict[str, Any]] = []
+        problem: BackendError | None = None
+        try:
+            docs.append(await ctx.backend.get_json("/api/ps"))
+        except BackendError as e:
+            problem = e
+        if not local_only:
+            docs += await gather_from_peers(ctx.peer_client, alive_peer_urls(ctx), "/api/ps")
+        if not docs:
+            raise ApiError(503, f"{problem}; try again shortly", retry_after(5))
+        seen: dict[str, dict[str, Any]] = {}
+        for doc in docs:
+            for entry in doc.get("models") or []:
+                if isinstance(entry, dict):
+                    seen.setdefault(canonical_model(str(entry.get("name"))), entry)
+        return JSONResponse({"models": list(seen.values())})
+
+    return handler
+
+
+def show_handler(ctx: NodeContext) -> Any:
+    async def handler(request: Request) -> Response:
+        payload = parse_json_object(await read_body(request, ctx.settings.max_body_bytes))
+        if "model" not in payload and isinstance(payload.get("name"), str):
+            payload["model"] = payload["name"]  # older clients send "name"
+        model = require_model(payload)
+        if not await ctx.catalog.knows(model):
+            return await show_on_peer(ctx, model, payload)
+        try:
+            status, content = await ctx.backend.post_json("/api/show", payload, timeout_s=30)
+        except BackendError as e:
+            raise ApiError(503, f"{e}; try again shortly", retry_after(5)) from None
+        return Response(content, status_code=status, media_type="application/json")
+
+    return handler
+
+
+async def show_on_peer(ctx: NodeContext, model: str, payload: dict[str, Any]) -> Response:
+    """Ask the first alive peer that gossips the model; 404 as Ollama says it if none."""
+    wanted = canonical_model(model)
+    peers = current_peers(ctx)
+    holders = [
+        p.node_id
+        for p in peers
+        if p.state == "alive"
+        and p.node_id != ctx.node_id
+        and wanted in map(canonical_model, p.models)
+    ]
+    last = ""
+    for node_id in holders:
+        addr = http_addr_of(peers, node_id)
+        try:
+            r = await ctx.peer_client.post(f"http://{addr}/api/show", json=payload, timeout=10.0)
+        except httpx.HTTPError as e:
+            ctx.counters["show_peer_errors"] += 1
+            last = describe_http_error(e)
+            continue
+        return Response(r.content, status_code=r.status_code, media_type="application/json")
+    if holders:
+        raise ApiError(503, f"every node with model '{model}' failed: {last}", retry_after(2))
+    raise ApiError(404, f"model '{model}' not found")
