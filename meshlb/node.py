@@ -161,7 +161,8 @@ async def run_node(
     shutdown = trio.Event()
     if settings.data_dir is None:
         log.warning(
-            "no --data-dir: async tasks are kept in memory only and are lost if this node dies"
+            "no --data-dir: async tasks live in memory here and on their replicas; "
+            "a restart of every node at once would lose them"
         )
     log.info(
         "node starting",

@@ -254,8 +254,10 @@ class TaskService:
 
     def unqueue(self, task_id: str) -> None:
         """The task moved to a peer (or finished elsewhere): drop it if still queued."""
-        if self.scheduler.cancel(task_id):
-            self._local.pop(task_id, None)
+        self.scheduler.cancel(task_id)
+        local = self._local.get(task_id)
+        if local is not None and local.state != "running":
+            del self._local[task_id]
 
     def record_final(self, record: TaskRecord, decided_here: bool) -> None:
         """The task's one result: keep it, journal it, wake the long-polls."""
@@ -299,12 +301,24 @@ class TaskService:
 
         def started(waited_s: float) -> None:
             assert self._nursery is not None, "TaskService.run must be started first"
+            if self._local.get(record.id) is not record:  # moved to a peer meanwhile
+                self.scheduler.finish(record.id, 0)
+                return
+            if self.mesh.get(record.id) is not None:
+                # Running in the core's eyes at once, so it is never offered to a thief
+                # between this start and the worker's first step.
+                self._mark_running(record)
             self._nursery.start_soon(self._work, record)
 
         self.scheduler.submit(record.id, record.priority, record.est_tokens, on_start=started)
 
+    def _mark_running(self, record: TaskRecord) -> None:
+        now = time.time()
+        record.mark_running(self.node_id, now)
+        self.mesh.feed(m.TaskStarted(record.id, now))
+
     async def _enqueue_when_room(self, record: TaskRecord) -> None:
-        while not record.final:
+        while self._local.get(record.id) is record and not record.final:
             try:
                 self._enqueue(record)
                 return
@@ -338,6 +352,9 @@ class TaskService:
 
     async def _work(self, record: TaskRecord) -> None:
         """Run a started task (it holds a scheduler slot) to a final state."""
+        if self._local.get(record.id) is not record:  # moved to a peer meanwhile
+            self.scheduler.finish(record.id, 0)
+            return
         if record.id in self._cancel_requested:  # cancelled between start and now
             self.scheduler.finish(record.id, 0)
             self._cancel_requested.discard(record.id)
@@ -374,8 +391,8 @@ class TaskService:
         path = KIND_PATHS[record.kind]
         while True:
             try:
-                record.mark_running(self.node_id, time.time())
-                self.mesh.feed(m.TaskStarted(record.id, record.started_at or time.time()))
+                if record.state != "running":
+                    self._mark_running(record)
                 status, content = await self.backend.post_json(path, record.request)
             except BackendError as e:
                 self.scheduler.finish(record.id, 0)
@@ -388,8 +405,9 @@ class TaskService:
                     attempt=record.attempts,
                     reason=e.reason,
                 )
+                # Queued again here only: the core still sees it running, so it is not
+                # offered to a thief while this worker holds it.
                 record.mark_queued()
-                self.mesh.feed(m.RunLost(record.id))
                 await trio.sleep(BACKOFF_S[min(record.attempts, len(BACKOFF_S)) - 1])
                 await self._requeue(record)
                 continue
@@ -398,7 +416,6 @@ class TaskService:
                 raise
             if status == 503:  # Ollama busy: back to the queue, keep the place
                 record.mark_queued()
-                self.mesh.feed(m.RunLost(record.id))
                 await self.scheduler.requeue_busy(record.id)
                 continue
             await self._complete(record, status, content)
