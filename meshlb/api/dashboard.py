@@ -20,13 +20,19 @@ async function refresh(){
     document.getElementById('queue').innerHTML=
       '<b>queued</b> '+q.queued+' &nbsp; <b>running</b> '+q.running+
       ' &nbsp; <b>counters</b> '+counters;
-    const r=await fetch('/v1/peers');
+    const r=await fetch('/v1/cluster');
     if(r.ok){
-      const peers=await r.json();
-      const rows=peers.map(p=>'<tr><td>'+p.id+'</td><td class="'+p.state+'">'+p.state+
-        '</td><td>'+(p.http_addr||'')+'</td><td>'+(p.models||[]).join(', ')+'</td></tr>');
-      document.getElementById('peers').innerHTML=
-        '<tr><th>id</th><th>state</th><th>http</th><th>models</th></tr>'+rows.join('');
+      const c=await r.json();
+      const moved=Object.entries(c.totals.counters||{}).map(([k,v])=>k+'='+v).join(' ');
+      document.getElementById('queue').innerHTML+='<br><b>mesh</b> '+c.totals.live+
+        ' live, '+c.totals.queued+' queued, '+c.totals.running+' running &nbsp; '+moved;
+      const rows=c.nodes.map(p=>'<tr><td>'+p.id+'</td><td class="'+p.state+'">'+p.state+
+        '</td><td>'+(p.http_addr||'')+'</td><td>'+p.load.queued+'/'+p.load.running+
+        '</td><td>'+p.counters.forwarded+'/'+p.counters.stolen+'/'+p.counters.taken_over+
+        '</td><td>'+(p.models||[]).join(', ')+'</td></tr>');
+      document.getElementById('peers').innerHTML='<tr><th>id</th><th>state</th><th>http</th>'+
+        '<th>queued/running</th><th>forwarded/stolen/taken over</th><th>models</th></tr>'+
+        rows.join('');
     }
   }catch(e){document.getElementById('queue').textContent='node unreachable: '+e}
 }

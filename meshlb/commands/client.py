@@ -76,19 +76,33 @@ def peers_command(node: str) -> None:
 def stats_command(node: str, as_json: bool) -> None:
     """Queue and capacity of one node, and the mesh totals."""
     queue = call("GET", f"{node.rstrip('/')}/v1/queue")
+    cluster = call("GET", f"{node.rstrip('/')}/v1/cluster")
     if as_json:
-        click.echo(json.dumps(queue, indent=2))
+        click.echo(json.dumps({"queue": queue, "cluster": cluster}, indent=2))
         return
     table = Table(title=f"node {queue.get('node')}")
     table.add_column("metric")
     table.add_column("value")
+    grouped = ("node_counters", "mesh", "mailer")
     for key, value in queue.items():
-        if key in ("node", "node_counters"):
+        if key == "node" or key in grouped:
             continue
         table.add_row(key, json.dumps(value) if isinstance(value, dict | list) else str(value))
-    for key, value in (queue.get("node_counters") or {}).items():
-        table.add_row(f"requests.{key}", str(value))
-    Console().print(table)
+    for group, prefix in zip(grouped, ("requests", "tasks", "mesh_messages"), strict=True):
+        for key, value in (queue.get(group) or {}).items():
+            table.add_row(f"{prefix}.{key}", str(value))
+    totals = Table(title="mesh totals (live members)")
+    totals.add_column("metric")
+    totals.add_column("value")
+    for key, value in (cluster.get("totals") or {}).items():
+        if isinstance(value, dict):
+            for sub, count in value.items():
+                totals.add_row(f"{key}.{sub}", str(count))
+        else:
+            totals.add_row(key, json.dumps(value) if isinstance(value, list) else str(value))
+    console = Console()
+    console.print(table)
+    console.print(totals)
 
 
 @click.command("submit")

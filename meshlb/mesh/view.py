@@ -119,7 +119,7 @@ def cluster_totals(peers: Sequence[Peer]) -> dict[str, Any]:
         "tokens_per_s": round(sum(p.load.tokens_per_s for p in live), 1),
         "models": models,
         "counters": {
-            k: sum(p.counters()[k] for p in peers)
+            k: sum(p.counters()[k] for p in live)
             for k in ("forwarded", "stolen", "taken_over", "duplicates_dropped")
         },
     }
