@@ -20,7 +20,7 @@ from meshlb.api.errors import ApiError
 from meshlb.api.mesh_routes import current_peers
 from meshlb.api.ollama_routes import check_model, refused_to_error, remote_peers_with
 from meshlb.backend.catalog import canonical_model
-from meshlb.mesh.candidates import candidates_from_peers, incarnation_of
+from meshlb.mesh.candidates import candidates_from_peers, http_addr_of, incarnation_of
 from meshlb.mesh.lookup import ask_peers, find_on_peers
 from meshlb.mesh.placement import SendTo, TaskNeeds, place
 from meshlb.node_context import NodeContext
@@ -158,16 +158,42 @@ def task_routes(ctx: NodeContext, service: TaskService) -> list[Route]:
     async def get_task(request: Request) -> Response:
         task_id = request.path_params["task_id"]
         wait_s = parse_wait(request.query_params.get("wait"))
-        record = await service.wait_final(task_id, wait_s) if wait_s else service.get(task_id)
+        local_only = request.query_params.get("local") == "1"
+        record = service.get(task_id)
+        if record is not None and not record.final and not local_only:
+            fresher = await ask_owner(task_id, wait_s)
+            if fresher is not None:
+                return JSONResponse(fresher)
+        if record is not None and not record.final and wait_s:
+            record = await service.wait_final(task_id, wait_s)
         if record is not None:
             return JSONResponse(record.to_public())
-        if request.query_params.get("local") != "1":
+        if not local_only:
             remote = await find_on_peers(
                 ctx.peer_client, peer_urls(ctx), task_id, wait_s, ctx.settings.cluster_key
             )
             if remote is not None:
                 return JSONResponse(remote)
         raise not_found(task_id)
+
+    async def ask_owner(task_id: str, wait_s: float) -> dict[str, Any] | None:
+        """An unfinished copy held here may lag its owner (a lost update, or the task
+        moved on): the owner's answer is authoritative when it gives one."""
+        owner = service.owner_of(task_id)
+        if owner is None or owner == ctx.node_id:
+            return None
+        addr = http_addr_of(current_peers(ctx), owner)
+        if addr is None:
+            return None
+        answer = await ask_peers(
+            ctx.peer_client,
+            [f"http://{addr}"],
+            "GET",
+            f"/v1/tasks/{task_id}",
+            wait_s,
+            ctx.settings.cluster_key,
+        )
+        return None if answer is None else answer[1]
 
     async def delete_task(request: Request) -> Response:
         task_id = request.path_params["task_id"]
@@ -209,8 +235,9 @@ def task_routes(ctx: NodeContext, service: TaskService) -> list[Route]:
         limit_raw = request.query_params.get("limit", "100")
         if not limit_raw.isdigit() or not 1 <= int(limit_raw) <= 1000:
             raise ApiError(422, "query parameter limit must be an integer from 1 to 1000")
-        rows = [service.get(r.id) or r for r in service.store.recent(None, 100_000)]
-        rows = [r for r in rows if state is None or r.state == state][: int(limit_raw)]
+        fresh = [service.get(r.id) for r in service.store.recent(None, 100_000)]
+        rows = [r for r in fresh if r is not None and (state is None or r.state == state)]
+        rows = rows[: int(limit_raw)]
         return JSONResponse({"tasks": [r.to_public() for r in rows]})
 
     return [

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 import structlog
 import trio
 
+from meshlb.backend.catalog import canonical_model
 from meshlb.gossip.events import (
     Event as GossipEvent,
 )
@@ -52,6 +53,8 @@ IDLE_CHECK_S = 1.0
 # Reasons a task arrives here without this node having been chosen for it by
 # placement: it goes through placement again (the heir may lack the model).
 REPLACE_REASONS = frozenset({"taken over", "adopted"})
+# Bound on remembered offer reasons (only for counting forwards vs steals).
+MAX_OFFER_REASONS = 10_000
 
 
 class Executor(Protocol):
@@ -98,6 +101,9 @@ class OwnershipDriver:
         self._wake = trio.Event()
         self._settled: dict[str, trio.Event] = {}
         self._offer_reasons: dict[str, str] = {}  # task id -> why a peer offered it
+        # (node, boot) of processes known to have restarted: their late messages are
+        # from a past life (an ack for an offer the new process never heard of).
+        self._retired: set[tuple[str, str]] = set()
 
     # ---- feeding the core ----------------------------------------------------------
 
@@ -111,8 +117,14 @@ class OwnershipDriver:
 
     def receive(self, batch: Batch) -> None:
         """A batch of messages from a peer (already authenticated and decoded)."""
+        if (batch.sender, batch.boot) in self._retired:
+            self.counters["batches_from_a_past_life"] += 1
+            log.info("batch from a restarted peer's old process dropped", peer=batch.sender)
+            return
         for item in batch.items:
             if isinstance(item, m.HandOverReceived):
+                if len(self._offer_reasons) > MAX_OFFER_REASONS:  # aborted offers linger
+                    self._offer_reasons.pop(next(iter(self._offer_reasons)))
                 for c in item.copies:
                     self._offer_reasons[c.task_id] = item.reason
             if isinstance(item, StealAsk):
@@ -180,7 +192,10 @@ class OwnershipDriver:
                 why = self._offer_reasons.pop(cmd.task_id, "forward")
             self.counters[f"received_{why.replace(' ', '_')}"] += 1
             log.info("task now owned here", task=cmd.task_id, reason=why)
-        if cmd.reason in REPLACE_REASONS:
+        local_models = self.view.local_candidate().models if self.view is not None else None
+        model = canonical_model(cmd.record.model)
+        missing = local_models is not None and model not in local_models
+        if cmd.reason in REPLACE_REASONS or missing:
             to = self._better_peer(cmd.record)
             if to is not None:
                 log.info("taken-over task placed on a peer", task=cmd.task_id, peer=to)
@@ -191,12 +206,12 @@ class OwnershipDriver:
     def _better_peer(self, record: TaskRecord) -> str | None:
         if self.view is None:
             return None
+        model = canonical_model(record.model)
         candidates = [self.view.local_candidate(), *self.view.peer_candidates()]
-        usable = [c for c in candidates if c.is_local or record.model in c.models]
-        local = candidates[0]
-        if record.model not in local.models:
+        usable = [c for c in candidates if c.is_local or model in c.models]
+        if model not in candidates[0].models:
             usable = [c for c in usable if not c.is_local]
-        decision = place(TaskNeeds(record.model, record.est_tokens), usable, self.rng)
+        decision = place(TaskNeeds(model, record.est_tokens), usable, self.rng)
         if isinstance(decision, SendTo) and decision.node_id in self.core.live:
             return decision.node_id
         return None
@@ -236,6 +251,22 @@ class OwnershipDriver:
         node = getattr(ev, "node", None)
         if not isinstance(node, str) or node == self.node_id:
             return
+        had_quorum = self.core.in_quorum()
+        self._peer_event(ev, node)
+        if had_quorum != self.core.in_quorum():
+            core = self.core
+            healthy = len((core.live - core.suspected) & core.known)
+            if had_quorum:
+                log.warning(
+                    "quorum lost: no take-overs or results until a majority is back "
+                    "(or the dead are reaped from gossip)",
+                    healthy=healthy,
+                    known=len(core.known),
+                )
+            else:
+                log.info("quorum regained", healthy=healthy, known=len(core.known))
+
+    def _peer_event(self, ev: GossipEvent, node: str) -> None:
         if isinstance(ev, MemberReaped):
             self.feed(m.PeerForgotten(node))
         elif isinstance(ev, MemberSuspected):
@@ -251,13 +282,19 @@ class OwnershipDriver:
 
     def _on_meta(self, node: str, meta_bytes: bytes) -> None:
         meta = decode_meta(meta_bytes)
-        boot = meta.boot if meta is not None else ""
         old = self._boots.get(node)
+        if meta is None or not meta.boot:  # unreadable: says nothing about a restart
+            if node not in self.core.live:
+                self.feed(m.PeerUp(node))
+            return
+        boot = meta.boot
         self._boots[node] = boot
-        if old is not None and boot and old != boot:
+        restarted = old is not None and old != boot
+        if restarted and old is not None:
+            self._retired.add((node, old))
             log.info("peer restarted: its old tasks are orphans", peer=node)
             self.feed(m.PeerRestarted(node))
-        if node not in self.core.live or (old is not None and old != boot):
+        if node not in self.core.live or restarted:
             self.feed(m.PeerUp(node))
 
     # ---- time ----------------------------------------------------------------------

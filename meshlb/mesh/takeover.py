@@ -71,9 +71,13 @@ class TakeOverMixin(FenceMixin):
                 self._emit(m.ReplicateTo(node, e.copy))
 
     def _on_peer_restarted(self, ev: m.PeerRestarted, now: float) -> None:
-        """Live, but its old tasks died with its process: orphan them now."""
+        """Live, but its old tasks died with its process: orphan them now. Offers to
+        it are taken back too: the new process never heard of them."""
         self._orphan_tasks_of(ev.node_id, now, restart=True)
         self._quorum_changed(now)
+        for e in list(self._tasks.values()):
+            if e.role == OFFERING and e.offer is not None and e.offer.owner == ev.node_id:
+                self._take_back(e, now)
 
     def _orphan_tasks_of(self, node: str, now: float, *, restart: bool) -> None:
         """Every copy `node` owned (final ones too: they are re-homed to keep R copies)."""

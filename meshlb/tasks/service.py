@@ -23,6 +23,7 @@ from typing import Any
 import structlog
 import trio
 
+from meshlb.backend.catalog import canonical_model
 from meshlb.backend.ollama import BackendError, OllamaBackend
 from meshlb.mesh import ownership_msgs as m
 from meshlb.mesh.ownership_driver import OwnershipDriver
@@ -203,9 +204,20 @@ class TaskService:
         return record, True
 
     def get(self, task_id: str) -> TaskRecord | None:
-        """The freshest record this node has: its ownership copy, else its store."""
+        """The freshest record this node has: its ownership copy, else a final record
+        from its store. An unfinished record the core no longer holds is stale (the
+        task moved on and this node is not one of its holders): None, so callers ask
+        the peers."""
         copy = self.mesh.get(task_id)
-        return copy.record if copy is not None else self.store.get(task_id)
+        if copy is not None:
+            return copy.record
+        record = self.store.get(task_id)
+        return record if record is not None and record.final else None
+
+    def owner_of(self, task_id: str) -> str | None:
+        """Who owns the task, as this node's copy says (None without a copy)."""
+        copy = self.mesh.get(task_id)
+        return None if copy is None else copy.owner
 
     def owns(self, task_id: str) -> bool:
         return task_id in self._local
@@ -283,7 +295,7 @@ class TaskService:
         for q in self.scheduler.core.queued_tasks():
             rec = self._local.get(q.task_id)
             if rec is not None:
-                out.append(Waiting(rec.id, rec.model, rec.est_tokens))
+                out.append(Waiting(rec.id, canonical_model(rec.model), rec.est_tokens))
         return tuple(out)
 
     def free_slots(self) -> int:

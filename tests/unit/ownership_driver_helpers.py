@@ -31,7 +31,7 @@ from meshlb.mesh.placement import Candidate
 from meshlb.mesh.stealing import Waiting
 from meshlb.tasks.model import TaskRecord
 
-MODEL = "m"
+MODEL = "m:1b"  # canonical (tagged), as node candidates always are
 
 
 def record(task_id: str, model: str = MODEL, est: int = 100) -> TaskRecord:
