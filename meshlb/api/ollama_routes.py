@@ -7,6 +7,7 @@ from the model catalog or passed to Ollama directly: they cost Ollama nothing.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from typing import Any
@@ -113,6 +114,10 @@ def make_task_handler(ctx: NodeContext, route: Route) -> Any:
             try:
                 ctx.scheduler.submit(task_id, priority, est_tokens)
             except Refused as refused:
+                # Full here: a peer with room takes it; 503 only if every one is full.
+                if hops == 0 and ctx.node_id not in exclude:
+                    with contextlib.suppress(ApiError):
+                        return await respond(exclude | {ctx.node_id})
                 raise refused_to_error(refused) from None
             ctx.counters["accepted"] += 1
             return RelayResponse(ctx, LocalTask(task_id, route.path, body, model))

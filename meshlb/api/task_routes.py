@@ -72,14 +72,15 @@ def parse_wait(raw: str | None) -> float:
 
 
 async def choose_owner(
-    ctx: NodeContext, kind: str, model: str, request: dict[str, Any]
+    ctx: NodeContext, kind: str, model: str, request: dict[str, Any], *, here: bool = True
 ) -> str | None:
     """The peer placement prefers for a new async task, or None to keep it here
-    (the same policy as Ollama-API requests: expected completion, power of two)."""
+    (the same policy as Ollama-API requests: expected completion, power of two).
+    `here=False`: this node is full, so the best peer, or None if there is none."""
     wanted = canonical_model(model)
     if not remote_peers_with(ctx, wanted):
         return None  # fast path: nobody else can run it
-    local_has = await ctx.catalog.knows(model)
+    local_has = here and await ctx.catalog.knows(model)
     peers = current_peers(ctx)
     candidates = [
         c
@@ -143,7 +144,11 @@ def task_routes(ctx: NodeContext, service: TaskService) -> list[Route]:
         try:
             record, created = await service.submit(spec, forward_to)
         except Refused as refused:
-            raise refused_to_error(refused) from None
+            # Full here: a peer with room takes it; 503 only if every one is full.
+            forward_to = await choose_owner(ctx, body.kind, body.model, body.request, here=False)
+            if forward_to is None:
+                raise refused_to_error(refused) from None
+            record, created = await service.submit(spec, forward_to)
         ctx.counters["tasks_accepted" if created else "tasks_idempotent_hits"] += 1
         return JSONResponse(
             record.to_public(),
