@@ -25,22 +25,12 @@ import structlog
 import trio
 
 from meshlb.backend.catalog import canonical_model
-from meshlb.gossip.events import (
-    Event as GossipEvent,
-)
-from meshlb.gossip.events import (
-    MemberDied,
-    MemberJoined,
-    MemberLeft,
-    MemberReaped,
-    MemberRefuted,
-    MemberSuspected,
-    MetaChanged,
-)
+from meshlb.gossip.events import Event as GossipEvent
 from meshlb.mesh import ownership_msgs as m
 from meshlb.mesh.meta import decode_meta
 from meshlb.mesh.ownership import Ownership
 from meshlb.mesh.ownership_wire import Batch, NetworkCommand, StealAsk, is_network_command
+from meshlb.mesh.peer_events import PeerEvents
 from meshlb.mesh.placement import Candidate, SendTo, TaskNeeds, place
 from meshlb.mesh.replication import TaskCopy
 from meshlb.mesh.stealing import Waiting
@@ -55,6 +45,11 @@ IDLE_CHECK_S = 1.0
 REPLACE_REASONS = frozenset({"taken over", "adopted"})
 # Bound on remembered offer reasons (only for counting forwards vs steals).
 MAX_OFFER_REASONS = 10_000
+
+
+def boot_from_meta(meta: bytes) -> str | None:
+    decoded = decode_meta(meta)
+    return decoded.boot if decoded is not None and decoded.boot else None
 
 
 class Executor(Protocol):
@@ -97,13 +92,10 @@ class OwnershipDriver:
         self.sender: Sender | None = None
         self.view: MeshView | None = None
         self.counters: Counter[str] = Counter()
-        self._boots: dict[str, str] = {}
+        self.peers = PeerEvents(node_id, boot_from_meta)
         self._wake = trio.Event()
         self._settled: dict[str, trio.Event] = {}
         self._offer_reasons: dict[str, str] = {}  # task id -> why a peer offered it
-        # (node, boot) of processes known to have restarted: their late messages are
-        # from a past life (an ack for an offer the new process never heard of).
-        self._retired: set[tuple[str, str]] = set()
 
     # ---- feeding the core ----------------------------------------------------------
 
@@ -117,7 +109,7 @@ class OwnershipDriver:
 
     def receive(self, batch: Batch) -> None:
         """A batch of messages from a peer (already authenticated and decoded)."""
-        if (batch.sender, batch.boot) in self._retired:
+        if (batch.sender, batch.boot) in self.peers.retired:
             self.counters["batches_from_a_past_life"] += 1
             log.info("batch from a restarted peer's old process dropped", peer=batch.sender)
             return
@@ -248,11 +240,8 @@ class OwnershipDriver:
             self.on_gossip(ev)
 
     def on_gossip(self, ev: GossipEvent) -> None:
-        node = getattr(ev, "node", None)
-        if not isinstance(node, str) or node == self.node_id:
-            return
         had_quorum = self.core.in_quorum()
-        self._peer_event(ev, node)
+        self._peer_event(ev)
         if had_quorum != self.core.in_quorum():
             core = self.core
             healthy = len((core.live - core.suspected) & core.known)
@@ -266,36 +255,13 @@ class OwnershipDriver:
             else:
                 log.info("quorum regained", healthy=healthy, known=len(core.known))
 
-    def _peer_event(self, ev: GossipEvent, node: str) -> None:
-        if isinstance(ev, MemberReaped):
-            self.feed(m.PeerForgotten(node))
-        elif isinstance(ev, MemberSuspected):
-            self.feed(m.PeerSuspected(node))
-        elif isinstance(ev, MemberDied | MemberLeft):
-            left = isinstance(ev, MemberLeft)
-            log.info("peer gone: taking over its tasks", peer=node, left=left)
-            self.feed(m.PeerDown(node, left))
-        elif isinstance(ev, MemberRefuted):
-            self.feed(m.PeerUp(node))
-        elif isinstance(ev, MemberJoined | MetaChanged):
-            self._on_meta(node, ev.meta)
-
-    def _on_meta(self, node: str, meta_bytes: bytes) -> None:
-        meta = decode_meta(meta_bytes)
-        old = self._boots.get(node)
-        if meta is None or not meta.boot:  # unreadable: says nothing about a restart
-            if node not in self.core.live:
-                self.feed(m.PeerUp(node))
-            return
-        boot = meta.boot
-        self._boots[node] = boot
-        restarted = old is not None and old != boot
-        if restarted and old is not None:
-            self._retired.add((node, old))
-            log.info("peer restarted: its old tasks are orphans", peer=node)
-            self.feed(m.PeerRestarted(node))
-        if node not in self.core.live or restarted:
-            self.feed(m.PeerUp(node))
+    def _peer_event(self, ev: GossipEvent) -> None:
+        for event in self.peers.translate(ev, self.core.live):
+            if isinstance(event, m.PeerDown):
+                log.info("peer gone: taking over its tasks", peer=event.node_id, left=event.left)
+            elif isinstance(event, m.PeerRestarted):
+                log.info("peer restarted: its old tasks are orphans", peer=event.node_id)
+            self.feed(event)
 
     # ---- time ----------------------------------------------------------------------
 

@@ -24,17 +24,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from meshlb.gossip.config import GossipConfig
-from meshlb.gossip.events import (
-    MemberDied,
-    MemberJoined,
-    MemberLeft,
-    MemberReaped,
-    MemberRefuted,
-    MemberSuspected,
-    MetaChanged,
-)
 from meshlb.mesh import ownership_msgs as m
 from meshlb.mesh.ownership import Ownership
+from meshlb.mesh.peer_events import PeerEvents
 from meshlb.mesh.placement import Candidate, NoHost, SendTo, TaskNeeds, place
 from meshlb.mesh.stealing import Waiting
 from meshlb.sched.limits import Limits
@@ -64,7 +56,7 @@ class SimMeshNode:
     core: Ownership | None = None
     boot: int = 0
     runs: dict[str, int] = field(default_factory=dict)  # task id -> run generation
-    boots: dict[str, bytes] = field(default_factory=dict)  # peers' boot ids, as seen here
+    peers: PeerEvents | None = None  # gossip -> peer events, with the boot ids seen here
     wake_at: float = float("inf")
 
 
@@ -109,7 +101,8 @@ class MeshSim:
         for nd in self.nodes:
             self._boot(nd, {n.node_id for n in self.nodes})
         for nd in self.nodes:
-            nd.boots = {n.node_id: self._meta_for(n.idx) for n in self.nodes}
+            assert nd.peers is not None
+            nd.peers.boots = {n.node_id: self._meta_for(n.idx).decode() for n in self.nodes}
         self._announce()
         self._push(tick_s, _TICK, None)
 
@@ -122,7 +115,7 @@ class MeshSim:
         nd.sched = Scheduler(Limits(max_concurrency=nd.spec.slots, max_queue=100_000))
         nd.core = Ownership(nd.node_id, live, self.replication)
         nd.runs.clear()
-        nd.boots.clear()
+        nd.peers = PeerEvents(nd.node_id, bytes.decode)
         nd.wake_at = float("inf")
 
     def _push(self, t: float, kind: int, payload: Any) -> None:
@@ -221,22 +214,10 @@ class MeshSim:
         log = self.gossip.log
         for _, idx, ev in log[self._log_seen :]:
             nd = self.nodes[idx]
-            if nd.core is None:
+            if nd.core is None or nd.peers is None:
                 continue
-            if isinstance(ev, MemberReaped):
-                self._feed(nd, m.PeerForgotten(ev.node))
-            elif isinstance(ev, MemberSuspected):
-                self._feed(nd, m.PeerSuspected(ev.node))
-            elif isinstance(ev, MemberRefuted) and ev.node != nd.node_id:
-                self._feed(nd, m.PeerUp(ev.node))
-            elif isinstance(ev, MemberDied | MemberLeft):
-                self._feed(nd, m.PeerDown(ev.node, isinstance(ev, MemberLeft)))
-            elif isinstance(ev, MemberJoined | MetaChanged):
-                old = nd.boots.get(ev.node, ev.meta)
-                nd.boots[ev.node] = ev.meta
-                if ev.meta != old:
-                    self._feed(nd, m.PeerRestarted(ev.node))  # its old state is gone
-                self._feed(nd, m.PeerUp(ev.node))
+            for event in nd.peers.translate(ev, nd.core.live):
+                self._feed(nd, event)
         self._log_seen = len(log)
 
     # ------------------------------------------------------------------ node actions
