@@ -212,6 +212,7 @@ class OwnershipDriver:
         c = cmd.copy
         self.executor.record_final(c.record, cmd.decided_here)
         if cmd.decided_here:
+            self.counters[f"recorded_{c.record.state}"] += 1
             log.info(
                 "task result recorded",
                 task=c.task_id,
@@ -295,6 +296,9 @@ class OwnershipDriver:
         c = self.core.counters
         return {
             "accepted": c.accepted,
+            "succeeded": self.counters["recorded_succeeded"],
+            "failed": self.counters["recorded_failed"],
+            "cancelled": self.counters["recorded_cancelled"],
             "forwarded": self.counters["handed_over_forward"],
             "stolen_from_here": self.counters["handed_over_steal"],
             "stolen_by_here": self.counters["received_steal"],

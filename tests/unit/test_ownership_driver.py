@@ -93,6 +93,7 @@ async def test_single_node_runs_settles_and_records_its_own_task(
     assert final.node == "A" and final.attempts == 1
     assert not net.inflight and net.lost == 0  # no peers: nothing was sent
     assert a.driver.stats()["accepted"] == 1 and a.driver.stats()["owned"] == 0
+    assert a.driver.stats()["succeeded"] == 1 and a.driver.stats()["failed"] == 0
 
 
 # ------------------------------------------------------------------ replication
