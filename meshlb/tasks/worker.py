@@ -1,0 +1,190 @@
+"""The worker side of the task service: run a started task on the local Ollama.
+
+A worker exists only while its task holds a scheduler slot (queued tasks have none:
+the scheduler's start callback spawns it). It calls Ollama non-streamed, retries an
+unreachable Ollama with backoff, requeues on Ollama's "server busy", and reports the
+outcome to the ownership core, which decides whether it is the task's result.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from typing import Any
+
+import structlog
+import trio
+
+from meshlb.backend.ollama import BackendError, OllamaBackend
+from meshlb.mesh import ownership_msgs as m
+from meshlb.mesh.ownership_driver import OwnershipDriver
+from meshlb.sched.driver import LocalScheduler, Refused
+from meshlb.tasks.model import KIND_PATHS, AlreadyFinal, TaskRecord
+from meshlb.tokens import RateAverage
+
+log = structlog.get_logger()
+
+# A local Ollama that is down is retried with backoff this many times before failing.
+MAX_BACKEND_ATTEMPTS = 5
+BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 16.0)
+
+
+def ollama_error_text(content: bytes, status: int) -> str:
+    """The sentence in an Ollama error body (`{"error": ...}`), else the status."""
+    try:
+        data = json.loads(content)
+    except ValueError:
+        return f"Ollama answered {status}"
+    if isinstance(data, dict) and isinstance(data.get("error"), str):
+        return str(data["error"])
+    return f"Ollama answered {status}"
+
+
+def result_tokens(result: Any) -> int | None:
+    if not isinstance(result, dict):
+        return None
+    counts = [result.get("prompt_eval_count"), result.get("eval_count")]
+    ints = [c for c in counts if isinstance(c, int)]
+    return sum(ints) if ints else None
+
+
+class TaskWorker:
+    """Runs started tasks; `TaskService` provides the state it works on."""
+
+    node_id: str
+    scheduler: LocalScheduler
+    backend: OllamaBackend
+    generation_rate: RateAverage
+    mesh: OwnershipDriver
+    _local: dict[str, TaskRecord]
+    _scopes: dict[str, trio.CancelScope]
+    _cancel_requested: set[str]
+
+    def _mark_running(self, record: TaskRecord) -> None:
+        now = time.time()
+        record.mark_running(self.node_id, now)
+        self.mesh.feed(m.TaskStarted(record.id, now))
+
+    async def _work(self, record: TaskRecord) -> None:
+        """Run a started task (it holds a scheduler slot) to a final state."""
+        if self._local.get(record.id) is not record:  # moved to a peer meanwhile
+            self.scheduler.finish(record.id, 0)
+            return
+        if record.id in self._cancel_requested:  # cancelled between start and now
+            self.scheduler.finish(record.id, 0)
+            self._cancel_requested.discard(record.id)
+            await self._finish(record, "cancelled", error="cancelled by request")
+            return
+        deadline = trio.current_time() + (
+            record.deadline_at - time.time() if record.deadline_at is not None else math.inf
+        )
+        with trio.CancelScope(deadline=deadline) as scope:
+            self._scopes[record.id] = scope
+            try:
+                await self._attempts(record)
+            except Exception as e:  # a bug must fail one task, not stop the node
+                log.exception("task worker failed", task=record.id)
+                self.scheduler.finish(record.id, 0)
+                await self._finish(
+                    record, "failed", error=f"meshlb internal error: {e!r}", error_status=500
+                )
+        self._scopes.pop(record.id, None)
+        if not record.final:
+            if record.id in self._cancel_requested:
+                await self._finish(record, "cancelled", error="cancelled by request")
+            else:
+                await self._finish(
+                    record,
+                    "failed",
+                    error_status=504,
+                    error=f"task timed out after {record.timeout_s:g}s",
+                )
+        self._cancel_requested.discard(record.id)
+
+    async def _attempts(self, record: TaskRecord) -> None:
+        """Run until a final state; the scheduler slot is released on every path."""
+        path = KIND_PATHS[record.kind]
+        while True:
+            try:
+                if record.state != "running":
+                    self._mark_running(record)
+                status, content = await self.backend.post_json(path, record.request)
+            except BackendError as e:
+                self.scheduler.finish(record.id, 0)
+                if record.attempts >= MAX_BACKEND_ATTEMPTS:
+                    await self._finish(record, "failed", error=f"{e}", error_status=503)
+                    return
+                log.warning(
+                    "ollama unreachable, task will retry",
+                    task=record.id,
+                    attempt=record.attempts,
+                    reason=e.reason,
+                )
+                # Queued again here only: the core still sees it running, so it is not
+                # offered to a thief while this worker holds it.
+                record.mark_queued()
+                await trio.sleep(BACKOFF_S[min(record.attempts, len(BACKOFF_S)) - 1])
+                await self._requeue(record)
+                continue
+            except BaseException:  # cancelled (timeout or DELETE) while running
+                self.scheduler.finish(record.id, 0)
+                raise
+            if status == 503:  # Ollama busy: back to the queue, keep the place
+                record.mark_queued()
+                await self.scheduler.requeue_busy(record.id)
+                continue
+            await self._complete(record, status, content)
+            return
+
+    async def _requeue(self, record: TaskRecord) -> None:
+        """Put an accepted task back in the queue; a full queue only delays it, never drops it."""
+        while True:
+            try:
+                self.scheduler.submit(record.id, record.priority, record.est_tokens)
+                break
+            except Refused:
+                await trio.sleep(1.0)
+        await self.scheduler.wait_turn(record.id)
+
+    async def _complete(self, record: TaskRecord, status: int, content: bytes) -> None:
+        result: Any = None
+        if status == 200:
+            try:
+                result = json.loads(content)
+            except ValueError:
+                result = None
+        self.scheduler.finish(record.id, result_tokens(result))
+        if isinstance(result, dict) and result.get("eval_count") and result.get("eval_duration"):
+            self.generation_rate.observe(result["eval_count"] / (result["eval_duration"] / 1e9))
+        if status == 200 and result is not None:
+            await self._finish(record, "succeeded", result=result)
+        else:
+            await self._finish(
+                record,
+                "failed",
+                error=ollama_error_text(content, status),
+                error_status=status if status >= 400 else 502,
+            )
+
+    async def _finish(
+        self,
+        record: TaskRecord,
+        state: str,
+        *,
+        result: Any = None,
+        error: str | None = None,
+        error_status: int | None = None,
+    ) -> None:
+        """This node's run ended: the core decides whether it is the task's result."""
+        now = time.time()
+        try:
+            record.finish(state, now, result=result, error=error, error_status=error_status)
+        except AlreadyFinal:
+            log.warning("duplicate final state dropped", task=record.id, state=state)
+            return
+        self._local.pop(record.id, None)
+        log.info(
+            "task finished", task=record.id, state=state, error=error, attempts=record.attempts
+        )
+        self.mesh.feed(m.TaskFinished(record.id, state, now, result, error, error_status))
