@@ -145,10 +145,20 @@ def read_everywhere(
     task -> survivor -> task JSON."""
     deadline = time.monotonic() + budget_s
     reader = next(iter(survivors.values()))
-    for task_id in ids:
-        wait = max(0.0, min(10.0, deadline - time.monotonic()))  # a stale copy never ends
-        with contextlib.suppress(httpx.HTTPError):
-            client.get(f"{reader.url}/v1/tasks/{task_id}", params={"wait": wait}, timeout=wait + 10)
+    pending = list(ids)
+    while pending and time.monotonic() < deadline:  # round after round: a task held
+        still = []  # without quorum finishes only after the dead are reaped
+        for task_id in pending:
+            wait = max(0.0, min(10.0, deadline - time.monotonic()))
+            task = None
+            with contextlib.suppress(httpx.HTTPError, ValueError):
+                r = client.get(
+                    f"{reader.url}/v1/tasks/{task_id}", params={"wait": wait}, timeout=wait + 10
+                )
+                task = r.json()
+            if not isinstance(task, dict) or task.get("state") in ("queued", "running"):
+                still.append(task_id)
+        pending = still
     return {
         t: {n: get_json(client, f"{p.url}/v1/tasks/{t}") or {"state": "not found"}
             for n, p in survivors.items()}

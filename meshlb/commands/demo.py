@@ -89,20 +89,27 @@ def wait_ready(url: str, procs: list[subprocess.Popen[bytes]], timeout_s: float 
 
 def status_table(hosts: list[DemoHost]) -> Table:
     table = Table(title="meshlb demo — live (Ctrl-C stops everything)")
-    for col in ("node", "url", "ollama tok/s", "queued", "running", "accepted", "completed"):
+    columns = (
+        "node", "url", "ollama tok/s", "queued", "running", "requests done", "tasks done",
+        "forwarded", "stolen", "taken over",
+    )  # fmt: skip
+    for col in columns:
         table.add_column(col)
     for h in hosts:
         try:
             q = httpx.get(f"{h.url}/v1/queue", timeout=0.5).json()
-            c = q.get("node_counters", {})
+            c, mesh = q.get("node_counters", {}), q.get("mesh", {})
             row = [
                 str(q.get("queued")),
                 str(q.get("running")),
-                str(c.get("accepted", 0)),
                 str(c.get("completed", 0)),
+                str(mesh.get("succeeded", 0)),
+                str(c.get("forwarded", 0) + mesh.get("forwarded", 0)),
+                str(mesh.get("stolen_by_here", 0)),
+                str(mesh.get("taken_over", 0)),
             ]
         except (httpx.HTTPError, ValueError):
-            row = ["down", "", "", ""]
+            row = ["down", "", "", "", "", "", ""]
         table.add_row(h.name, h.url, f"{h.tokens_per_second:.0f}", *row)
     return table
 
@@ -199,7 +206,11 @@ def demo_command(nodes: int, no_live: bool) -> None:
         )
         console.print(
             f'  OLLAMA_HOST={first} python -c "import ollama; '
-            f"print(ollama.generate(model='llama3.2:1b', prompt='hi').response)\"\n"
+            f"print(ollama.generate(model='llama3.2:1b', prompt='hi').response)\""
+        )
+        console.print(
+            f"  for i in $(seq 30); do meshlb submit --node {first} --model llama3.2:1b "
+            f'--prompt "task $i"; done   # async tasks spread over the mesh\n'
         )
         if no_live:
             while all(p.poll() is None for p in procs):
