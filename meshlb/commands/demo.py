@@ -209,8 +209,8 @@ def demo_command(nodes: int, no_live: bool) -> None:
             f"print(ollama.generate(model='llama3.2:1b', prompt='hi').response)\""
         )
         console.print(
-            f"  for i in $(seq 30); do meshlb submit --node {first} --model llama3.2:1b "
-            f'--prompt "task $i"; done   # async tasks spread over the mesh\n'
+            f"  seq 60 | xargs -P 8 -I{{}} meshlb submit --node {first} --model llama3.2:1b "
+            f'--prompt "task {{}}"   # a burst of async tasks: watch them spread\n'
         )
         if no_live:
             while all(p.poll() is None for p in procs):

@@ -14,7 +14,9 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-# A host whose generation speed is unknown yet is assumed this fast (tokens/s).
+# A host whose generation speed is unknown yet (it has not run anything) is assumed
+# as fast as the median host that has been measured — so a new or idle host gets
+# work and is measured, rather than being written off — or this fast if none has.
 DEFAULT_TOKENS_PER_S = 20.0
 # Unlimited concurrency still has a real ceiling; treat it as this many slots.
 UNLIMITED_SLOTS = 16
@@ -70,9 +72,17 @@ class NoHost:
 Decision = RunHere | SendTo | NoHost
 
 
-def expected_completion_s(c: Candidate, task: TaskNeeds) -> float:
+def assumed_rate(candidates: Sequence[Candidate]) -> float:
+    """The speed to assume for a host not measured yet (see DEFAULT_TOKENS_PER_S)."""
+    known = sorted(c.tokens_per_s for c in candidates if c.tokens_per_s > 0)
+    return known[len(known) // 2] if known else DEFAULT_TOKENS_PER_S
+
+
+def expected_completion_s(
+    c: Candidate, task: TaskNeeds, unknown_rate: float = DEFAULT_TOKENS_PER_S
+) -> float:
     """Seconds until `task` would finish on `c`: wait for a slot, then run."""
-    rate = c.tokens_per_s if c.tokens_per_s > 0 else DEFAULT_TOKENS_PER_S
+    rate = c.tokens_per_s if c.tokens_per_s > 0 else unknown_rate
     service_s = max(1, task.est_tokens) / rate
     slots = c.max_concurrency or UNLIMITED_SLOTS
     ahead = c.queued + c.running
@@ -88,12 +98,15 @@ def place(task: TaskNeeds, candidates: Sequence[Candidate], rng: random.Random) 
     """Decide where `task` runs. `candidates` are live hosts, this node among them."""
     local = next((c for c in candidates if c.is_local), None)
     local_has = local is not None and task.model in local.models
-    local_eta = expected_completion_s(local, task) if local is not None and local_has else None
+    unknown = assumed_rate(candidates)
+    local_eta = (
+        expected_completion_s(local, task, unknown) if local is not None and local_has else None
+    )
     if local_has and task.hops >= MAX_HOPS:
         assert local_eta is not None
         return RunHere(local_eta)
     remotes = sorted(
-        (expected_completion_s(c, task), c.node_id)
+        (expected_completion_s(c, task, unknown), c.node_id)
         for c in candidates
         if not c.is_local and task.model in c.models
     )

@@ -60,8 +60,10 @@ def choose_gifts(
     """Up to `n` task ids from the tail of `waiting` (head first) worth moving.
 
     A task at position k waits about (tokens ahead) / (rate x slots) here; it moves
-    only if the thief, idle, would finish it `MIN_STEAL_GAIN_S` sooner."""
-    rate_here, rate_there = _rate(local_tokens_per_s), _rate(thief_tokens_per_s)
+    only if the thief, idle, would finish it `MIN_STEAL_GAIN_S` sooner. A thief not
+    measured yet is assumed as fast as this node (so it gets work and is measured)."""
+    rate_here = _rate(local_tokens_per_s)
+    rate_there = thief_tokens_per_s if thief_tokens_per_s > 0 else rate_here
     slots = max(1, local_slots)
     ahead = 0
     finish_here: list[float] = []

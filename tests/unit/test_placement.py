@@ -11,6 +11,7 @@ from meshlb.mesh.placement import (
     expected_completion_s,
     place,
 )
+from meshlb.mesh.stealing import Waiting, choose_gifts
 
 M = "llama3.2:1b"
 
@@ -96,3 +97,21 @@ def test_two_choices_spread_load_over_the_best_few() -> None:
         if isinstance(d := place(TaskNeeds(M, 100), peers, random.Random(s)), SendTo)
     }
     assert len(chosen) >= 2  # not everyone herds onto one peer
+
+
+def test_a_peer_not_measured_yet_is_assumed_as_fast_as_the_median_host() -> None:
+    """A fast local host with a queue sends work to an idle peer whose speed is still
+    unknown (assumed 120 tok/s, the median measured), not written off at 20 tok/s."""
+    local = cand("a", queued=8, running=4, tps=120.0, local=True)
+    d = place(TaskNeeds(M, 256), [local, cand("b", tps=0.0)], random.Random(1))
+    assert isinstance(d, SendTo) and d.node_id == "b"
+    assert d.eta_s == 256 / 120.0
+    alone = place(TaskNeeds(M, 256), [cand("b", tps=0.0)], random.Random(1))
+    assert isinstance(alone, SendTo) and alone.eta_s == 256 / 20.0  # nobody measured
+
+
+def test_an_unmeasured_thief_is_assumed_as_fast_as_the_victim() -> None:
+    waiting = [Waiting(f"t{i}", M, 256) for i in range(12)]
+    gifts = choose_gifts(waiting, 4, frozenset({M}), 0.0, 120.0, 4)
+    assert gifts == ["t11", "t10", "t9", "t8"]  # the tail: the longest waits here
+    assert choose_gifts(waiting[:1], 4, frozenset({M}), 0.0, 120.0, 4) == []  # next: no gain
