@@ -356,6 +356,12 @@ class Ownership(ResultsMixin):
             e.copy, e.role = c, OWNER
         elif me in c.replicas or c.owner == me or c.final:
             e.copy, e.role, e.offer, e.due_at = c, REPLICA, None, math.inf
+        elif e.held is not None and c.owner not in self.live:
+            # A result we hold for a task whose new owner we cannot reach yet (healed
+            # partitions re-learn members in any order): keep it, to propose it when
+            # that owner is back (`_on_peer_up`), so the first result can still win.
+            e.copy, e.role, e.offer, e.due_at = c, REPLICA, None, math.inf
+            return
         else:
             self._forget(c, now)
         if c.final and not was_final:

@@ -50,6 +50,8 @@ class ResultsMixin(TakeOverMixin):
 
     def _final_copy(self, e: Entry, ev: m.TaskFinished) -> TaskCopy:
         rec = snapshot(e.copy.record)
+        if ev.state == "succeeded":  # a result is produced by a run here, whatever our
+            rec.node = self.node_id  # copy says (it may be a newer owner's, re-queued)
         rec.finish(ev.state, ev.at, result=ev.result, error=ev.error, error_status=ev.error_status)
         return e.copy.with_record(rec, self._run_id(e))
 

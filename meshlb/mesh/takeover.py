@@ -39,6 +39,9 @@ class TakeOverMixin(FenceMixin):
     def _may_decide(self, now: float) -> bool:
         raise NotImplementedError
 
+    def _final_copy(self, e: Entry, ev: m.TaskFinished) -> TaskCopy:
+        raise NotImplementedError
+
     def in_quorum(self) -> bool:
         """More than half of the known members are live and unsuspected (or the mesh
         has <= 2 nodes, where a crash and a partition cannot be told apart: we choose
@@ -69,6 +72,11 @@ class TakeOverMixin(FenceMixin):
         for e in self._tasks.values():
             if e.role == OWNER and node in e.copy.former and node != self.node_id:
                 self._emit(m.ReplicateTo(node, e.copy))
+        for e in list(self._tasks.values()):  # results kept for an owner we could not reach
+            if e.held is not None and e.role == REPLICA and e.copy.owner == node \
+                    and self.node_id not in e.copy.replicas:  # fmt: skip
+                self._emit(m.ReplicateTo(node, self._final_copy(e, e.held)))
+                self._forget(e.copy, now)
 
     def _on_peer_restarted(self, ev: m.PeerRestarted, now: float) -> None:
         """Live, but its old tasks died with its process: orphan them now. Offers to

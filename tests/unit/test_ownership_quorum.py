@@ -5,7 +5,7 @@ from __future__ import annotations
 from meshlb.mesh import ownership_msgs as m
 from meshlb.mesh.ownership import OWNER, REPLICA, Ownership
 from meshlb.mesh.replication import rendezvous_order
-from tests.unit.ownership_helpers import IDS, Net, accept
+from tests.unit.ownership_helpers import IDS, Net, accept, rec
 
 
 def test_result_is_recorded_only_after_a_replica_acked_it() -> None:
@@ -98,3 +98,39 @@ def test_peer_chosen_hands_a_taken_over_task_to_a_peer() -> None:
     net.run()
     assert net.queues[heir] == [] and net.queues[target] == ["t-1"]
     assert net.cores[target].role("t-1") == OWNER
+
+
+def test_result_held_in_a_minority_is_proposed_when_the_new_owner_is_back() -> None:
+    """After a heal, the new owner's copy may reach the old one before gossip shows
+    the new owner alive there; the held result is kept and proposed once it is, so
+    the first result can still win (and a later one is dropped and counted)."""
+    net = Net(("a", "b", "c"))
+    net.feed("a", m.TaskAccepted(rec()))
+    net.run()
+    copy = net.cores["a"].get("t-1")
+    assert copy is not None
+    replica = copy.replicas[0]
+    other = next(n for n in ("b", "c") if n != replica)
+    net.feed("a", m.TaskStarted("t-1", 1.0))
+    net.run()
+    # a is cut off: it sees both peers gone or suspected, loses the quorum, finishes.
+    net.feed("a", m.PeerDown(replica))
+    net.feed("a", m.PeerSuspected(other))
+    assert not net.cores["a"].in_quorum()
+    net.feed("a", m.TaskFinished("t-1", "succeeded", 2.0, result="from a"))
+    assert net.cores["a"].get("t-1") is not None and not net.cores["a"].get("t-1").final
+    # Healed: `other` is back in a's view, the heir (`replica`) not yet; its newer copy
+    # (it took the task over at epoch 2) arrives first.
+    net.feed("a", m.PeerUp(other))
+    newer = copy.with_owner(replica, copy.epoch + 1, (other,))
+    net.inflight.clear()
+    net.feed("a", m.ReplicaReceived(newer, replica))
+    proposals = [c for n, c in net.log if n == "a" and isinstance(c, m.ReplicateTo)]
+    net.log.clear()
+    assert not any(p.copy.final for p in proposals)  # the heir is unreachable: held
+    net.feed("a", m.PeerUp(replica))
+    sent = [c for n, c in net.log if n == "a" and isinstance(c, m.ReplicateTo)]
+    finals = [c for c in sent if c.node_id == replica and c.copy.final]
+    assert len(finals) == 1 and finals[0].copy.record.result == "from a"
+    assert finals[0].copy.record.node == "a"  # who ran it, not the heir's re-queued copy
+    assert net.cores["a"].get("t-1") is None  # proposed, then forgotten
