@@ -201,3 +201,51 @@ def stream_chat(url: str, body: dict[str, Any], outcome: dict[str, Any]) -> None
         outcome["status"] = r.status_code
         outcome["node"] = r.headers.get("x-meshlb-node")
         outcome["lines"] = [line for line in r.iter_lines() if line]
+
+
+def test_a_full_node_hands_requests_to_a_peer_before_answering_503() -> None:
+    """A's queue is full and placement prefers A (B is measured slow): the request goes
+    to B instead of a 503."""
+    with (
+        sim_ollama(models="llama3.2:1b", tokens_per_second=50, parallel=1) as sim_a,
+        sim_ollama(models="llama3.2:1b", tokens_per_second=5, parallel=1) as sim_b,
+        meshlb_node(sim_a.url, "--max-concurrency", "1", "--max-queue", "1", node_id="a") as a,
+    ):
+        seed = f"127.0.0.1:{a.extra['gossip_port']}"
+        flags = ("--max-concurrency", "1", "--max-queue", "1", "--join", seed)
+        with meshlb_node(sim_b.url, *flags, node_id="b") as b:
+            for node in (a, b):
+                wait_until(lambda n=node: alive_ids(n) == {"a", "b"}, 20, "both alive")
+            short = {"model": "llama3.2:1b", "prompt": "x", "stream": False}
+            for node in (a, b):  # measure both speeds, so placement prefers fast a
+                r = httpx.post(
+                    f"{node.url}/api/generate", json={**short, "options": {"num_predict": 5}}
+                )
+                assert r.status_code == 200
+            wait_until(lambda: speeds_known(a), 10, "a knows both speeds")
+            body = {**short, "options": {"num_predict": 100}}  # 2 s on a, 20 s on b
+            outcomes: list[dict[str, Any]] = [{} for _ in range(4)]
+            threads = [
+                threading.Thread(target=generate, args=(a.url, body, outcomes[i])) for i in range(4)
+            ]
+            for t in threads:  # one runs on a, one waits in a's queue, then a is full
+                t.start()
+                time.sleep(0.3)
+            for t in threads:
+                t.join(60)
+            by_status = sorted((o["status"], o.get("node")) for o in outcomes)
+            # Placement alone never picks b (20 s against at most 6 s on a): any request
+            # on b was handed over by a full a, and none got a 503 while b had room.
+            assert (200, "b") in by_status, by_status
+            assert all(status == 200 for status, _ in by_status), by_status
+
+
+def speeds_known(node: Proc) -> bool:
+    peers = httpx.get(f"{node.url}/v1/peers", timeout=2).json()
+    return all(p["load"]["tokens_per_s"] > 0 for p in peers)
+
+
+def generate(url: str, body: dict[str, Any], outcome: dict[str, Any]) -> None:
+    r = httpx.post(f"{url}/api/generate", json=body, timeout=60)
+    outcome["status"] = r.status_code
+    outcome["node"] = r.headers.get("x-meshlb-node")
