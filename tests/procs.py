@@ -202,3 +202,29 @@ def meshlb_node(
     with spawn_retrying(make_args, env=env) as p:
         p.extra["gossip_port"] = gossip_ports[-1]
         yield p
+
+
+def poll(check: Callable[[], bool], timeout_s: float, interval_s: float = 0.1) -> float | None:
+    """Call `check` until it is true (HTTP errors count as not yet); the seconds it
+    took, or None after `timeout_s`."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout_s:
+        with contextlib.suppress(httpx.HTTPError):
+            if check():
+                return time.monotonic() - start
+        time.sleep(interval_s)
+    return None
+
+
+def wait_until(check: Callable[[], bool], timeout_s: float, what: str) -> float:
+    """`poll`, failing the test with `what` after `timeout_s`."""
+    took = poll(check, timeout_s)
+    if took is None:
+        raise AssertionError(f"not within {timeout_s}s: {what}")
+    return took
+
+
+def alive_ids(node: Proc) -> set[str]:
+    """Ids of the members `node` sees alive."""
+    peers = httpx.get(f"{node.url}/v1/peers", timeout=2).json()
+    return {p["id"] for p in peers if p["state"] == "alive"}

@@ -9,36 +9,19 @@ readable, with the same result, from every surviving node.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.procs import Proc, meshlb_node, sim_ollama
+from tests.procs import Proc, alive_ids, meshlb_node, poll, sim_ollama, wait_until
 
 pytestmark = pytest.mark.integration
 
 TASKS = 24
-
-
-def wait_until(check: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        with contextlib.suppress(httpx.HTTPError):
-            if check():
-                return
-        time.sleep(0.1)
-    raise AssertionError(f"not within {timeout_s}s: {what}")
-
-
-def alive_ids(node: Proc) -> set[str]:
-    peers = httpx.get(f"{node.url}/v1/peers", timeout=2).json()
-    return {p["id"] for p in peers if p["state"] == "alive"}
 
 
 def holds_work(node: Proc) -> bool:
@@ -164,7 +147,8 @@ def test_peer_dying_before_its_first_byte_is_replaced_transparently() -> None:
                 outcome: dict[str, Any] = {}
                 thread = threading.Thread(target=stream_chat, args=(a.url, body, outcome))
                 thread.start()
-                landed_on_b = poll(lambda: running(b) > 0 or running(c) > 0, 3.0) and running(b)
+                seen = poll(lambda: running(b) > 0 or running(c) > 0, 3.0, 0.05)
+                landed_on_b = seen is not None and running(b) > 0
                 if landed_on_b:
                     break
                 thread.join(15)
@@ -184,16 +168,6 @@ def test_peer_dying_before_its_first_byte_is_replaced_transparently() -> None:
 
 def running(node: Proc) -> int:
     return int(httpx.get(f"{node.url}/v1/queue", timeout=2).json()["running"])
-
-
-def poll(check: Callable[[], bool], timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        with contextlib.suppress(httpx.HTTPError):
-            if check():
-                return True
-        time.sleep(0.05)
-    return False
 
 
 def stream_chat(url: str, body: dict[str, Any], outcome: dict[str, Any]) -> None:

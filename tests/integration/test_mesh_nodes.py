@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable
 
 import httpx
 import ollama
@@ -23,6 +22,7 @@ from tests.procs import (
     meshlb_node,
     sim_ollama,
     spawn_retrying,
+    wait_until,
 )
 
 pytestmark = pytest.mark.integration
@@ -31,16 +31,6 @@ pytestmark = pytest.mark.integration
 def states(node: Proc) -> dict[str, tuple[str, int]]:
     peers = httpx.get(f"{node.url}/v1/peers", timeout=2).json()
     return {p["id"]: (p["state"], p["incarnation"]) for p in peers}
-
-
-def wait_until(check: Callable[[], bool], timeout_s: float, what: str) -> float:
-    start = time.monotonic()
-    while time.monotonic() - start < timeout_s:
-        with contextlib.suppress(httpx.HTTPError):
-            if check():
-                return time.monotonic() - start
-        time.sleep(0.2)
-    raise AssertionError(f"not within {timeout_s}s: {what}")
 
 
 def test_five_nodes_converge_detect_sigkill_and_readmit_restart() -> None:

@@ -21,14 +21,13 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
 
 from tests.netns import NetnsMesh, netns_mesh
-from tests.procs import Proc, meshlb_argv, spawn
+from tests.procs import Proc, meshlb_argv, spawn, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -37,17 +36,6 @@ NUM_PREDICT = 30  # below the sim's natural minimum (32): every reply is cut at 
 TOKENS_PER_S = 8  # so a task takes 3.75 s; 2 run at once per node
 IDS = ("a", "b", "c")
 HTTP_PORT, GOSSIP_PORT, SIM_PORT = 11435, 7946, 11434
-
-
-def wait_until(check: Callable[[], bool], timeout_s: float, what: str) -> float:
-    """Poll `check` until true; return the seconds it took, fail after `timeout_s`."""
-    start = time.monotonic()
-    while time.monotonic() - start < timeout_s:
-        with contextlib.suppress(httpx.HTTPError):
-            if check():
-                return time.monotonic() - start
-        time.sleep(0.1)
-    raise AssertionError(f"not within {timeout_s}s: {what}")
 
 
 def peer_states(node: Proc) -> dict[str, str]:
