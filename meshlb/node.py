@@ -7,7 +7,6 @@ finish for a bounded time, then exits 0.
 
 from __future__ import annotations
 
-import secrets
 import signal
 
 import structlog
@@ -24,7 +23,6 @@ from meshlb.mesh.announce import announce_loop, local_meta
 from meshlb.mesh.mailer import PeerMailer
 from meshlb.mesh.meta import encode_meta
 from meshlb.mesh.node_view import NodeMeshView
-from meshlb.mesh.placement import SendTo, TaskNeeds, place
 from meshlb.node_context import NodeContext
 from meshlb.sched.driver import LocalScheduler
 from meshlb.sched.limits import Limits
@@ -52,7 +50,6 @@ def build_context(settings: NodeSettings) -> NodeContext:
     scheduler = LocalScheduler(limits)
     journal = Journal(settings.data_dir) if settings.data_dir is not None else None
     rate = RateAverage()
-    boot = secrets.token_hex(4)
     tasks = TaskService(
         settings.node_id,
         scheduler,
@@ -61,11 +58,9 @@ def build_context(settings: NodeSettings) -> NodeContext:
         settings.task_retention_s,
         settings.default_num_predict,
         rate,
-        boot=boot,
         replication=settings.replication,
     )
     return NodeContext(
-        boot=boot,
         settings=settings,
         backend=backend,
         catalog=ModelCatalog(backend, refresh_s=settings.models_refresh_s),
@@ -116,21 +111,6 @@ async def log_queue_stats(ctx: NodeContext, interval_s: float = 5.0) -> None:
             finished=s.counters.finished,
             rejected=s.counters.rejected,
         )
-
-
-def hand_queued_to_peers(ctx: NodeContext, view: NodeMeshView) -> int:
-    """Graceful leave: offer every queued task this node owns to the best alive peer
-    that has its model (the three-phase hand-over; an offer that fails comes back
-    and runs here). Returns how many were offered."""
-    peers = view.peer_candidates()
-    offered = 0
-    for waiting in ctx.tasks.waiting():
-        usable = [p for p in peers if waiting.model in p.models]
-        decision = place(TaskNeeds(waiting.model, waiting.est_tokens), usable, ctx.rng)
-        if isinstance(decision, SendTo):
-            ctx.tasks.mesh.hand_over(waiting.task_id, decision.node_id)
-            offered += 1
-    return offered
 
 
 async def join_then_recover(ctx: NodeContext, gossip: GossipDriver) -> None:
@@ -206,7 +186,7 @@ async def run_node(
                     log.info("stopping", node=ctx.node_id, signal=signal.Signals(signum).name)
                     break
             ctx.draining = True
-            offered = hand_queued_to_peers(ctx, view)
+            offered = ctx.tasks.mesh.offer_queued_to_peers()
             if offered:
                 log.info("queued tasks offered to peers before leaving", count=offered)
             await drain(ctx, DRAIN_TIMEOUT_S)

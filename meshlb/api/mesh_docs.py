@@ -15,20 +15,12 @@ from starlette.responses import JSONResponse, Response
 
 from meshlb.api.body import parse_json_object, read_body, require_model
 from meshlb.api.errors import ApiError, retry_after
-from meshlb.api.mesh_routes import current_peers
+from meshlb.api.mesh_routes import alive_peer_urls, current_peers
 from meshlb.backend.catalog import canonical_model
 from meshlb.backend.ollama import BackendError, describe_http_error
 from meshlb.mesh.candidates import http_addr_of
 from meshlb.mesh.lookup import gather_from_peers
 from meshlb.node_context import NodeContext
-
-
-def alive_peer_urls(ctx: NodeContext) -> list[str]:
-    return [
-        f"http://{p.meta.http_addr}"
-        for p in current_peers(ctx)
-        if p.state == "alive" and p.node_id != ctx.node_id and p.meta
-    ]
 
 
 def ps_handler(ctx: NodeContext) -> Any:

@@ -37,6 +37,15 @@ def current_peers(ctx: NodeContext) -> list[Peer]:
     ]
 
 
+def alive_peer_urls(ctx: NodeContext) -> list[str]:
+    """Base URLs of the alive peers (not this node), for node-to-node fan-outs."""
+    return [
+        f"http://{p.meta.http_addr}"
+        for p in current_peers(ctx)
+        if p.state == "alive" and p.node_id != ctx.node_id and p.meta
+    ]
+
+
 def mesh_routes(ctx: NodeContext) -> list[Route]:
     async def peers(request: Request) -> Response:
         return JSONResponse([p.to_public() for p in current_peers(ctx)])

@@ -17,7 +17,7 @@ from starlette.routing import Route
 
 from meshlb.api.body import PRIORITY_HEADER, parse_json_object, parse_priority, read_body
 from meshlb.api.errors import ApiError
-from meshlb.api.mesh_routes import current_peers
+from meshlb.api.mesh_routes import alive_peer_urls, current_peers
 from meshlb.api.ollama_routes import check_model, refused_to_error, remote_peers_with
 from meshlb.backend.catalog import canonical_model
 from meshlb.mesh.candidates import candidates_from_peers, http_addr_of, incarnation_of
@@ -104,14 +104,6 @@ def carries(value: Any) -> bool:
     return True
 
 
-def peer_urls(ctx: NodeContext) -> list[str]:
-    return [
-        f"http://{p.meta.http_addr}"
-        for p in current_peers(ctx)
-        if p.state == "alive" and p.node_id != ctx.node_id and p.meta
-    ]
-
-
 def task_routes(ctx: NodeContext, service: TaskService) -> list[Route]:
     def not_found(task_id: str) -> ApiError:
         return ApiError(404, f"task '{task_id}' not found")
@@ -175,7 +167,7 @@ def task_routes(ctx: NodeContext, service: TaskService) -> list[Route]:
             return JSONResponse(record.to_public())
         if not local_only:
             remote = await find_on_peers(
-                ctx.peer_client, peer_urls(ctx), task_id, wait_s, ctx.settings.cluster_key
+                ctx.peer_client, alive_peer_urls(ctx), task_id, wait_s, ctx.settings.cluster_key
             )
             if remote is not None:
                 return JSONResponse(remote)
@@ -216,7 +208,7 @@ def task_routes(ctx: NodeContext, service: TaskService) -> list[Route]:
         # Only the owner can stop a task: ask every peer, the owner answers.
         answer = await ask_peers(
             ctx.peer_client,
-            peer_urls(ctx),
+            alive_peer_urls(ctx),
             "DELETE",
             f"/v1/tasks/{task_id}",
             0.0,

@@ -44,13 +44,8 @@ def local_meta(ctx: NodeContext) -> NodeMeta:
 
 
 def local_moves(ctx: NodeContext) -> Moves:
-    mesh = ctx.tasks.mesh.stats()
-    return Moves(
-        forwarded=ctx.counters["forwarded"] + mesh["forwarded"],
-        stolen=mesh["stolen_by_here"],
-        taken_over=mesh["taken_over"],
-        duplicates_dropped=mesh["duplicates_dropped"],
-    )
+    forwarded, stolen, taken_over, duplicates = ctx.tasks.mesh.moves()
+    return Moves(ctx.counters["forwarded"] + forwarded, stolen, taken_over, duplicates)
 
 
 async def announce_loop(

@@ -79,13 +79,11 @@ class OwnershipDriver:
     def __init__(
         self,
         node_id: str,
-        boot: str,
         replication: int,
         executor: Executor,
         rng: random.Random | None = None,
     ) -> None:
         self.node_id = node_id
-        self.boot = boot
         self.core = Ownership(node_id, None, replication)
         self.executor = executor
         self.rng = rng or random.Random()
@@ -125,8 +123,19 @@ class OwnershipDriver:
                 self.feed(item)
 
     def hand_over(self, task_id: str, to: str) -> None:
-        """Offer a queued task this node owns to peer `to` (graceful leave)."""
+        """Offer a queued task this node owns to peer `to`."""
         self.feed(m.PeerChosen(task_id, to))
+
+    def offer_queued_to_peers(self) -> int:
+        """Graceful leave: offer every queued task to the best alive peer that has its
+        model (an offer that fails comes back and runs here). Returns how many."""
+        offered = 0
+        for waiting in self.executor.waiting():
+            to = self._best_peer(waiting.model, waiting.est_tokens, here=False)
+            if to is not None:
+                self.hand_over(waiting.task_id, to)
+                offered += 1
+        return offered
 
     def get(self, task_id: str) -> TaskCopy | None:
         return self.core.get(task_id)
@@ -188,22 +197,21 @@ class OwnershipDriver:
         model = canonical_model(cmd.record.model)
         missing = local_models is not None and model not in local_models
         if cmd.reason in REPLACE_REASONS or missing:
-            to = self._better_peer(cmd.record)
+            to = self._best_peer(model, cmd.record.est_tokens, here=not missing)
             if to is not None:
                 log.info("taken-over task placed on a peer", task=cmd.task_id, peer=to)
                 self.feed(m.PeerChosen(cmd.task_id, to))
                 return
         self.executor.run_owned(cmd.record, cmd.reason)
 
-    def _better_peer(self, record: TaskRecord) -> str | None:
+    def _best_peer(self, model: str, est_tokens: int, *, here: bool) -> str | None:
+        """The live peer placement prefers for a task of `model` (canonical), or None
+        to keep it; `here=False` leaves this node out (it lacks the model, or leaves)."""
         if self.view is None:
             return None
-        model = canonical_model(record.model)
-        candidates = [self.view.local_candidate(), *self.view.peer_candidates()]
-        usable = [c for c in candidates if c.is_local or model in c.models]
-        if model not in candidates[0].models:
-            usable = [c for c in usable if not c.is_local]
-        decision = place(TaskNeeds(model, record.est_tokens), usable, self.rng)
+        peers = [c for c in self.view.peer_candidates() if model in c.models]
+        usable = [self.view.local_candidate(), *peers] if here else peers
+        decision = place(TaskNeeds(model, est_tokens), usable, self.rng)
         if isinstance(decision, SendTo) and decision.node_id in self.core.live:
             return decision.node_id
         return None
@@ -290,6 +298,17 @@ class OwnershipDriver:
         if free <= 0 or not any(p.queued for p in peers):
             return
         self.feed(m.IdleNoticed(free, self.view.local_candidate(), tuple(peers)))
+
+    def moves(self) -> tuple[int, int, int, int]:
+        """(forwarded, stolen by here, taken over, duplicates dropped): the counters
+        gossiped every second, without `stats`' walk over every task."""
+        c = self.core.counters
+        return (
+            self.counters["handed_over_forward"],
+            self.counters["received_steal"],
+            c.taken_over,
+            c.duplicates_dropped,
+        )
 
     def stats(self) -> dict[str, Any]:
         """Counters for /v1/queue, /v1/cluster and /metrics."""

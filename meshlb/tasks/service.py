@@ -67,7 +67,6 @@ class TaskService(TaskWorker):
         default_num_predict: int,
         generation_rate: RateAverage | None = None,
         *,
-        boot: str = "",
         replication: int = 2,
     ) -> None:
         self.node_id = node_id
@@ -80,7 +79,7 @@ class TaskService(TaskWorker):
         # Tasks this node owns and queues or runs: its own working records (the
         # core's copies are immutable snapshots, replicated as they change).
         self._local: dict[str, TaskRecord] = {}
-        self.mesh = OwnershipDriver(node_id, boot, replication, self)
+        self.mesh = OwnershipDriver(node_id, replication, self)
         self._final_events: dict[str, trio.Event] = {}
         self._scopes: dict[str, trio.CancelScope] = {}
         self._cancel_requested: set[str] = set()
@@ -214,7 +213,7 @@ class TaskService(TaskWorker):
         if record is None or record.final:
             return self.get(task_id)
         if self.scheduler.cancel(task_id):  # still queued: no worker to stop
-            await self._finish(record, "cancelled", error="cancelled by request")
+            self._finish(record, "cancelled", error="cancelled by request")
         else:
             self._cancel_requested.add(task_id)
             scope = self._scopes.get(task_id)
@@ -323,7 +322,7 @@ class TaskService(TaskWorker):
                 _, task_id = heapq.heappop(self._deadlines)
                 record = self._local.get(task_id)
                 if record is not None and not record.final and self.scheduler.cancel(task_id):
-                    await self._finish(
+                    self._finish(
                         record,
                         "failed",
                         error_status=504,

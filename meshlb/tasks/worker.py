@@ -74,7 +74,7 @@ class TaskWorker:
         if record.id in self._cancel_requested:  # cancelled between start and now
             self.scheduler.finish(record.id, 0)
             self._cancel_requested.discard(record.id)
-            await self._finish(record, "cancelled", error="cancelled by request")
+            self._finish(record, "cancelled", error="cancelled by request")
             return
         deadline = trio.current_time() + (
             record.deadline_at - time.time() if record.deadline_at is not None else math.inf
@@ -86,15 +86,15 @@ class TaskWorker:
             except Exception as e:  # a bug must fail one task, not stop the node
                 log.exception("task worker failed", task=record.id)
                 self.scheduler.finish(record.id, 0)
-                await self._finish(
+                self._finish(
                     record, "failed", error=f"meshlb internal error: {e!r}", error_status=500
                 )
         self._scopes.pop(record.id, None)
         if not record.final:
             if record.id in self._cancel_requested:
-                await self._finish(record, "cancelled", error="cancelled by request")
+                self._finish(record, "cancelled", error="cancelled by request")
             else:
-                await self._finish(
+                self._finish(
                     record,
                     "failed",
                     error_status=504,
@@ -113,7 +113,7 @@ class TaskWorker:
             except BackendError as e:
                 self.scheduler.finish(record.id, 0)
                 if record.attempts >= MAX_BACKEND_ATTEMPTS:
-                    await self._finish(record, "failed", error=f"{e}", error_status=503)
+                    self._finish(record, "failed", error=f"{e}", error_status=503)
                     return
                 log.warning(
                     "ollama unreachable, task will retry",
@@ -134,7 +134,7 @@ class TaskWorker:
                 record.mark_queued()
                 await self.scheduler.requeue_busy(record.id)
                 continue
-            await self._complete(record, status, content)
+            self._complete(record, status, content)
             return
 
     async def _requeue(self, record: TaskRecord) -> None:
@@ -147,7 +147,7 @@ class TaskWorker:
                 await trio.sleep(1.0)
         await self.scheduler.wait_turn(record.id)
 
-    async def _complete(self, record: TaskRecord, status: int, content: bytes) -> None:
+    def _complete(self, record: TaskRecord, status: int, content: bytes) -> None:
         result: Any = None
         if status == 200:
             try:
@@ -158,16 +158,16 @@ class TaskWorker:
         if isinstance(result, dict) and result.get("eval_count") and result.get("eval_duration"):
             self.generation_rate.observe(result["eval_count"] / (result["eval_duration"] / 1e9))
         if status == 200 and result is not None:
-            await self._finish(record, "succeeded", result=result)
+            self._finish(record, "succeeded", result=result)
         else:
-            await self._finish(
+            self._finish(
                 record,
                 "failed",
                 error=ollama_error_text(content, status),
                 error_status=status if status >= 400 else 502,
             )
 
-    async def _finish(
+    def _finish(
         self,
         record: TaskRecord,
         state: str,

@@ -121,9 +121,7 @@ class Node:
         self.node_id, self.boot = node_id, boot
         self.executor = FakeExecutor(node_id)
         self.view = FakeView(candidate(node_id, models, tps=tps, is_local=True))
-        self.driver = OwnershipDriver(
-            node_id, boot, replication, self.executor, rng=random.Random(0)
-        )
+        self.driver = OwnershipDriver(node_id, replication, self.executor, rng=random.Random(0))
         self.driver.sender = WireSender(net, node_id, boot)
         self.driver.view = self.view
 
