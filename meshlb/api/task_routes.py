@@ -20,9 +20,8 @@ from meshlb.api.errors import ApiError
 from meshlb.api.mesh_routes import alive_peer_urls, current_peers
 from meshlb.api.ollama_routes import check_model, refused_to_error, remote_peers_with
 from meshlb.backend.catalog import canonical_model
-from meshlb.mesh.candidates import candidates_from_peers, http_addr_of, incarnation_of
+from meshlb.mesh.candidates import http_addr_of, incarnation_of
 from meshlb.mesh.lookup import ask_peers, find_on_peers
-from meshlb.mesh.placement import SendTo, TaskNeeds, place
 from meshlb.node_context import NodeContext
 from meshlb.sched.driver import Refused
 from meshlb.tasks.model import FINAL_STATES
@@ -71,7 +70,7 @@ def parse_wait(raw: str | None) -> float:
     return wait_s
 
 
-async def choose_owner(
+def choose_owner(
     ctx: NodeContext, kind: str, model: str, request: dict[str, Any], *, here: bool = True
 ) -> str | None:
     """The peer placement prefers for a new async task, or None to keep it here
@@ -80,19 +79,11 @@ async def choose_owner(
     wanted = canonical_model(model)
     if not remote_peers_with(ctx, wanted):
         return None  # fast path: nobody else can run it
-    local_has = here and await ctx.catalog.knows(model)
-    peers = current_peers(ctx)
-    candidates = [
-        c
-        for c in candidates_from_peers(peers, ctx.node_id, ctx.recently_sent)
-        if (c.is_local and local_has) or (not c.is_local and wanted in c.models)
-    ]
     est = estimate_tokens({**request, "model": model}, kind, ctx.settings.default_num_predict)
-    decision = place(TaskNeeds(wanted, est), candidates, ctx.rng)
-    if not isinstance(decision, SendTo):
-        return None
-    ctx.recently_sent.note(decision.node_id, incarnation_of(peers, decision.node_id))
-    return decision.node_id
+    to = ctx.tasks.mesh.best_peer(wanted, est, here=here)
+    if to is not None:
+        ctx.recently_sent.note(to, incarnation_of(current_peers(ctx), to))
+    return to
 
 
 def carries(value: Any) -> bool:
@@ -132,12 +123,12 @@ def task_routes(ctx: NodeContext, service: TaskService) -> list[Route]:
             timeout_s=body.timeout_s,
             idempotency_key=body.idempotency_key,
         )
-        forward_to = await choose_owner(ctx, body.kind, body.model, body.request)
+        forward_to = choose_owner(ctx, body.kind, body.model, body.request)
         try:
             record, created = await service.submit(spec, forward_to)
         except Refused as refused:
             # Full here: a peer with room takes it; 503 only if every one is full.
-            forward_to = await choose_owner(ctx, body.kind, body.model, body.request, here=False)
+            forward_to = choose_owner(ctx, body.kind, body.model, body.request, here=False)
             if forward_to is None:
                 raise refused_to_error(refused) from None
             record, created = await service.submit(spec, forward_to)

@@ -131,7 +131,7 @@ class OwnershipDriver:
         model (an offer that fails comes back and runs here). Returns how many."""
         offered = 0
         for waiting in self.executor.waiting():
-            to = self._best_peer(waiting.model, waiting.est_tokens, here=False)
+            to = self.best_peer(waiting.model, waiting.est_tokens, here=False)
             if to is not None:
                 self.hand_over(waiting.task_id, to)
                 offered += 1
@@ -197,14 +197,14 @@ class OwnershipDriver:
         model = canonical_model(cmd.record.model)
         missing = local_models is not None and model not in local_models
         if cmd.reason in REPLACE_REASONS or missing:
-            to = self._best_peer(model, cmd.record.est_tokens, here=not missing)
+            to = self.best_peer(model, cmd.record.est_tokens, here=not missing)
             if to is not None:
                 log.info("taken-over task placed on a peer", task=cmd.task_id, peer=to)
                 self.feed(m.PeerChosen(cmd.task_id, to))
                 return
         self.executor.run_owned(cmd.record, cmd.reason)
 
-    def _best_peer(self, model: str, est_tokens: int, *, here: bool) -> str | None:
+    def best_peer(self, model: str, est_tokens: int, *, here: bool) -> str | None:
         """The live peer placement prefers for a task of `model` (canonical), or None
         to keep it; `here=False` leaves this node out (it lacks the model, or leaves)."""
         if self.view is None:
