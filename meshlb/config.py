@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 MIB = 1024 * 1024
+UNSPECIFIED_HOSTS = frozenset({"0.0.0.0", "::", ""})
 
 
 class ConfigError(Exception):
@@ -42,49 +43,92 @@ def parse_host_port(text: str, default_host: str = "0.0.0.0") -> tuple[str, int]
     return host, port
 
 
+def field(default: Any = ..., description: str = "", **kw: Any) -> Any:
+    """A settings field; `description` is the flag's --help text (one source for both)."""
+    return Field(default, description=description, **kw)
+
+
 class NodeSettings(BaseModel):
-    """Everything a node needs to run; each default says why it is what it is."""
+    """Everything a node needs to run; each default says why it is what it is.
+
+    Every field is a YAML key, a `MESHLB_<NAME>` variable and a `--flag` (the CLI
+    builds its flags from these fields, so none can be file-only)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     # Hostname: unique per machine in a fleet, and readable in `meshlb peers`.
-    node_id: str = Field(default_factory=socket.gethostname, min_length=1, max_length=64)
+    node_id: str = Field(
+        default_factory=socket.gethostname,
+        min_length=1,
+        max_length=64,
+        description="Unique name of this node in the mesh [default: hostname].",
+    )
     # 11435 = Ollama's 11434 + 1: clients switch by changing one digit.
-    http: str = "0.0.0.0:11435"
+    http: str = field("0.0.0.0:11435", "HOST:PORT for the Ollama-compatible HTTP API.")
     # 7946 is the port Serf/memberlist use for gossip; operators know it.
-    gossip: str = "0.0.0.0:7946"
-    # Address peers should use when the bind address is 0.0.0.0 or behind NAT.
-    advertise: str | None = None
+    gossip: str = field("0.0.0.0:7946", "HOST:PORT for gossip (UDP, and TCP for push-pull).")
+    # Address peers should use; None = found at start-up (see `resolve_advertise`).
+    advertise: str | None = field(
+        None,
+        "Host or IP peers use to reach this node [default: the bind host if specific, "
+        "else the address routing toward the first --join seed, else the primary "
+        "non-loopback address].",
+    )
     # Seed peers' gossip addresses; empty = the first node of a new mesh.
-    join: list[str] = Field(default_factory=list)
+    join: list[str] = Field(
+        default_factory=list,
+        description="A seed peer's gossip HOST:PORT (repeatable; env: comma-separated).",
+    )
     # Ollama's own default address.
-    ollama: str = "http://127.0.0.1:11434"
+    ollama: str = field("http://127.0.0.1:11434", "URL of the local Ollama.")
     # Ollama's default OLLAMA_NUM_PARALLEL is up to 4; more only queues inside Ollama.
-    max_concurrency: int | None = Field(default=4, ge=1, le=4096)
+    max_concurrency: int | None = field(
+        4, "Requests run at once on the local Ollama (match OLLAMA_NUM_PARALLEL).", ge=1, le=4096
+    )
     # No request/token budgets unless the operator sets them (a local GPU has none).
-    rpm: int | None = Field(default=None, ge=1)
-    tpm: int | None = Field(default=None, ge=1)
+    rpm: int | None = field(None, "Max request starts per sliding minute [default: none].", ge=1)
+    tpm: int | None = field(None, "Max tokens per sliding minute [default: none].", ge=1)
     # 1000 queued tasks is minutes of work for a small fleet; beyond, fail fast with 503.
-    max_queue: int = Field(default=1000, ge=1, le=1_000_000)
+    max_queue: int = field(
+        1000, "Queued tasks beyond which new work gets 503 + Retry-After.", ge=1, le=1_000_000
+    )
     # Each async task is held by this many nodes (its owner and replicas): 2 survives
     # any single node's death; 3 survives two at once, for one more copy per change.
-    replication: int = Field(default=2, ge=1, le=5)
+    replication: int = field(2, "Nodes holding each async task (owner + replicas).", ge=1, le=5)
     # A waiting task gains one priority level per aging_s, so nothing starves.
-    aging_s: float = Field(default=30.0, gt=0)
+    aging_s: float = field(30.0, "A waiting task gains one priority level per this many s.", gt=0)
     # Token estimate when a request does not say num_predict/max_tokens.
-    default_num_predict: int = Field(default=256, ge=1)
+    default_num_predict: int = field(
+        256, "Output-token estimate for requests without num_predict/max_tokens.", ge=1
+    )
+    # None = no deadline, as in Ollama; a client sets one with X-Meshlb-Timeout-S.
+    request_timeout_s: float | None = field(
+        None,
+        "Deadline (queued plus running) of a request without X-Meshlb-Timeout-S; "
+        "past it 504 [default: none].",
+        gt=0,
+        le=7 * 86400,
+    )
     # Durable task journal; None = memory only (said at start-up).
-    data_dir: Path | None = None
+    data_dir: Path | None = field(None, "Directory of the durable task journal [default: memory].")
     # Shared secret for gossip and node-to-node HTTP; None = open mesh.
-    cluster_key: str | None = Field(default=None, min_length=8)
-    log_format: Literal["json", "console"] = "console"
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    cluster_key: str | None = field(
+        None,
+        "Shared secret (8+ chars): authenticates and encrypts gossip and node-to-node traffic.",
+        min_length=8,
+    )
+    log_format: Literal["json", "console"] = field("console", "Log format: json or console.")
+    log_level: Literal["debug", "info", "warning", "error"] = field(
+        "info", "Log level: debug, info, warning or error."
+    )
     # Ollama accepts images inline; 32 MiB holds a few large ones.
-    max_body_bytes: int = Field(default=32 * MIB, ge=1024)
+    max_body_bytes: int = field(32 * MIB, "Largest request body accepted (413 above).", ge=1024)
     # Finished async tasks stay readable this long.
-    task_retention_s: float = Field(default=3600.0, gt=0)
+    task_retention_s: float = field(3600.0, "Seconds finished async tasks stay readable.", gt=0)
     # How often the local Ollama's model list is re-read.
-    models_refresh_s: float = Field(default=10.0, gt=0)
+    models_refresh_s: float = field(
+        10.0, "Seconds between re-reads of the local Ollama's model list.", gt=0
+    )
 
     @field_validator("http", "gossip")
     @classmethod
@@ -106,6 +150,13 @@ class NodeSettings(BaseModel):
             raise ValueError("must be an http:// or https:// URL, e.g. http://127.0.0.1:11434")
         return value.rstrip("/")
 
+    @field_validator("advertise")
+    @classmethod
+    def _advertise(cls, value: str | None) -> str | None:
+        if value is not None and value.strip("[]") in UNSPECIFIED_HOSTS:
+            raise ValueError("peers cannot dial 0.0.0.0 or ::; give this host's address")
+        return value
+
     @property
     def http_bind(self) -> tuple[str, int]:
         return parse_host_port(self.http)
@@ -115,11 +166,11 @@ class NodeSettings(BaseModel):
         return parse_host_port(self.gossip)
 
     def advertised_host(self) -> str:
-        """The host peers should dial: --advertise, else the bind host, else loopback."""
+        """The host peers should dial (after `resolve_advertise`, always --advertise)."""
         if self.advertise:
             return self.advertise
         host = self.http_bind[0]
-        return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+        return "127.0.0.1" if host in UNSPECIFIED_HOSTS else host
 
 
 FIELD_NAMES = tuple(NodeSettings.model_fields)

@@ -12,6 +12,7 @@ import signal
 import structlog
 import trio
 
+from meshlb.advertise import resolve_advertise
 from meshlb.api.app import build_app
 from meshlb.backend.catalog import ModelCatalog
 from meshlb.backend.ollama import OllamaBackend
@@ -24,6 +25,7 @@ from meshlb.mesh.mailer import PeerMailer
 from meshlb.mesh.meta import encode_meta
 from meshlb.mesh.node_view import NodeMeshView
 from meshlb.node_context import NodeContext
+from meshlb.ports import check_ports_free
 from meshlb.sched.driver import LocalScheduler
 from meshlb.sched.limits import Limits
 from meshlb.tasks.journal import Journal
@@ -113,6 +115,22 @@ async def log_queue_stats(ctx: NodeContext, interval_s: float = 5.0) -> None:
         )
 
 
+async def log_readiness(ctx: NodeContext, interval_s: float = 0.5) -> None:
+    """Log "node ready" when /readyz would say so, and every change after: the log
+    says what is true (not ready while the local Ollama is down or no seed answered)."""
+    last: tuple[str, ...] | None = None
+    url = f"http://{ctx.settings.advertised_host()}:{ctx.settings.http_bind[1]}"
+    while True:
+        reasons = tuple(ctx.not_ready_reasons())
+        if reasons != last:
+            if reasons:
+                log.warning("node not ready", node=ctx.node_id, url=url, reasons=list(reasons))
+            else:
+                log.info("node ready", node=ctx.node_id, url=url)
+            last = reasons
+        await trio.sleep(interval_s)
+
+
 async def join_then_recover(ctx: NodeContext, gossip: GossipDriver) -> None:
     """Recover the journal once joined, so peers that took over our tasks can tell us."""
     with trio.move_on_after(JOIN_WAIT_S):
@@ -135,7 +153,15 @@ async def drain(ctx: NodeContext, timeout_s: float) -> None:
 async def run_node(
     settings: NodeSettings, *, task_status: trio.TaskStatus[NodeContext] = trio.TASK_STATUS_IGNORED
 ) -> None:
-    """Run one node until SIGINT/SIGTERM (or cancellation), then leave gracefully."""
+    """Run one node until SIGINT/SIGTERM (or cancellation), then leave gracefully.
+
+    Raises `PortInUse` (one sentence) before starting anything if a port is taken."""
+    check_ports_free(settings.http_bind, settings.gossip_bind)
+    advertised = resolve_advertise(settings)
+    settings = settings.model_copy(update={"advertise": advertised.host})
+    log.info("advertising address", address=advertised.host, how=advertised.how)
+    if advertised.warning:
+        log.warning(advertised.warning)
     ctx = build_context(settings)
     host, port = settings.http_bind
     shutdown = trio.Event()
@@ -177,9 +203,8 @@ async def run_node(
             nursery.start_soon(ctx.tasks.mesh.follow_gossip, membership_events)
             await nursery.start(serve_app, build_app(ctx), host, port, shutdown)
             nursery.start_soon(join_then_recover, ctx, gossip)
-            log.info(
-                "node ready", node=ctx.node_id, url=f"http://{settings.advertised_host()}:{port}"
-            )
+            log.info("node listening", node=ctx.node_id, http=f"{host}:{port}")
+            nursery.start_soon(log_readiness, ctx)
             task_status.started(ctx)
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 async for signum in signals:

@@ -63,3 +63,14 @@ class NodeContext:
     @property
     def node_id(self) -> str:
         return self.settings.node_id
+
+    def not_ready_reasons(self) -> list[str]:
+        """Why `/readyz` says not ready (empty when ready); the log says the same."""
+        reasons = []
+        if self.draining:
+            reasons.append("node is shutting down")
+        if self.gossip is None or not self.gossip.joined:
+            reasons.append("not joined to the mesh yet (no seed has answered)")
+        if not self.catalog.reachable:
+            reasons.append(f"the Ollama at {self.backend.base_url} {self.catalog.last_error}")
+        return reasons

@@ -23,15 +23,17 @@ from meshlb.node_context import NodeContext
 async def handle_http_exception(request: Request, exc: Exception) -> Response:
     """Starlette's own 404/405 in meshlb's JSON error shape."""
     assert isinstance(exc, HTTPException)
+    path = request.url.path
     if exc.status_code == 404:
-        return error_response(404, f"no such endpoint: {request.method} {request.url.path}")
+        return error_response(404, f"no such endpoint: {request.method} {path}", path=path)
     if exc.status_code == 405:
         return error_response(
             405,
-            f"method {request.method} is not allowed on {request.url.path}",
+            f"method {request.method} is not allowed on {path}",
             dict(exc.headers or {}),
+            path,
         )
-    return error_response(exc.status_code, str(exc.detail))
+    return error_response(exc.status_code, str(exc.detail), path=path)
 
 
 def build_app(ctx: NodeContext) -> Starlette:

@@ -7,6 +7,7 @@ the limit, not after buffering it all. Content-Length is checked first when pres
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,8 @@ from meshlb.api.errors import ApiError
 
 PRIORITY_HEADER = "x-meshlb-priority"
 DEFAULT_PRIORITY = 5
+TIMEOUT_HEADER = "x-meshlb-timeout-s"
+MAX_TIMEOUT_S = 7 * 86400.0
 
 
 async def read_body(request: Request, limit_bytes: int) -> bytes:
@@ -72,6 +75,23 @@ def parse_priority(raw: str | None) -> int:
             400, f"header X-Meshlb-Priority must be an integer 1-10, got {raw!r}"
         ) from None
     return check_priority(value, "header X-Meshlb-Priority")
+
+
+def parse_timeout(raw: str | None, default_s: float | None) -> float | None:
+    """X-Meshlb-Timeout-S: seconds (queued plus running), > 0; None = no deadline."""
+    if raw is None or raw.strip() == "":
+        return default_s
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise ApiError(
+            400, f"header X-Meshlb-Timeout-S must be a number of seconds, got {raw!r}"
+        ) from None
+    if not math.isfinite(value) or not 0 < value <= MAX_TIMEOUT_S:
+        raise ApiError(
+            422, f"header X-Meshlb-Timeout-S must be above 0 and at most {MAX_TIMEOUT_S:g} s"
+        )
+    return value
 
 
 def check_priority(value: int, where: str) -> int:

@@ -25,10 +25,36 @@ class ApiError(Exception):
         self.status, self.message, self.headers = status, message, headers or {}
 
 
-def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
-    """The one JSON error shape meshlb answers with."""
+# Ollama's OpenAI-compatible layer (openai/openai.go) answers errors in OpenAI's shape,
+# so the `openai` client can show the message; meshlb's own /v1 API keeps SPEC's shape.
+OPENAI_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models")
+OPENAI_ERROR_TYPES = {400: "invalid_request_error", 404: "not_found_error"}
+
+
+def is_openai_path(path: str) -> bool:
+    return path in OPENAI_PATHS or path.startswith("/v1/models/")
+
+
+def error_object(status: int, message: str, path: str = "") -> dict[str, object]:
+    """The JSON error for `path`: Ollama's `{"error": sentence}`, or OpenAI's shape."""
+    if is_openai_path(path):
+        kind = OPENAI_ERROR_TYPES.get(status, "api_error")
+        return {"error": {"message": message, "type": kind, "param": None, "code": None}}
+    return {"error": message}
+
+
+def stream_error_chunk(message: str, path: str = "") -> bytes:
+    """An error that ends a stream already begun: an NDJSON line, or an SSE event."""
+    body = json.dumps(error_object(500, message, path)).encode()
+    return b"data: " + body + b"\n\n" if is_openai_path(path) else body + b"\n"
+
+
+def error_response(
+    status: int, message: str, headers: dict[str, str] | None = None, path: str = ""
+) -> Response:
+    """The one JSON error shape meshlb answers with (OpenAI's on OpenAI paths)."""
     return Response(
-        json.dumps({"error": message}),
+        json.dumps(error_object(status, message, path)),
         status_code=status,
         media_type="application/json",
         headers=headers,
@@ -37,7 +63,7 @@ def error_response(status: int, message: str, headers: dict[str, str] | None = N
 
 async def handle_api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
-    return error_response(exc.status, exc.message, exc.headers)
+    return error_response(exc.status, exc.message, exc.headers, request.url.path)
 
 
 # Raised by the server's socket when the client went away while we were answering
@@ -52,10 +78,12 @@ async def handle_unexpected(request: Request, exc: Exception) -> Response:
             path=request.url.path,
             error=type(exc).__name__,
         )
-        return error_response(499, "client closed the connection")
+        return error_response(499, "client closed the connection", path=request.url.path)
     log.exception("unhandled error", path=request.url.path, method=request.method)
     return error_response(
-        500, f"meshlb hit an internal error ({type(exc).__name__}); it was logged on the node"
+        500,
+        f"meshlb hit an internal error ({type(exc).__name__}); it was logged on the node",
+        path=request.url.path,
     )
 
 

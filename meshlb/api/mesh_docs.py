@@ -16,6 +16,7 @@ from starlette.responses import JSONResponse, Response
 from meshlb.api.body import parse_json_object, read_body, require_model
 from meshlb.api.errors import ApiError, retry_after
 from meshlb.api.mesh_routes import alive_peer_urls, current_peers
+from meshlb.api.work_errors import require_model_in_mesh
 from meshlb.backend.catalog import canonical_model
 from meshlb.backend.ollama import BackendError, describe_http_error
 from meshlb.mesh.candidates import http_addr_of
@@ -52,7 +53,7 @@ def show_handler(ctx: NodeContext) -> Any:
         if "model" not in payload and isinstance(payload.get("name"), str):
             payload["model"] = payload["name"]  # older clients send "name"
         model = require_model(payload)
-        if not await ctx.catalog.knows(model):
+        if not (await ctx.catalog.knows(model) and ctx.catalog.reachable):
             return await show_on_peer(ctx, model, payload)
         try:
             status, content = await ctx.backend.post_json("/api/show", payload, timeout_s=30)
@@ -72,6 +73,8 @@ async def show_on_peer(ctx: NodeContext, model: str, payload: dict[str, Any]) ->
         for p in peers
         if p.state == "alive"
         and p.node_id != ctx.node_id
+        and p.meta is not None
+        and p.meta.ollama_up
         and wanted in map(canonical_model, p.models)
     ]
     last = ""
@@ -86,4 +89,5 @@ async def show_on_peer(ctx: NodeContext, model: str, payload: dict[str, Any]) ->
         return Response(r.content, status_code=r.status_code, media_type="application/json")
     if holders:
         raise ApiError(503, f"every node with model '{model}' failed: {last}", retry_after(2))
+    await require_model_in_mesh(ctx, model)  # 503 if it is only on hosts that are down
     raise ApiError(404, f"model '{model}' not found")

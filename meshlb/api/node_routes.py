@@ -48,13 +48,7 @@ def node_routes(ctx: NodeContext) -> list[Route]:
         return JSONResponse({"status": "ok", "node": ctx.node_id})
 
     async def readyz(request: Request) -> Response:
-        reasons = []
-        if ctx.draining:
-            reasons.append("node is shutting down")
-        if ctx.gossip is None or not ctx.gossip.joined:
-            reasons.append("not joined to the mesh yet (no seed has answered)")
-        if not ctx.catalog.reachable:
-            reasons.append(f"the Ollama at {ctx.backend.base_url} {ctx.catalog.last_error}")
+        reasons = ctx.not_ready_reasons()
         body = {"ready": not reasons, "node": ctx.node_id, "reasons": reasons}
         return JSONResponse(body, status_code=200 if not reasons else 503)
 

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import time
 from typing import Any
 
+import httpx
 import structlog
+import trio
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route as StarletteRoute
 from starlette.types import ASGIApp
 
@@ -22,50 +25,31 @@ from meshlb import __version__
 from meshlb.api.body import (
     OLLAMA_TASK_ROUTES,
     PRIORITY_HEADER,
+    TIMEOUT_HEADER,
     Route,
     parse_json_object,
     parse_priority,
+    parse_timeout,
     read_body,
     require_model,
 )
 from meshlb.api.errors import ApiError, retry_after
+from meshlb.api.forwarded import ForwardedResponse
 from meshlb.api.mesh_docs import ps_handler, show_handler
 from meshlb.api.mesh_routes import current_peers
 from meshlb.api.relay import LocalTask, RelayResponse
+from meshlb.api.work_errors import refused_to_error, require_model_in_mesh
 from meshlb.backend.catalog import canonical_model
 from meshlb.backend.ollama import BackendError
 from meshlb.mesh.auth import AUTH_HEADER, verify
 from meshlb.mesh.candidates import candidates_from_peers, http_addr_of, incarnation_of
-from meshlb.mesh.forward import HOPS_HEADER, ForwardedResponse, PeerUnavailable, open_on_peer
-from meshlb.mesh.meta import decode_meta
+from meshlb.mesh.forward import HOPS_HEADER, PeerUnavailable, open_on_peer
 from meshlb.mesh.placement import RunHere, SendTo, TaskNeeds, place
 from meshlb.node_context import NodeContext, new_task_id
 from meshlb.sched.driver import Refused
 from meshlb.tokens import estimate_tokens
 
 log = structlog.get_logger()
-
-
-def refused_to_error(refused: Refused) -> ApiError:
-    """Scheduler refusals as HTTP: full queue 503 + Retry-After, never-fits 422."""
-    if refused.reason == "queue_full":
-        return ApiError(503, refused.message, retry_after(refused.retry_after_s or 1.0))
-    if refused.reason == "never_fits":
-        return ApiError(422, refused.message)
-    return ApiError(409, refused.message)
-
-
-async def check_model(ctx: NodeContext, model: str) -> None:
-    """404 for a model no one has; 503 when Ollama cannot be asked right now."""
-    if await ctx.catalog.knows(model):
-        return
-    if not ctx.catalog.reachable:
-        raise ApiError(
-            503,
-            f"the Ollama at {ctx.backend.base_url} {ctx.catalog.last_error}; try again shortly",
-            retry_after(5),
-        )
-    raise ApiError(404, f"model '{model}' not found")
 
 
 def check_stream_field(payload: dict[str, Any]) -> None:
@@ -83,6 +67,10 @@ def make_task_handler(ctx: NodeContext, route: Route) -> Any:
                 503, "this node is shutting down; send the request to another node", retry_after(1)
             )
         priority = parse_priority(request.headers.get(PRIORITY_HEADER))
+        timeout_s = parse_timeout(
+            request.headers.get(TIMEOUT_HEADER), ctx.settings.request_timeout_s
+        )
+        deadline_at = math.inf if timeout_s is None else trio.current_time() + timeout_s
         body = await read_body(request, ctx.settings.max_body_bytes)
         payload = parse_json_object(body)
         model = require_model(payload)
@@ -103,13 +91,19 @@ def make_task_handler(ctx: NodeContext, route: Route) -> Any:
 
         async def respond(exclude: frozenset[str]) -> ASGIApp:
             """Forward to the best peer (not one in `exclude`), else queue here."""
-            forwarded = await place_in_mesh(
-                ctx, route.path, body, model, est_tokens, priority, hops, exclude
+            remaining_s = deadline_at - trio.current_time()
+            if remaining_s <= 0:
+                raise ApiError(
+                    504, f"the request did not finish within its timeout of {timeout_s:g} s"
+                )
+            opened = await place_in_mesh(
+                ctx, route.path, body, model, est_tokens, priority, hops, exclude, remaining_s
             )
-            if forwarded is not None:
-                failed = exclude | {forwarded.peer}
-                forwarded.retry = lambda: respond(failed)
-                return forwarded
+            if opened is not None:
+                upstream, peer = opened
+                return ForwardedResponse(
+                    upstream, peer, lambda: respond(exclude | {peer}), route.path
+                )
             task_id = new_task_id()
             try:
                 ctx.scheduler.submit(task_id, priority, est_tokens)
@@ -120,7 +114,8 @@ def make_task_handler(ctx: NodeContext, route: Route) -> Any:
                         return await respond(exclude | {ctx.node_id})
                 raise refused_to_error(refused) from None
             ctx.counters["accepted"] += 1
-            return RelayResponse(ctx, LocalTask(task_id, route.path, body, model))
+            task = LocalTask(task_id, route.path, body, model, deadline_at, timeout_s)
+            return RelayResponse(ctx, task)
 
         return await respond(frozenset())
 
@@ -128,22 +123,11 @@ def make_task_handler(ctx: NodeContext, route: Route) -> Any:
 
 
 def parse_hops(raw: str | None) -> int:
-    """How many nodes a request already passed through (set by meshlb nodes only)."""
-    return int(raw) if raw is not None and raw.isdigit() else 0
-
-
-def remote_peers_with(ctx: NodeContext, wanted: str) -> list[str]:
-    """Ids of alive peers that gossip having the model (cheap: metadata is cached)."""
-    if ctx.gossip is None:
-        return []
-    found = []
-    for member in ctx.gossip.members():
-        if member.node_id == ctx.node_id or member.state != "alive":
-            continue
-        meta = decode_meta(member.meta)
-        if meta is not None and wanted in {canonical_model(m) for m in meta.models}:
-            found.append(member.node_id)
-    return found
+    """How many nodes a request already passed through (set by meshlb nodes only).
+    ASCII digits only: `'²'.isdigit()` is true but `int('²')` fails."""
+    if raw is None or not (raw.isascii() and raw.isdigit()) or len(raw) > 3:
+        return 0
+    return int(raw)
 
 
 async def place_in_mesh(
@@ -155,18 +139,16 @@ async def place_in_mesh(
     priority: int,
     hops: int,
     exclude: frozenset[str] = frozenset(),
-) -> ForwardedResponse | None:
-    """Forward to a better peer and return its response, or None to run it here.
+    remaining_s: float = math.inf,
+) -> tuple[httpx.Response, str] | None:
+    """Open the request on a better peer and return (its response, its id), or None
+    to run it here.
 
-    Raises 404 when no live member has the model, 503 when every one that has it failed.
+    Raises 404 when no member has the model, 503 when every one that has it is down or
+    failed; a forwarded request (hops ≥ 1) runs here or is refused, never sent on.
     """
     wanted = canonical_model(model)
-    local_has = await ctx.catalog.knows(model)
-    remote = [p for p in remote_peers_with(ctx, wanted) if p not in exclude]
-    if not remote and not exclude:  # fast path: nobody else can run it
-        if not local_has:
-            await check_model(ctx, model)
-        return None
+    await ctx.catalog.knows(model)
     peers = current_peers(ctx)
     candidates = candidates_from_peers(peers, ctx.node_id, ctx.recently_sent)
     failed: list[str] = sorted(exclude)
@@ -175,9 +157,13 @@ async def place_in_mesh(
             c for c in candidates if c.node_id not in failed and (c.is_local or wanted in c.models)
         ]
         decision = place(TaskNeeds(wanted, est_tokens, hops), usable, ctx.rng)
-        if isinstance(decision, RunHere) and local_has:
+        if isinstance(decision, RunHere):
             return None
         if not isinstance(decision, SendTo):
+            if hops:
+                raise ApiError(
+                    503, f"node {ctx.node_id} cannot run model '{model}' now", retry_after(1)
+                )
             if failed:
                 raise ApiError(
                     503,
@@ -185,12 +171,19 @@ async def place_in_mesh(
                     f"right now ({', '.join(failed)})",
                     retry_after(2),
                 )
-            await check_model(ctx, model)  # 404, or 503 if our Ollama is down
+            await require_model_in_mesh(ctx, model)
             return None
         peer_url = "http://" + (http_addr_of(peers, decision.node_id) or "")
         try:
             upstream = await open_on_peer(
-                ctx.peer_client, peer_url, path, body, priority, hops, ctx.settings.cluster_key
+                ctx.peer_client,
+                peer_url,
+                path,
+                body,
+                priority,
+                hops,
+                ctx.settings.cluster_key,
+                remaining_s,
             )
         except PeerUnavailable as e:
             log.info(
@@ -208,8 +201,9 @@ async def place_in_mesh(
             model=model,
             eta_s=decision.eta_s,
             local_eta_s=decision.local_eta_s,
+            why="model not runnable here" if decision.local_eta_s is None else "sooner there",
         )
-        return ForwardedResponse(upstream, decision.node_id)
+        return upstream, decision.node_id
 
 
 def mesh_model_entries(ctx: NodeContext) -> list[dict[str, Any]]:
@@ -246,20 +240,35 @@ def tags_handler(ctx: NodeContext) -> Any:
     return handler
 
 
+def openai_model(ctx: NodeContext, entry: dict[str, Any]) -> dict[str, Any]:
+    """One model in OpenAI's shape, as Ollama's /v1/models lists it."""
+    return {
+        "id": entry["name"],
+        "object": "model",
+        "created": int(ctx.started_at_wall),
+        "owned_by": "library",
+    }
+
+
 def openai_models_handler(ctx: NodeContext) -> Any:
     async def handler(request: Request) -> Response:
         if not ctx.catalog.reachable:
             await ctx.catalog.refresh()
-        data = [
-            {
-                "id": e["name"],
-                "object": "model",
-                "created": int(ctx.started_at_wall),
-                "owned_by": "library",
-            }
-            for e in mesh_model_entries(ctx)
-        ]
+        data = [openai_model(ctx, e) for e in mesh_model_entries(ctx)]
         return JSONResponse({"object": "list", "data": data})
+
+    return handler
+
+
+def openai_model_handler(ctx: NodeContext) -> Any:
+    """`GET /v1/models/{model}`: one model of the mesh, 404 (OpenAI's shape) if none has it."""
+
+    async def handler(request: Request) -> Response:
+        wanted = canonical_model(request.path_params["model"])
+        for entry in mesh_model_entries(ctx):
+            if canonical_model(str(entry["name"])) == wanted:
+                return JSONResponse(openai_model(ctx, entry))
+        raise ApiError(404, f"model '{request.path_params['model']}' not found")
 
     return handler
 
@@ -276,10 +285,6 @@ def version_handler(ctx: NodeContext) -> Any:
     return handler
 
 
-async def root_head(request: Request) -> Response:
-    return PlainTextResponse("")
-
-
 def ollama_routes(ctx: NodeContext) -> list[StarletteRoute]:
     """Every Ollama-compatible route of a node."""
     routes = [
@@ -292,9 +297,6 @@ def ollama_routes(ctx: NodeContext) -> list[StarletteRoute]:
         StarletteRoute("/api/version", version_handler(ctx), methods=["GET"]),
         StarletteRoute("/api/show", show_handler(ctx), methods=["POST"]),
         StarletteRoute("/v1/models", openai_models_handler(ctx), methods=["GET"]),
+        StarletteRoute("/v1/models/{model:path}", openai_model_handler(ctx), methods=["GET"]),
     ]
     return routes
-
-
-def uptime_s(ctx: NodeContext) -> float:
-    return time.time() - ctx.started_at_wall

@@ -5,19 +5,24 @@ client may leave at any moment. One `__call__` watches for `http.disconnect` the
 whole time (hypercorn reports it on `receive`, it does not cancel the app), so a client
 that leaves while queued takes its task out of the queue, and one that leaves
 mid-stream cancels the upstream request. The slot is given back exactly once.
+A deadline (X-Meshlb-Timeout-S) covers queue and run: past it the client gets 504,
+or an error object if the answer had begun. The disconnect hypercorn reports after a
+complete answer is the normal end of a request, not a hang-up, and is not counted.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import httpx
 import structlog
 import trio
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
+from meshlb.api.errors import error_object, stream_error_chunk
 from meshlb.backend.ollama import BackendError, describe_http_error
 from meshlb.tokens import generation_rate_from_tail, tokens_from_tail
 
@@ -26,8 +31,6 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger()
 
-# Passed from Ollama to the client; hop-by-hop and length headers are not (we re-chunk).
-FORWARDED_HEADERS = ("content-type", "content-encoding")
 # Ollama answered 503 "server busy" this many times in a row: give the 503 to the client.
 MAX_BUSY_RETRIES = 20
 TAIL_BYTES = 4096
@@ -43,10 +46,8 @@ class LocalTask:
     path: str
     body: bytes
     model: str
-
-
-def _json_error_line(message: str) -> bytes:
-    return json.dumps({"error": message}).encode() + b"\n"
+    deadline_at: float = math.inf  # trio clock; queue plus run
+    timeout_s: float | None = None  # as the client asked, for the 504's sentence
 
 
 class RelayResponse:
@@ -57,12 +58,24 @@ class RelayResponse:
         self.task = task
         self._holding_slot = False
         self._tail = b""
+        self._started = False  # the response's status line went out
+        self._answered = False  # its last byte went out
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def tracked(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                self._started = True
+            await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                self._answered = True
+
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._watch_disconnect, receive, nursery.cancel_scope)
             try:
-                await self._run(send)
+                with trio.move_on_at(self.task.deadline_at) as deadline:
+                    await self._run(tracked)
+                if deadline.cancelled_caught:
+                    await self._timed_out(tracked)
             finally:
                 nursery.cancel_scope.cancel()
                 if self._holding_slot:
@@ -74,6 +87,8 @@ class RelayResponse:
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
+                if self._answered:
+                    return  # the normal end of a request, not a hang-up
                 log.info("client disconnected, task cancelled", task=self.task.task_id)
                 self.ctx.counters["client_disconnects"] += 1
                 scope.cancel()
@@ -102,11 +117,27 @@ class RelayResponse:
             (b"x-meshlb-queue-ms", str(round(waited_s * 1000)).encode()),
         ]
 
-    async def _send_error(self, send: Send, status: int, message: str, retry_s: int) -> None:
+    async def _send_error(
+        self, send: Send, status: int, message: str, retry_s: int | None = None
+    ) -> None:
         headers = self._headers(0.0, "application/json")
-        headers.append((b"retry-after", str(retry_s).encode()))
+        if retry_s is not None:
+            headers.append((b"retry-after", str(retry_s).encode()))
+        body = json.dumps(error_object(status, message, self.task.path)).encode()
         await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": _json_error_line(message)})
+        await send({"type": "http.response.body", "body": body})
+
+    async def _timed_out(self, send: Send) -> None:
+        """504 before the answer began; an error object (never a silent cut) after."""
+        self.ctx.counters["timed_out"] += 1
+        message = f"the request did not finish within its timeout of {self.task.timeout_s:g} s"
+        log.info("request timed out", task=self.task.task_id, timeout_s=self.task.timeout_s)
+        if not self._started:
+            await self._send_error(send, 504, message)
+        elif not self._answered:
+            chunk = stream_error_chunk(message, self.task.path)
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _run(self, send: Send) -> None:
         try:
@@ -160,7 +191,9 @@ class RelayResponse:
                 {
                     "type": "http.response.body",
                     "more_body": True,
-                    "body": _json_error_line(f"the Ollama at {self.ctx.backend.base_url} {reason}"),
+                    "body": stream_error_chunk(
+                        f"the Ollama at {self.ctx.backend.base_url} {reason}", self.task.path
+                    ),
                 }
             )
         else:

@@ -16,12 +16,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from meshlb.api.body import PRIORITY_HEADER, parse_json_object, parse_priority, read_body
-from meshlb.api.errors import ApiError
+from meshlb.api.errors import ApiError, retry_after
 from meshlb.api.mesh_routes import alive_peer_urls, current_peers
-from meshlb.api.ollama_routes import check_model, refused_to_error, remote_peers_with
+from meshlb.api.work_errors import refused_to_error, require_model_in_mesh
 from meshlb.backend.catalog import canonical_model
 from meshlb.mesh.candidates import http_addr_of, incarnation_of
-from meshlb.mesh.lookup import ask_peers, find_on_peers
+from meshlb.mesh.lookup import ask_peers, find_on_peers, gather_from_peers
 from meshlb.node_context import NodeContext
 from meshlb.sched.driver import Refused
 from meshlb.tasks.model import FINAL_STATES
@@ -75,15 +75,41 @@ def choose_owner(
 ) -> str | None:
     """The peer placement prefers for a new async task, or None to keep it here
     (the same policy as Ollama-API requests: expected completion, power of two).
-    `here=False`: this node is full, so the best peer, or None if there is none."""
+    `here=False`: this node is full, so the best peer, or None if there is none.
+    A node that cannot run the model itself (its Ollama lacks it or is down) always
+    names a peer, or refuses with 503: it never queues work it cannot run."""
     wanted = canonical_model(model)
-    if not remote_peers_with(ctx, wanted):
-        return None  # fast path: nobody else can run it
+    local_can = ctx.catalog.reachable and ctx.catalog.has(model)
     est = estimate_tokens({**request, "model": model}, kind, ctx.settings.default_num_predict)
-    to = ctx.tasks.mesh.best_peer(wanted, est, here=here)
+    to = ctx.tasks.mesh.best_peer(wanted, est, here=here and local_can)
+    if to is None and not local_can:
+        raise ApiError(
+            503,
+            f"no live node can take a task for model '{model}' right now; try again shortly",
+            retry_after(2),
+        )
     if to is not None:
         ctx.recently_sent.note(to, incarnation_of(current_peers(ctx), to))
     return to
+
+
+STATE_RANK = {"queued": 0, "running": 1, "succeeded": 2, "failed": 2, "cancelled": 2}
+
+
+def merge_task_rows(lists: list[list[Any]]) -> list[dict[str, Any]]:
+    """One row per task id over every node's copies: the most advanced state wins (a
+    replica's copy may lag its owner's), newest tasks first."""
+    best: dict[str, dict[str, Any]] = {}
+    for rows in lists:
+        for row in rows:
+            if not isinstance(row, dict) or not isinstance(row.get("id"), str):
+                continue
+            held = best.get(row["id"])
+            if held is None or STATE_RANK.get(row.get("state", ""), -1) > STATE_RANK.get(
+                held.get("state", ""), -1
+            ):
+                best[row["id"]] = row
+    return sorted(best.values(), key=lambda r: r.get("created_at") or 0, reverse=True)
 
 
 def carries(value: Any) -> bool:
@@ -114,7 +140,7 @@ def task_routes(ctx: NodeContext, service: TaskService) -> list[Route]:
         if not carries(body.request):
             raise ApiError(422, "field 'request' holds a number too large to carry (over 64 bits)")
         priority = body.priority or parse_priority(request.headers.get(PRIORITY_HEADER))
-        await check_model(ctx, body.model)
+        await require_model_in_mesh(ctx, body.model)
         spec = TaskSpec(
             kind=body.kind,
             model=body.model,
@@ -217,16 +243,30 @@ def task_routes(ctx: NodeContext, service: TaskService) -> list[Route]:
         raise not_found(task_id)
 
     async def list_tasks(request: Request) -> Response:
+        """Mesh-wide by default (every live node's copies, one row per task, the most
+        advanced copy wins); `scope=local` (or a peer's `local=1`) lists this node's."""
         state = request.query_params.get("state")
         if state is not None and state not in STATES:
             raise ApiError(422, f"query parameter state must be one of {', '.join(STATES)}")
         limit_raw = request.query_params.get("limit", "100")
-        if not limit_raw.isdigit() or not 1 <= int(limit_raw) <= 1000:
+        if not (limit_raw.isascii() and limit_raw.isdigit()) or not 1 <= int(limit_raw) <= 1000:
             raise ApiError(422, "query parameter limit must be an integer from 1 to 1000")
+        limit = int(limit_raw)
+        scope = request.query_params.get("scope", "mesh")
+        if scope not in ("mesh", "local"):
+            raise ApiError(422, "query parameter scope must be mesh or local")
         fresh = [service.get(r.id) for r in service.store.recent(None, 100_000)]
-        rows = [r for r in fresh if r is not None and (state is None or r.state == state)]
-        rows = rows[: int(limit_raw)]
-        return JSONResponse({"tasks": [r.to_public() for r in rows]})
+        rows = [
+            r.to_public() for r in fresh if r is not None and (state is None or r.state == state)
+        ]
+        if scope == "local" or request.query_params.get("local") == "1":
+            return JSONResponse({"tasks": rows[:limit]})
+        params = {"limit": str(limit), **({"state": state} if state else {})}
+        answers = await gather_from_peers(
+            ctx.peer_client, alive_peer_urls(ctx), "/v1/tasks", params
+        )
+        merged = merge_task_rows([rows, *(a.get("tasks", []) for a in answers)])
+        return JSONResponse({"tasks": merged[:limit], "nodes_answered": 1 + len(answers)})
 
     return [
         Route("/v1/tasks", submit, methods=["POST"]),

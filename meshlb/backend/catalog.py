@@ -36,6 +36,8 @@ class ModelCatalog:
         self._last_refresh_at = -1e9
         self.reachable = False
         self.last_error: str | None = None
+        # False until Ollama answered once: before that, which models it has is unknown.
+        self.ever_read = False
 
     @property
     def names(self) -> list[str]:
@@ -66,6 +68,7 @@ class ModelCatalog:
         if not self.reachable or set(entries) != set(self._entries):
             log.info("ollama models", url=self._backend.base_url, models=sorted(entries))
         self._entries, self.reachable, self.last_error = entries, True, None
+        self.ever_read = True
 
     async def knows(self, model: str) -> bool:
         """True if the model is present, refreshing once on a miss (rate-limited)."""

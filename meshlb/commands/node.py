@@ -1,4 +1,8 @@
-"""`meshlb node`: run a node beside the local Ollama until SIGINT/SIGTERM."""
+"""`meshlb node`: run a node beside the local Ollama until SIGINT/SIGTERM.
+
+The flags are made from `NodeSettings`' fields (name, type, help text), so every
+setting is a flag, a `MESHLB_<NAME>` variable and a YAML key, and none is file-only.
+"""
 
 from __future__ import annotations
 
@@ -9,53 +13,38 @@ from typing import Any
 import click
 import trio
 
-from meshlb.config import ConfigError, load_settings
+from meshlb.config import LIST_FIELDS, ConfigError, NodeSettings, load_settings
 from meshlb.logs import configure_logging
+from meshlb.ports import PortInUse, first_os_error
+
+
+def flag_name(field_name: str) -> str:
+    return "--" + field_name.replace("_", "-")
+
+
+def settings_options() -> list[Any]:
+    """One click option per settings field; values stay strings until pydantic checks
+    them, so a bad flag gets the same one-sentence error as a bad YAML key."""
+    options = []
+    for name, info in NodeSettings.model_fields.items():
+        default = info.get_default(call_default_factory=False)
+        shown = "" if default in (None, []) or info.default_factory else f" [default: {default}]"
+        text = (info.description or "") + shown + f" (env MESHLB_{name.upper()})"
+        options.append(
+            click.option(flag_name(name), name, multiple=name in LIST_FIELDS, help=text)
+        )
+    return options
 
 
 def node_options(f: Any) -> Any:
-    """Every node flag; each is also MESHLB_<NAME> in the environment and a key in the YAML."""
-    opts = [
-        click.option(
-            "--config",
-            "config_file",
-            type=click.Path(path_type=Path),
-            help="YAML file with any of the keys below (see config/meshlb.yaml).",
-        ),
-        click.option("--node-id", help="Unique name of this node in the mesh [default: hostname]."),
-        click.option(
-            "--http", help="HOST:PORT for the Ollama-compatible HTTP API [default: 0.0.0.0:11435]."
-        ),
-        click.option("--gossip", help="HOST:PORT (UDP) for gossip [default: 0.0.0.0:7946]."),
-        click.option("--advertise", help="Host or IP that peers should use to reach this node."),
-        click.option("--join", multiple=True, help="Seed peer's gossip HOST:PORT (repeatable)."),
-        click.option("--ollama", help="URL of the local Ollama [default: http://127.0.0.1:11434]."),
-        click.option(
-            "--max-concurrency",
-            type=str,
-            help="Requests run at once on the local Ollama [default: 4].",
-        ),
-        click.option("--rpm", type=str, help="Max request starts per minute [default: no limit]."),
-        click.option("--tpm", type=str, help="Max tokens per minute [default: no limit]."),
-        click.option("--max-queue", type=str, help="Max queued tasks before 503 [default: 1000]."),
-        click.option(
-            "--replication",
-            type=str,
-            help="Nodes holding each async task (owner + replicas) [default: 2].",
-        ),
-        click.option(
-            "--data-dir",
-            type=str,
-            help="Directory for the durable task journal [default: memory only].",
-        ),
-        click.option(
-            "--cluster-key",
-            help="Shared secret: authenticates (and encrypts) gossip and node-to-node traffic.",
-        ),
-        click.option("--log-format", help="json or console [default: console]."),
-        click.option("--log-level", help="debug, info, warning or error [default: info]."),
-    ]
-    for opt in reversed(opts):
+    """`--config` plus a flag per setting."""
+    config = click.option(
+        "--config",
+        "config_file",
+        type=click.Path(path_type=Path),
+        help="YAML file with any of the keys below (see config/meshlb.yaml).",
+    )
+    for opt in reversed([config, *settings_options()]):
         f = opt(f)
     return f
 
@@ -66,7 +55,7 @@ def node_command(config_file: Path | None, **flags: Any) -> None:
     """Run a meshlb node in the foreground beside the local Ollama.
 
     Precedence: flag > MESHLB_<NAME> env var > --config YAML > default.
-    Exit codes: 0 clean stop, 2 bad configuration, 1 anything else.
+    Exit codes: 0 clean stop, 2 bad configuration, 1 anything else (e.g. a port in use).
     """
     try:
         settings = load_settings(config_file, flags)
@@ -78,6 +67,12 @@ def node_command(config_file: Path | None, **flags: Any) -> None:
     configure_logging(settings.log_format, settings.log_level)
     try:
         trio.run(run_node, settings)
-    except OSError as e:
-        click.echo(f"meshlb: cannot start the node: {e}", err=True)
+    except PortInUse as e:
+        click.echo(f"meshlb: {e}", err=True)
+        sys.exit(1)
+    except (OSError, BaseExceptionGroup) as e:
+        cause = first_os_error(e)
+        if cause is None:
+            raise
+        click.echo(f"meshlb: cannot run the node: {cause.strerror or cause}", err=True)
         sys.exit(1)

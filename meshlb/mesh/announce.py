@@ -27,7 +27,8 @@ def local_meta(ctx: NodeContext) -> NodeMeta:
     limits = stats.limits
     return NodeMeta(
         http_addr=f"{ctx.settings.advertised_host()}:{ctx.settings.http_bind[1]}",
-        models=tuple(ctx.catalog.names) if ctx.catalog.reachable else (),
+        models=tuple(ctx.catalog.names),
+        ollama_up=ctx.catalog.reachable,
         load=Load(
             queued=stats.queued,
             running=stats.running,

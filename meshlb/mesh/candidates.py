@@ -21,10 +21,13 @@ def headroom(limit: int | None, used: int) -> int | None:
 
 
 def candidate(node_id: str, meta: NodeMeta, is_local: bool) -> Candidate:
+    """A host as placement sees it: one whose Ollama is down can run no model now."""
     load: Load = meta.load
     return Candidate(
         node_id=node_id,
-        models=frozenset(canonical_model(m) for m in meta.models),
+        models=frozenset(canonical_model(m) for m in meta.models)
+        if meta.ollama_up
+        else frozenset(),
         queued=load.queued,
         running=load.running,
         max_concurrency=load.max_concurrency,

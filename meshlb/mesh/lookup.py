@@ -74,14 +74,18 @@ async def find_on_peers(
 
 
 async def gather_from_peers(
-    client: httpx.AsyncClient, peer_urls: Sequence[str], path: str
+    client: httpx.AsyncClient,
+    peer_urls: Sequence[str],
+    path: str,
+    params: dict[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """Every peer's JSON answer to `GET path?local=1` (those that answer 200 in time)."""
     answers: list[dict[str, Any]] = []
+    query = {**(params or {}), "local": "1"}
 
     async def ask(url: str) -> None:
         try:
-            r = await client.get(f"{url}{path}", params={"local": "1"}, timeout=LOOKUP_TIMEOUT_S)
+            r = await client.get(f"{url}{path}", params=query, timeout=LOOKUP_TIMEOUT_S)
             body = r.json()
         except (httpx.HTTPError, ValueError):
             return

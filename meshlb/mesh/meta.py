@@ -51,6 +51,10 @@ class NodeMeta:
     # and lost whatever it owned, even if it came back faster than dead-detection.
     boot: str = ""
     moves: Moves = field(default_factory=Moves)
+    # False while this host's Ollama does not answer: its models are still listed (so
+    # the mesh can tell "every host with it is down", 503, from "no host has it", 404)
+    # but nothing is placed there.
+    ollama_up: bool = True
 
 
 class _LoadWire(BaseModel):
@@ -82,6 +86,7 @@ class _MetaWire(BaseModel):
     b: str = Field("", max_length=32)
     lo: _LoadWire = Field(default_factory=lambda: _LoadWire())
     mv: _MovesWire = Field(default_factory=lambda: _MovesWire())
+    u: bool = True
 
 
 def _pack(meta: NodeMeta, models: tuple[str, ...], truncated: bool) -> bytes:
@@ -94,6 +99,7 @@ def _pack(meta: NodeMeta, models: tuple[str, ...], truncated: bool) -> bytes:
                 "m": list(models),
                 "t": truncated,
                 "b": meta.boot,
+                "u": meta.ollama_up,
                 "mv": {
                     "f": meta.moves.forwarded,
                     "s": meta.moves.stolen,
@@ -144,6 +150,7 @@ def decode_meta(data: bytes) -> NodeMeta | None:
         models=tuple(wire.m),
         models_truncated=wire.t,
         boot=wire.b,
+        ollama_up=wire.u,
         moves=Moves(wire.mv.f, wire.mv.s, wire.mv.t, wire.mv.d),
         load=Load(
             queued=lo.q,

@@ -66,7 +66,7 @@ class SendTo:
 
 @dataclass(frozen=True, slots=True)
 class NoHost:
-    """No live member has the model."""
+    """No candidate can run the model (none has it, or the task may not hop again)."""
 
 
 Decision = RunHere | SendTo | NoHost
@@ -102,9 +102,8 @@ def place(task: TaskNeeds, candidates: Sequence[Candidate], rng: random.Random) 
     local_eta = (
         expected_completion_s(local, task, unknown) if local is not None and local_has else None
     )
-    if local_has and task.hops >= MAX_HOPS:
-        assert local_eta is not None
-        return RunHere(local_eta)
+    if task.hops >= MAX_HOPS:  # forwarded already: run here or nowhere, never a 2nd hop
+        return RunHere(local_eta) if local_eta is not None else NoHost()
     remotes = sorted(
         (expected_completion_s(c, task, unknown), c.node_id)
         for c in candidates

@@ -62,6 +62,7 @@ class Peer:
             "last_change": self.last_change_wall,
             "models": list(self.models),
             "models_truncated": bool(self.meta and self.meta.models_truncated),
+            "ollama_up": self.meta.ollama_up if self.meta else None,
             "load": {
                 "queued": load.queued,
                 "running": load.running,

@@ -90,3 +90,43 @@ def test_parse_host_port_forms() -> None:
     assert parse_host_port("127.0.0.1:80") == ("127.0.0.1", 80)
     assert parse_host_port(":80") == ("0.0.0.0", 80)
     assert parse_host_port("[::1]:80") == ("::1", 80)
+
+
+def test_every_setting_is_a_flag_an_env_variable_and_a_yaml_key() -> None:
+    """Issue 9, defect 9: the three lists are the same set (none is file-only)."""
+    import re
+
+    from meshlb.commands.node import node_command
+    from meshlb.config import FIELD_NAMES, read_env
+
+    flags = {p.name for p in node_command.params} - {"config_file"}
+    env = set(read_env({f"MESHLB_{n.upper()}": "1" for n in FIELD_NAMES}))
+    shipped = Path(__file__).parents[2] / "config" / "meshlb.yaml"
+    yaml_keys = set(re.findall(r"^#? ?([a-z_]+):", shipped.read_text(), re.MULTILINE))
+    assert flags == env == yaml_keys == set(FIELD_NAMES)
+
+
+def test_every_flag_reaches_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from meshlb.commands import node as node_cmd
+
+    seen: dict[str, object] = {}
+
+    def fake_load(config_file: object, flags: dict[str, object]) -> None:
+        seen.update(flags)
+        raise ConfigError("x", 1, "stop here")
+
+    monkeypatch.setattr(node_cmd, "load_settings", fake_load)
+    result = CliRunner().invoke(
+        node_cmd.node_command,
+        ["--max-body-bytes", "2048", "--aging-s", "5", "--request-timeout-s", "9"],
+    )
+    assert result.exit_code == 2
+    assert seen["max_body_bytes"] == "2048" and seen["aging_s"] == "5"
+    assert seen["request_timeout_s"] == "9"
+
+
+def test_advertise_never_0_0_0_0() -> None:
+    with pytest.raises(ConfigError, match="cannot dial"):
+        load_settings(None, {"advertise": "0.0.0.0"}, environ={})

@@ -11,7 +11,7 @@ import trio
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message
 
-from meshlb.mesh.forward import ForwardedResponse
+from meshlb.api.forwarded import ForwardedResponse
 
 
 class PeerStream(httpx.AsyncByteStream):

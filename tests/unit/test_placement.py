@@ -67,6 +67,27 @@ def test_forwarded_task_runs_where_it_lands() -> None:
     assert isinstance(d, RunHere)
 
 
+def test_forwarded_task_is_never_forwarded_a_second_time() -> None:
+    """Issue 9, defect 3: a hop that lands on a host without the model stops there
+    (the origin places it again), it never makes a second hop to c."""
+    d = place(
+        TaskNeeds(M, 100, hops=1),
+        [cand("a", models=(), local=True), cand("c")],
+        random.Random(1),
+    )
+    assert isinstance(d, NoHost)
+
+
+def test_a_host_whose_ollama_is_down_is_no_candidate() -> None:
+    """Gossip keeps a down host's models listed, but placement never sends work there."""
+    from meshlb.mesh.candidates import candidate
+    from meshlb.mesh.meta import NodeMeta
+
+    down = candidate("d", NodeMeta("10.0.0.4:11435", (M,), ollama_up=False), is_local=False)
+    d = place(TaskNeeds(M, 100), [cand("a", models=(), local=True), down], random.Random(1))
+    assert isinstance(d, NoHost)
+
+
 def test_model_only_elsewhere_is_sent_there() -> None:
     d = place(
         TaskNeeds("other", 10),

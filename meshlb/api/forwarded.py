@@ -1,0 +1,120 @@
+"""Stream a peer's answer to the client: B -> A -> client, chunk by chunk.
+
+Before the first byte reaches the client the request can still go elsewhere: if the
+peer's connection fails before its first body chunk, we give up on it and the request
+is placed again (`retry`). Nothing is sent to the client until that first chunk is
+here, so the client never sees the failed attempt. After the first byte, a failure
+ends the stream with an error object (Ollama's, or OpenAI's on its paths); a client
+never sees a silent truncation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import httpx
+import structlog
+import trio
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from meshlb.api.errors import ApiError, error_response, stream_error_chunk
+from meshlb.backend.ollama import describe_http_error
+from meshlb.mesh.forward import PASSED_HEADERS
+
+log = structlog.get_logger()
+
+
+class _ClientGone(Exception):
+    """The client hung up while the peer had not answered yet."""
+
+
+class ForwardedResponse:
+    """ASGI response streaming an already-opened peer response to the client.
+
+    `retry` places the request again (without this peer) if the peer fails before
+    its first body chunk; it returns the ASGI app that answers instead."""
+
+    def __init__(
+        self,
+        upstream: httpx.Response,
+        peer: str = "",
+        retry: Callable[[], Awaitable[ASGIApp]] | None = None,
+        path: str = "",
+    ) -> None:
+        self.upstream = upstream
+        self.peer = peer
+        self.retry = retry
+        self.path = path
+        self._chunks = upstream.aiter_raw()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            first, failure = await self._first_chunk(receive)
+        except _ClientGone:
+            with trio.CancelScope(shield=True):
+                await self.upstream.aclose()
+            return
+        if failure is not None and self.retry is not None:
+            await self.upstream.aclose()
+            log.info("peer failed before its first byte, placing again", peer=self.peer)
+            await (await self._retry_app())(scope, receive, send)
+            return
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._watch_disconnect, receive, nursery.cancel_scope)
+            try:
+                await self._relay(send, first, failure)
+            finally:
+                nursery.cancel_scope.cancel()
+                with trio.CancelScope(shield=True):
+                    await self.upstream.aclose()
+
+    async def _retry_app(self) -> ASGIApp:
+        assert self.retry is not None
+        try:
+            return await self.retry()
+        except ApiError as e:
+            return error_response(e.status, e.message, e.headers, self.path)
+
+    async def _first_chunk(self, receive: Receive) -> tuple[bytes, str | None]:
+        """Wait for the peer's first body chunk (it may queue the request first) while
+        watching the client; (chunk, None), or (b"", reason) if the peer failed."""
+        result: tuple[bytes, str | None] = (b"", None)
+        with trio.CancelScope() as waiting:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._watch_disconnect, receive, waiting)
+                try:
+                    result = (await anext(self._chunks, b""), None)
+                except httpx.HTTPError as e:
+                    result = (b"", describe_http_error(e))
+                nursery.cancel_scope.cancel()
+        if waiting.cancelled_caught:
+            raise _ClientGone
+        return result
+
+    async def _watch_disconnect(self, receive: Receive, scope: trio.CancelScope) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        scope.cancel()
+
+    async def _relay(self, send: Send, first: bytes, failure: str | None) -> None:
+        up = self.upstream
+        headers = [(k.encode(), up.headers[k].encode()) for k in PASSED_HEADERS if k in up.headers]
+        await send({"type": "http.response.start", "status": up.status_code, "headers": headers})
+        try:
+            if failure is not None:
+                raise httpx.ReadError(failure)
+            if first:
+                await send({"type": "http.response.body", "body": first, "more_body": True})
+            async for chunk in self._chunks:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except httpx.HTTPError as e:
+            reason = f"the node running this request failed mid-answer ({describe_http_error(e)})"
+            log.warning("peer failed mid-stream", peer=str(up.url), reason=reason)
+            await send(
+                {
+                    "type": "http.response.body",
+                    "more_body": True,
+                    "body": stream_error_chunk(reason, self.path),
+                }
+            )
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
