@@ -19,13 +19,19 @@ import os
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from meshlb.gossip import drops
+from meshlb.gossip.wire import WireError
+
 MAGIC = b"\xe1"
 NONCE_BYTES = 12
 OVERHEAD_BYTES = 1 + NONCE_BYTES + 16
 
 
-class AuthError(ValueError):
-    """Not a packet sealed with any key of our keyring."""
+class AuthError(WireError):
+    """Not a packet sealed with any key of our keyring (a WireError: one except for all)."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__("dropped_auth", why, drops.AUTH_FAILED)
 
 
 def derive_key(secret: str) -> bytes:

@@ -10,7 +10,7 @@ import random
 from collections.abc import Sequence
 
 from meshlb.gossip.config import GossipConfig
-from meshlb.gossip.crypto import AuthError, Keyring
+from meshlb.gossip.crypto import Keyring
 from meshlb.gossip.events import JoinSucceeded
 from meshlb.gossip.messages import (
     ALIVE,
@@ -109,10 +109,9 @@ class Disseminator(MemberTable):
             if self.keyring is not None:
                 data = self.keyring.open(data)
             return decode_push_pull(data)
-        except AuthError:
-            self._stats["dropped_auth"] += 1
-        except WireError as e:
+        except WireError as e:  # AuthError included
             self._stats[e.kind] += 1
+            self._drops.add(e.reason)
         return None
 
     def _on_broadcast_queued(self) -> None:

@@ -19,8 +19,9 @@ import math
 import random
 from collections.abc import Sequence
 
+from meshlb.gossip import drops
 from meshlb.gossip.config import GossipConfig
-from meshlb.gossip.crypto import AuthError, Keyring
+from meshlb.gossip.crypto import Keyring
 from meshlb.gossip.dissemination import Disseminator
 from meshlb.gossip.messages import (
     ALIVE,
@@ -134,6 +135,10 @@ class Membership(Disseminator):
         s.update(awareness=self.awareness.score, incarnation=self._self.incarnation)
         return s
 
+    def dropped(self) -> dict[str, int]:
+        """Datagrams and push-pull frames this core threw away, by reason (all present)."""
+        return self._drops.snapshot()
+
     @property
     def joined(self) -> bool:
         """True once another member is known alive."""
@@ -172,15 +177,15 @@ class Membership(Disseminator):
         limit = self.config.max_packet_bytes
         if len(data) > limit:
             self._stats["dropped_oversize"] += 1
+            self._drops.add(drops.OVERSIZED)
             return None
         try:
             if self.keyring is not None:
                 data = self.keyring.open(data)
             return decode_packet(data, limit)
-        except AuthError:
-            self._stats["dropped_auth"] += 1
-        except WireError as e:
+        except WireError as e:  # AuthError included
             self._stats[e.kind] += 1
+            self._drops.add(e.reason)
         return None
 
     def _dispatch(self, msg: Message, src: Addr, now: float) -> None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from meshlb.gossip.awareness import Awareness
 from meshlb.gossip.broadcast import BroadcastQueue
 from meshlb.gossip.config import GossipConfig
+from meshlb.gossip.drops import DropCounter
 from meshlb.gossip.events import (
     Event,
     MemberDied,
@@ -101,6 +102,7 @@ class MemberTable:
         self._version = 0
         self._snapshot: tuple[int, tuple[MemberState, ...]] = (-1, ())
         self._stats: dict[str, int] = {"refutes": 0, "address_conflicts": 0}
+        self._drops = DropCounter()
 
     # ---- queries -------------------------------------------------------------
 

@@ -14,6 +14,8 @@ from typing import Any
 
 import msgpack
 
+from meshlb.gossip import drops
+from meshlb.gossip.addresses import valid_host, valid_port
 from meshlb.gossip.messages import (
     STATES,
     Ack,
@@ -31,7 +33,6 @@ from meshlb.gossip.messages import (
 
 VERSION = 1
 MAX_NODE_ID = 128
-MAX_HOST = 255
 MAX_META = 512
 MAX_U64 = 2**64 - 1
 MAX_STREAM_BYTES = 16 * 1024 * 1024
@@ -43,11 +44,16 @@ _STATE_CODES = {s: i for i, s in enumerate(STATES)}
 
 
 class WireError(ValueError):
-    """A packet that is not a valid gossip packet; `kind` names the stats counter."""
+    """A packet that is not a valid gossip packet.
 
-    def __init__(self, kind: str, why: str) -> None:
+    `kind` names the coarse stats counter (`dropped_malformed`, ...); `reason` the
+    drop reason of `meshlb.gossip.drops` (finer: `bad_address`, `unknown_type`, ...).
+    """
+
+    def __init__(self, kind: str, why: str, reason: str = drops.MALFORMED) -> None:
         super().__init__(f"{kind}: {why}")
         self.kind = kind
+        self.reason = reason
 
 
 def message_fields(msg: Message) -> list[Any]:
@@ -93,11 +99,11 @@ def encode_push_pull(pp: PushPull) -> bytes:
 
 def _unpack(data: bytes, limit: int, max_array: int) -> Any:
     if len(data) > limit:
-        raise WireError("dropped_oversize", f"{len(data)} bytes > {limit}")
+        raise WireError("dropped_oversize", f"{len(data)} bytes > {limit}", drops.OVERSIZED)
     if len(data) < 2:
         raise WireError("dropped_malformed", "truncated")
     if data[0] != VERSION:
-        raise WireError("dropped_version", f"version {data[0]}")
+        raise WireError("dropped_version", f"version {data[0]}", drops.BAD_VERSION)
     try:
         return msgpack.unpackb(
             data[1:],
@@ -113,8 +119,8 @@ def _unpack(data: bytes, limit: int, max_array: int) -> Any:
         raise WireError("dropped_malformed", f"msgpack: {type(e).__name__}") from None
 
 
-def _bad(why: str) -> WireError:
-    return WireError("dropped_malformed", why)
+def _bad(why: str, reason: str = drops.MALFORMED) -> WireError:
+    return WireError("dropped_malformed", why, reason)
 
 
 def _u64(v: Any) -> int:
@@ -124,16 +130,18 @@ def _u64(v: Any) -> int:
 
 
 def _node(v: Any) -> str:
-    if type(v) is not str or not 0 < len(v) <= MAX_NODE_ID:
-        raise _bad("bad node id")
+    """A node id: 1-128 printable characters (it ends up in logs, JSON and headers)."""
+    if type(v) is not str or not 0 < len(v) <= MAX_NODE_ID or not v.isprintable():
+        raise _bad("bad node id", drops.BAD_NODE_ID)
     return v
 
 
 def _addr(host: Any, port: Any) -> Addr:
-    if type(host) is not str or not 0 < len(host) <= MAX_HOST:
-        raise _bad("bad host")
-    if type(port) is not int or not 0 < port <= 65535:
-        raise _bad("bad port")
+    """An address we may dial later: checked here, before it can reach a socket call."""
+    if type(host) is not str or not valid_host(host):
+        raise _bad("bad host", drops.BAD_ADDRESS)
+    if type(port) is not int or not valid_port(port):
+        raise _bad("bad port", drops.BAD_ADDRESS)
     return (host, port)
 
 
@@ -211,7 +219,7 @@ def decode_packet(data: bytes, max_bytes: int = 1400) -> tuple[Message, ...]:
             raise _bad("message is not [type, ...]")
         dec = _DECODERS.get(f[0])
         if dec is None:
-            raise _bad(f"unknown message type {f[0]}")
+            raise _bad(f"unknown message type {f[0]}", drops.UNKNOWN_TYPE)
         out.append(dec(f))
     return tuple(out)
 
