@@ -4,8 +4,9 @@ Why: the real Ollama cannot run here, yet every test, benchmark and the demo nee
 Paths, bodies, status codes and error sentences follow Ollama's `server/routes.go` and
 `docs/api.md`; the official `ollama` and `openai` clients work against it unchanged
 (tests/integration/test_sim_fidelity.py proves it with strict response models).
-The OpenAI-compatible `/v1/*` routes live in sim_openai.py; slots, timing and
-cancellation in sim_runtime.py; the pure text/embedding/bytes core in sim_engine.py.
+The inference routes live in sim_infer.py, the OpenAI-compatible `/v1/*` ones in sim_openai.py;
+slots, timing and cancellation in sim_runtime.py over the memory core (sim_memory.py);
+the pure text/embedding/bytes core in sim_engine.py.
 """
 
 from __future__ import annotations
@@ -24,54 +25,12 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from meshlb.backend.sim_config import SimOllamaConfig
-from meshlb.backend.sim_engine import (
-    ChatRenderer,
-    GenerateRenderer,
-    Metrics,
-    ModelSpec,
-    chat_prompt_tokens,
-    complete,
-    context_ids,
-    count_tokens,
-    embed_vector,
-    error_body,
-    openai_error_body,
-    rfc3339,
-    truncate_dims,
-)
+from meshlb.backend.sim_engine import ModelSpec, error_body, openai_error_body, rfc3339
+from meshlb.backend.sim_infer import inference_routes, lookup
+from meshlb.backend.sim_memory import FOREVER_S
 from meshlb.backend.sim_openai import openai_routes
-from meshlb.backend.sim_runtime import (
-    JSON_UTF8,
-    ApiError,
-    EmbedJob,
-    GenJob,
-    SimState,
-    SimulatedDeath,
-    admit,
-    dumps,
-    field_of,
-    int_option,
-    json_response,
-    keep_alive_s,
-    read_json,
-    require_model,
-)
-
-TEMPLATE_TOKENS = 6  # what a chat template adds around a /api/generate prompt
-
-
-def _lookup(state: SimState, model: str) -> ModelSpec:
-    spec = state.lookup(model)
-    if spec is None:
-        raise ApiError(404, f"model '{model}' not found")
-    return spec
-
-
-def _no_thinking(body: dict[str, Any], model: str) -> None:
-    """No simulated model thinks; Ollama refuses `think` for such models."""
-    think = body.get("think")
-    if think is True or (isinstance(think, str) and think not in ("", "false")):
-        raise ApiError(400, f'"{model}" does not support thinking')
+from meshlb.backend.sim_parse import JSON_UTF8, ApiError, field_of, json_response, read_json
+from meshlb.backend.sim_runtime import SimState, SimulatedDeath, sized_spec
 
 
 def _show(state: SimState, spec: ModelSpec) -> dict[str, Any]:
@@ -123,28 +82,24 @@ def build_sim_app(config: SimOllamaConfig) -> Starlette:
         )
 
     async def ps(request: Request) -> Response:
-        now, wall = trio.current_time(), time.time()
-        loaded = [
-            (until, state.specs[name]) for name, until in state.loaded_until.items() if until > now
-        ]
-        loaded.sort(key=lambda pair: -pair[0])  # Ollama: longest time left first
-        return json_response(
-            {
-                "models": [
-                    {
-                        "name": s.name,
-                        "model": s.name,
-                        "size": s.size,
-                        "digest": s.digest,
-                        "details": s.details(),
-                        "expires_at": rfc3339(wall + min(until - now, 9e9)),
-                        "size_vram": s.size,
-                        "context_length": 4096,
-                    }
-                    for until, s in loaded
-                ]
-            }
-        )
+        now, wall = state.now(), time.time()
+        models = []
+        for x in state.memory.loaded(now):  # longest time left first, as Ollama sorts
+            s = state.specs.get(x.model) or sized_spec(x.model, x.size)
+            left = min(max(x.expires_at - now, 0.0), FOREVER_S)
+            models.append(
+                {
+                    "name": s.name,
+                    "model": s.name,
+                    "size": x.size,
+                    "digest": s.digest,
+                    "details": s.details(),
+                    "expires_at": rfc3339(wall + left),
+                    "size_vram": x.size_vram,
+                    "context_length": x.num_ctx,
+                }
+            )
+        return json_response({"models": models})
 
     async def show(request: Request) -> Response:
         body = await read_json(request, "api.ShowRequest")
@@ -153,151 +108,10 @@ def build_sim_app(config: SimOllamaConfig) -> Starlette:
         )
         if not model:
             raise ApiError(400, "model is required")
-        return json_response(_show(state, _lookup(state, model)))
-
-    def _loaded_reply(spec: ModelSpec, model: str, keep: float, extra: dict[str, Any]) -> Response:
-        """Empty prompt/messages: Ollama loads (or with keep_alive 0 unloads) the model."""
-        state.touch(spec, keep)
-        return json_response(
-            {
-                "model": model,
-                "created_at": rfc3339(time.time()),
-                **extra,
-                "done_reason": "unload" if keep == 0 else "load",
-                "done": True,
-            }
-        )
-
-    async def generate(request: Request) -> Response:
-        go = "api.GenerateRequest"
-        body = await read_json(request, go)
-        model = require_model(body, go)
-        spec = _lookup(state, model)
-        if spec.is_embedding:
-            raise ApiError(400, f'"{model}" does not support generate')
-        _no_thinking(body, model)
-        prompt = str(field_of(body, "prompt", str, go, ""))
-        system = str(field_of(body, "system", str, go, ""))
-        keep = keep_alive_s(body, config.keep_alive_s)
-        options = field_of(body, "options", dict, go, {})
-        if not prompt:
-            return _loaded_reply(spec, model, keep, {"response": ""})
-        stream = field_of(body, "stream", bool, go, True)
-        completion = complete(
-            spec.name,
-            system + "\x00" + prompt,
-            int_option(options, "seed", config.seed),
-            int_option(options, "num_predict", -1),
-            bool(body.get("format")),
-        )
-        prompt_tokens = count_tokens(system) + count_tokens(prompt) + TEMPLATE_TOKENS
-        raw = body.get("raw") is True
-        context = None if raw else context_ids(prompt, prompt_tokens + len(completion.tokens))
-        return admit(
-            state,
-            GenJob(spec, completion, GenerateRenderer(model, context), prompt_tokens, stream, keep),
-        )
-
-    async def chat(request: Request) -> Response:
-        go = "api.ChatRequest"
-        body = await read_json(request, go)
-        model = require_model(body, go)
-        spec = _lookup(state, model)
-        if spec.is_embedding:
-            raise ApiError(400, f'"{model}" does not support chat')
-        _no_thinking(body, model)
-        messages = field_of(body, "messages", list, go, [])
-        for m in messages:
-            if (
-                not isinstance(m, dict)
-                or not isinstance(m.get("role", ""), str)
-                or not isinstance(m.get("content") or "", str)
-            ):
-                raise ApiError(
-                    400,
-                    "json: cannot unmarshal messages into Go struct field "
-                    "ChatRequest.messages of type api.Message",
-                )
-        keep = keep_alive_s(body, config.keep_alive_s)
-        options = field_of(body, "options", dict, go, {})
-        if not messages:
-            return _loaded_reply(
-                spec, model, keep, {"message": {"role": "assistant", "content": ""}}
-            )
-        stream = field_of(body, "stream", bool, go, True)
-        key = "\x00".join(f"{m.get('role')}:{m.get('content') or ''}" for m in messages)
-        completion = complete(
-            spec.name,
-            key,
-            int_option(options, "seed", config.seed),
-            int_option(options, "num_predict", -1),
-            bool(body.get("format")),
-        )
-        return admit(
-            state,
-            GenJob(
-                spec, completion, ChatRenderer(model), chat_prompt_tokens(messages), stream, keep
-            ),
-        )
-
-    async def embed(request: Request) -> Response:
-        go = "api.EmbedRequest"
-        body = await read_json(request, go)
-        model = require_model(body, go)
-        spec = _lookup(state, model)
-        raw_input = body.get("input")
-        if isinstance(raw_input, str):
-            inputs = [raw_input] if raw_input else []
-        elif isinstance(raw_input, list) and all(isinstance(x, str) for x in raw_input):
-            inputs = list(raw_input)
-        elif raw_input is None:
-            inputs = []
-        else:
-            raise ApiError(400, "invalid input type")
-        dims = field_of(body, "dimensions", int, go, 0)
-        keep = keep_alive_s(body, config.keep_alive_s)
-        if not inputs:
-            state.touch(spec, keep)
-            return json_response({"model": model, "embeddings": []})
-
-        def build(m: Metrics) -> bytes:
-            vectors = [
-                truncate_dims(embed_vector(spec.name, text, spec.embedding_dim, config.seed), dims)
-                for text in inputs
-            ]
-            return dumps(
-                {
-                    "model": model,
-                    "embeddings": vectors,
-                    "total_duration": m.total_ns,
-                    "load_duration": m.load_ns,
-                    "prompt_eval_count": m.prompt_eval_count,
-                }
-            )
-
-        tokens = sum(max(1, count_tokens(t)) for t in inputs)
-        return admit(state, EmbedJob(spec, tokens, keep, build))
-
-    async def embeddings(request: Request) -> Response:
-        go = "api.EmbeddingRequest"
-        body = await read_json(request, go)
-        model = require_model(body, go)
-        spec = state.lookup(model)
-        if spec is None:  # this legacy path reports the scheduler's sentence
-            raise ApiError(404, f'model "{model}" not found, try pulling it first')
-        prompt = str(field_of(body, "prompt", str, go, ""))
-        keep = keep_alive_s(body, config.keep_alive_s)
-        if not prompt:
-            state.touch(spec, keep)
-            return json_response({"embedding": []})
-
-        def build(m: Metrics) -> bytes:
-            vec = embed_vector(spec.name, prompt, spec.embedding_dim, config.seed)
-            return dumps({"embedding": vec})
-
-        return admit(state, EmbedJob(spec, max(1, count_tokens(prompt)), keep, build))
+        return json_response(_show(state, lookup(state, model)))
 
     async def sim_stats(request: Request) -> Response:
+        state.now()
         return json_response(
             {
                 **state.stats,
@@ -305,6 +119,10 @@ def build_sim_app(config: SimOllamaConfig) -> Starlette:
                 "pending": state.pending,
                 "parallel": config.parallel,
                 "max_queue": config.max_queue,
+                "loads": state.memory.loads,
+                "evictions": state.memory.evictions,
+                "queued_for_memory": state.memory.queued(),
+                "vram_used": state.memory.used_vram(),
             }
         )
 
@@ -327,10 +145,7 @@ def build_sim_app(config: SimOllamaConfig) -> Starlette:
         Route("/api/tags", tags, methods=["GET", "HEAD"]),
         Route("/api/ps", ps, methods=["GET"]),
         Route("/api/show", show, methods=["POST"]),
-        Route("/api/generate", generate, methods=["POST"]),
-        Route("/api/chat", chat, methods=["POST"]),
-        Route("/api/embed", embed, methods=["POST"]),
-        Route("/api/embeddings", embeddings, methods=["POST"]),
+        *inference_routes(state),
         *openai_routes(state),
         Route("/sim/stats", sim_stats, methods=["GET"]),
     ]

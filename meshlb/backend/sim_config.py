@@ -10,12 +10,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from meshlb.backend.sim_catalog import GB, parse_model_entry
+from meshlb.backend.sim_memory import FOREVER_S, MemoryConfig
+
 DEFAULT_MODELS: tuple[str, ...] = ("llama3.2:1b", "qwen2.5:0.5b", "nomic-embed-text")
 SIM_OLLAMA_VERSION = "0.12.6"  # what GET /api/version reports; a real, recent release number
 
 
 def parse_models(text: str) -> tuple[str, ...]:
-    """`"a, b,,c"` -> `("a", "b", "c")`: the comma-separated form the CLI takes."""
+    """`"a, b=2.5,,c"` -> `("a", "b=2.5", "c")`: the comma-separated form the CLI takes.
+
+    An entry may carry its size in GB after `=`; `SimOllamaConfig` parses it.
+    """
     return tuple(m.strip() for m in text.split(",") if m.strip())
 
 
@@ -27,6 +33,7 @@ class SimOllamaConfig:
     least one slot, a non-negative queue, and every rate a fraction in [0, 1].
     """
 
+    # Model names offered, each optionally `name=GB` (else the library's size).
     models: tuple[str, ...] = DEFAULT_MODELS
     # Generated tokens per second, per request (each slot streams at this rate).
     tokens_per_second: float = 50.0
@@ -44,8 +51,15 @@ class SimOllamaConfig:
     die_mid_stream_rate: float = 0.0
     # Time to "load" a model that is not in memory (first use, or after keep_alive).
     load_ms: float = 0.0
-    # How long a model stays loaded after its last use when the request says nothing.
+    # How long a model stays loaded after its last use when the request says nothing
+    # (OLLAMA_KEEP_ALIVE); negative means forever.
     keep_alive_s: float = 300.0
+    # Memory for models, in GB; 0 means unlimited (nothing is ever evicted for room).
+    vram_gb: float = 0.0
+    # Load speed in GB/s (a load takes size / rate, plus load_ms); 0 means instant.
+    load_gbps: float = 0.0
+    # Models loaded at once (OLLAMA_MAX_LOADED_MODELS; Ollama's default is 3 per GPU).
+    max_loaded_models: int = 3
     # Seeds the text, the embeddings and the fault-injection dice: same seed, same run.
     seed: int = 0
     version: str = SIM_OLLAMA_VERSION
@@ -65,8 +79,27 @@ class SimOllamaConfig:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1, got {value}")
-        if self.latency_ms < 0 or self.load_ms < 0 or self.keep_alive_s < 0:
-            raise ValueError("latency_ms, load_ms and keep_alive_s must be >= 0")
+        if self.latency_ms < 0 or self.load_ms < 0:
+            raise ValueError("latency_ms and load_ms must be >= 0")
+        if self.vram_gb < 0 or self.load_gbps < 0 or self.max_loaded_models < 0:
+            raise ValueError("vram_gb, load_gbps and max_loaded_models must be >= 0")
+        for entry in self.models:
+            parse_model_entry(entry)
+
+    def model_entries(self) -> list[tuple[str, int | None]]:
+        """(name, size in bytes or None for the library's) of each offered model."""
+        return [parse_model_entry(e) for e in self.models]
+
+    def memory(self) -> MemoryConfig:
+        """The memory core's settings (sim_memory) derived from these."""
+        return MemoryConfig(
+            vram_bytes=int(self.vram_gb * GB),
+            max_loaded=self.max_loaded_models,
+            load_bytes_per_s=self.load_gbps * GB,
+            load_fixed_s=self.load_ms / 1000.0,
+            keep_alive_s=FOREVER_S if self.keep_alive_s < 0 else self.keep_alive_s,
+            parallel=self.parallel,
+        )
 
     @property
     def prompt_tps(self) -> float:

@@ -21,25 +21,29 @@ from meshlb.backend.sim_engine import (
     ModelSpec,
     OpenAIChatRenderer,
     OpenAICompletionRenderer,
-    chat_prompt_tokens,
     complete,
     count_tokens,
     embed_vector,
     floats_to_base64,
     truncate_dims,
 )
-from meshlb.backend.sim_runtime import (
+from meshlb.backend.sim_infer import text_key
+from meshlb.backend.sim_parse import (
     ApiError,
-    EmbedJob,
-    GenJob,
-    SimState,
-    admit,
     dumps,
     field_of,
     json_response,
     read_json,
     require_model,
 )
+from meshlb.backend.sim_prompt import (
+    DEFAULT_NUM_CTX,
+    fit_chat,
+    render_chat,
+    render_generate,
+    truncate,
+)
+from meshlb.backend.sim_runtime import EmbedJob, GenJob, SimState, admit
 
 
 def _text_of(content: Any) -> str:
@@ -97,15 +101,11 @@ def openai_routes(state: SimState) -> list[Route]:
         seed = field_of(body, "seed", int, go, config.seed)
         response_format = field_of(body, "response_format", dict, go, {})
         json_mode = response_format.get("type") in ("json_object", "json_schema")
-        completion = complete(spec.name, key, seed, _max_tokens(body, go), json_mode)
+        completion = complete(spec.name, text_key(key), seed, _max_tokens(body, go), json_mode)
         renderer = OpenAIChatRenderer(model, f"chatcmpl-{next(ids) % 999}", usage_flag(body, go))
         stream = field_of(body, "stream", bool, go, False)
-        return admit(
-            state,
-            GenJob(
-                spec, completion, renderer, chat_prompt_tokens(flat), stream, config.keep_alive_s
-            ),
-        )
+        rendered = truncate(render_chat(fit_chat(flat, DEFAULT_NUM_CTX)), DEFAULT_NUM_CTX)
+        return admit(state, GenJob(spec, completion, renderer, rendered, stream, None))
 
     async def completions(request: Request) -> Response:
         go = "openai.CompletionRequest"
@@ -116,15 +116,11 @@ def openai_routes(state: SimState) -> list[Route]:
         if spec.is_embedding:
             raise ApiError(400, f'"{model}" does not support generate')
         seed = field_of(body, "seed", int, go, config.seed)
-        completion = complete(spec.name, "\x00" + prompt, seed, _max_tokens(body, go))
+        completion = complete(spec.name, text_key("\x00" + prompt), seed, _max_tokens(body, go))
         renderer = OpenAICompletionRenderer(model, f"cmpl-{next(ids) % 999}", usage_flag(body, go))
         stream = field_of(body, "stream", bool, go, False)
-        return admit(
-            state,
-            GenJob(
-                spec, completion, renderer, count_tokens(prompt) + 6, stream, config.keep_alive_s
-            ),
-        )
+        rendered = truncate(render_generate("", prompt), DEFAULT_NUM_CTX)
+        return admit(state, GenJob(spec, completion, renderer, rendered, stream, None))
 
     async def embeddings(request: Request) -> Response:
         go = "openai.EmbedRequest"
@@ -145,7 +141,7 @@ def openai_routes(state: SimState) -> list[Route]:
             data = []
             for i, text in enumerate(inputs):
                 vec = truncate_dims(
-                    embed_vector(spec.name, text, spec.embedding_dim, config.seed), dims
+                    embed_vector(spec.name, text_key(text), spec.embedding_dim, config.seed), dims
                 )
                 data.append(
                     {
@@ -166,8 +162,8 @@ def openai_routes(state: SimState) -> list[Route]:
                 }
             )
 
-        tokens = sum(max(1, count_tokens(t)) for t in inputs)
-        return admit(state, EmbedJob(spec, tokens, config.keep_alive_s, build))
+        tokens = sum(min(max(1, count_tokens(t)), DEFAULT_NUM_CTX) for t in inputs)
+        return admit(state, EmbedJob(spec, tokens, None, build))
 
     def model_obj(spec: ModelSpec) -> dict[str, Any]:
         return {

@@ -13,6 +13,7 @@ import click
 import trio
 
 from meshlb.backend.sim_config import DEFAULT_MODELS, SimOllamaConfig, parse_models
+from meshlb.backend.sim_parse import parse_keep_alive
 
 
 @click.command("sim-ollama")
@@ -24,7 +25,9 @@ from meshlb.backend.sim_config import DEFAULT_MODELS, SimOllamaConfig, parse_mod
     "--models",
     default=",".join(DEFAULT_MODELS),
     show_default=True,
-    help="Comma-separated model names to offer (no tag means :latest).",
+    help="Comma-separated models to offer (no tag means :latest), each optionally NAME=GB "
+    "(its size on disk and in memory; default: the library size of common models, "
+    "e.g. llama3.2=2.0, qwen2.5:7b=4.7, else derived from the parameter count).",
 )
 @click.option(
     "--tokens-per-second",
@@ -38,7 +41,8 @@ from meshlb.backend.sim_config import DEFAULT_MODELS, SimOllamaConfig, parse_mod
     default=4,
     show_default=True,
     type=int,
-    help="Requests generating at once (like OLLAMA_NUM_PARALLEL).",
+    help="Requests generating at once per loaded model (like OLLAMA_NUM_PARALLEL); each "
+    "slot keeps a prompt-prefix cache.",
 )
 @click.option(
     "--max-queue",
@@ -73,7 +77,39 @@ from meshlb.backend.sim_config import DEFAULT_MODELS, SimOllamaConfig, parse_mod
     default=0.0,
     show_default=True,
     type=float,
-    help="Time to load a model that is not in memory.",
+    help="Fixed time to load a model that is not in memory (added to size / --load-gbps).",
+)
+@click.option(
+    "--vram-gb",
+    default=0.0,
+    show_default=True,
+    type=float,
+    help="Memory for models in GB; a model that does not fit evicts the least recently used "
+    "idle one (0: unlimited, nothing is evicted for room).",
+)
+@click.option(
+    "--load-gbps",
+    default=0.0,
+    show_default=True,
+    type=float,
+    help="Load speed in GB/s: a load takes size / rate seconds, and requests for the model "
+    "wait (0: loads are instant, so tests stay fast).",
+)
+@click.option(
+    "--keep-alive",
+    default="5m",
+    show_default=True,
+    help="How long a model stays loaded after its last request when the request gives no "
+    "keep_alive (like OLLAMA_KEEP_ALIVE: a duration such as 5m or 1h30m, seconds, "
+    "negative for forever, 0 to unload at once).",
+)
+@click.option(
+    "--max-loaded-models",
+    default=3,
+    show_default=True,
+    type=int,
+    help="Models loaded at once (like OLLAMA_MAX_LOADED_MODELS; 3 is Ollama's default for "
+    "one GPU; 0: unlimited).",
 )
 @click.option(
     "--seed",
@@ -93,16 +129,27 @@ def sim_ollama_command(
     latency_ms: float,
     die_mid_stream_rate: float,
     load_ms: float,
+    vram_gb: float,
+    load_gbps: float,
+    keep_alive: str,
+    max_loaded_models: int,
     seed: int,
 ) -> None:
     """Run a simulated Ollama: the real HTTP API (native and /v1), no GPU needed.
 
     Text and embeddings are deterministic fakes; speed, capacity and faults are tunable.
-    GET /sim/stats shows counters (served, cancelled, rejected_busy, max_running_seen).
+    Ollama's memory model (sizes, VRAM, load time, keep_alive, eviction, slots with a
+    prompt-prefix cache, num_ctx truncation) shows in load_duration and /api/ps.
+    GET /sim/stats shows counters (served, cancelled, rejected_busy, max_running_seen,
+    loads, evictions, prompt_tokens_evaluated).
     Stops cleanly (exit 0) on Ctrl-C or SIGTERM.
     """
     try:
         config = SimOllamaConfig(
+            keep_alive_s=parse_keep_alive(keep_alive),
+            vram_gb=vram_gb,
+            load_gbps=load_gbps,
+            max_loaded_models=max_loaded_models,
             models=parse_models(models),
             tokens_per_second=tokens_per_second,
             parallel=parallel,

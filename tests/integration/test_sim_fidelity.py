@@ -270,3 +270,29 @@ def test_fault_injection() -> None:
         stats = httpx.get(p.url + "/sim/stats").json()
         assert (stats["errors_injected"], stats["died_mid_stream"]) == (seen["500"], seen["cut"])
     assert p.popen.returncode == 0  # SIGTERM is a clean stop
+
+
+def test_memory_model_through_the_official_client() -> None:
+    """Two 2 GB models in 3 GB: each switch is a cold load of 2 GB / 10 GB/s; ps tells."""
+    with sim_ollama(
+        "--vram-gb", "3", "--load-gbps", "10", models="alpha=2,beta=2", tokens_per_second=2000
+    ) as p:
+        client = ollama.Client(host=p.url)
+        for model in ("alpha", "beta"):  # both cold: beta does not fit beside alpha
+            out = client.generate(model=model, prompt="hi", options={"num_predict": 2})
+            assert (out.load_duration or 0) >= 0.2e9
+        warm = client.generate(model="beta", prompt="hi", options={"num_predict": 2})
+        assert (warm.load_duration or 0) < 0.1e9  # beta is loaded: no load
+        raw = httpx.get(p.url + "/api/ps").json()
+        strict.StrictPs.model_validate(raw)
+        (entry,) = raw["models"]
+        assert (entry["name"], entry["size"], entry["size_vram"]) == ("beta:latest", 2e9, 2e9)
+        assert [m.model for m in client.ps().models] == ["beta:latest"]
+        loaded = client.generate(model="alpha", keep_alive="1m")  # empty prompt: load
+        assert loaded.done_reason == "load"
+        strict.StrictLoadReply.model_validate(post(p, "/api/generate", {"model": "alpha"}).json())
+        assert [m.model for m in client.ps().models] == ["alpha:latest"]  # beta evicted
+        assert client.generate(model="alpha", keep_alive=0).done_reason == "unload"
+        assert client.ps().models == []
+        stats = httpx.get(p.url + "/sim/stats").json()
+        assert (stats["loads"], stats["evictions"]) == (3, 2)
