@@ -134,7 +134,7 @@ def spawn_retrying(
             proc = stack.enter_context(spawn(args, url, ready_path=ready_path, env=env))
         except RuntimeError as e:
             stack.close()
-            if "Address already in use" in str(e) and attempt + 1 < attempts:
+            if "already in use" in str(e) and attempt + 1 < attempts:
                 continue
             raise
         with stack:

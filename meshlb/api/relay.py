@@ -65,9 +65,11 @@ class RelayResponse:
         async def tracked(message: Message) -> None:
             if message["type"] == "http.response.start":
                 self._started = True
-            await send(message)
-            if message["type"] == "http.response.body" and not message.get("more_body"):
+            elif not message.get("more_body"):
+                # Before the send: hypercorn reports the disconnect that ends a complete
+                # exchange while this last send is still in progress.
                 self._answered = True
+            await send(message)
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._watch_disconnect, receive, nursery.cancel_scope)
