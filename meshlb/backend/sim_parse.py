@@ -39,14 +39,27 @@ _JSON_KIND = {
 }
 
 
+MAX_DEPTH_MESSAGE = "exceeded max depth"  # encoding/json's sentence past its nesting limit
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_ESCAPED_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
 async def read_json(request: Request, go_type: str) -> dict[str, Any]:
-    """Parse the body as a JSON object or raise 400 the way Ollama's gin binding words it."""
+    """Parse the body as a JSON object or raise 400 the way Ollama's gin binding words it.
+
+    Text is made valid the way Go's encoding/json makes it: invalid UTF-8 bytes and lone
+    surrogate escapes (`"\\ud800"`) become U+FFFD, so no handler ever meets a string it
+    cannot encode. Nesting deeper than Python's parser goes is a 400 (Go's limit is
+    10 000 levels; ours is lower, about 900, and says so with Go's sentence).
+    """
     raw = await request.body()
     if not raw.strip():
         raise ApiError(400, "missing request body")
     try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+        body = json.loads(raw.decode("utf-8", "replace"))
+    except RecursionError:
+        raise ApiError(400, MAX_DEPTH_MESSAGE) from None
+    except ValueError:
         first = raw.lstrip()[:1].decode("latin-1")
         if first in "{[":
             raise ApiError(400, "unexpected EOF") from None
@@ -54,7 +67,32 @@ async def read_json(request: Request, go_type: str) -> dict[str, Any]:
     if not isinstance(body, dict):
         kind = _JSON_KIND.get(type(body), "value")
         raise ApiError(400, f"json: cannot unmarshal {kind} into Go value of type {go_type}")
+    if _ESCAPED_SURROGATE.search(raw):
+        fixed: dict[str, Any] = _valid_text(body)
+        return fixed
     return body
+
+
+def _valid_text(value: Any) -> Any:
+    """A copy of parsed JSON with every lone surrogate replaced by U+FFFD (no recursion)."""
+
+    def fix(x: Any) -> Any:
+        return _SURROGATE.sub("\ufffd", x) if isinstance(x, str) else x
+
+    root: list[Any] = [value]
+    stack: list[tuple[Any, Any]] = [(root, 0)]
+    while stack:
+        parent, key = stack.pop()
+        item = parent[key]
+        if isinstance(item, dict):
+            fixed = {fix(k): v for k, v in item.items()}
+            parent[key] = fixed
+            stack.extend((fixed, k) for k in fixed)
+        elif isinstance(item, list):
+            stack.extend((item, i) for i in range(len(item)))
+        else:
+            parent[key] = fix(item)
+    return root[0]
 
 
 def field_of(body: dict[str, Any], key: str, kind: type, go_type: str, default: Any) -> Any:
