@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
 import time
@@ -50,6 +51,28 @@ def test_demo_starts_a_mesh_that_answers_and_stops_everything_on_sigterm() -> No
         assert r.status_code == 200 and r.json()["eval_count"] == 3
         children = psutil.Process(demo.pid).children(recursive=True)
         assert len(children) == 4  # two nodes, two simulated Ollamas
+
+        # a node killed by hand: the demo stays up, says so, restarts it, it rejoins
+        node2 = next(
+            c for c in children if "node2" in " ".join(c.cmdline()) and "node" in c.cmdline()
+        )
+        node2.kill()
+        said = []
+        while time.monotonic() < deadline + 30 and not any("restarted" in x for x in said):
+            said.append(demo.stdout.readline())
+        assert any("node2 exited" in x for x in said), said
+        assert any("node2 restarted" in x for x in said), said
+        assert demo.poll() is None
+        rejoined = False
+        for _ in range(100):
+            with contextlib.suppress(httpx.HTTPError):
+                states = {p["id"]: p["state"] for p in httpx.get(f"{urls[0]}/v1/peers").json()}
+                if states.get("node2") == "alive" and httpx.get(f"{urls[1]}/healthz").is_success:
+                    rejoined = True
+                    break
+            time.sleep(0.2)
+        assert rejoined, "node2 did not rejoin after its restart"
+        children = psutil.Process(demo.pid).children(recursive=True)
     finally:
         demo.send_signal(signal.SIGTERM)
         demo.wait(20)
