@@ -28,6 +28,7 @@ from meshlb.backend.sim_config import SimOllamaConfig
 from meshlb.backend.sim_engine import ModelSpec, error_body, openai_error_body, rfc3339
 from meshlb.backend.sim_infer import inference_routes, lookup
 from meshlb.backend.sim_memory import FOREVER_S
+from meshlb.backend.sim_models import management_routes
 from meshlb.backend.sim_openai import openai_routes
 from meshlb.backend.sim_parse import JSON_UTF8, ApiError, field_of, json_response, read_json
 from meshlb.backend.sim_runtime import SimState, SimulatedDeath, sized_spec
@@ -146,6 +147,7 @@ def build_sim_app(config: SimOllamaConfig) -> Starlette:
         Route("/api/ps", ps, methods=["GET"]),
         Route("/api/show", show, methods=["POST"]),
         *inference_routes(state),
+        *management_routes(state),
         *openai_routes(state),
         Route("/sim/stats", sim_stats, methods=["GET"]),
     ]

@@ -60,6 +60,10 @@ class SimOllamaConfig:
     load_gbps: float = 0.0
     # Models loaded at once (OLLAMA_MAX_LOADED_MODELS; Ollama's default is 3 per GPU).
     max_loaded_models: int = 3
+    # Simulated download speed of /api/pull (and upload of /api/push), in MB/s; 0: instant.
+    pull_mbps: float = 0.0
+    # Test aid: every pull (and push) fails part-way, as a broken registry connection does.
+    fail_pulls: bool = False
     # Seeds the text, the embeddings and the fault-injection dice: same seed, same run.
     seed: int = 0
     version: str = SIM_OLLAMA_VERSION
@@ -81,6 +85,8 @@ class SimOllamaConfig:
                 raise ValueError(f"{name} must be between 0 and 1, got {value}")
         if self.latency_ms < 0 or self.load_ms < 0:
             raise ValueError("latency_ms and load_ms must be >= 0")
+        if self.pull_mbps < 0:
+            raise ValueError("pull_mbps must be >= 0")
         if self.vram_gb < 0 or self.load_gbps < 0 or self.max_loaded_models < 0:
             raise ValueError("vram_gb, load_gbps and max_loaded_models must be >= 0")
         for entry in self.models:

@@ -49,7 +49,7 @@ from meshlb.backend.sim_prompt import (
 )
 from meshlb.backend.sim_runtime import EmbedJob, GenJob, LoadJob, SimState, admit
 
-TOO_LONG = "the input length exceeds the context length"  # runner errorInputTooLong
+TOO_LONG = "input length exceeds maximum context length"  # routes.go EmbedHandler
 _KEY_LIMIT = 1 << 16
 
 

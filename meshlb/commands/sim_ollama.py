@@ -112,6 +112,20 @@ from meshlb.backend.sim_parse import parse_keep_alive
     "one GPU; 0: unlimited).",
 )
 @click.option(
+    "--pull-mbps",
+    default=0.0,
+    show_default=True,
+    type=float,
+    help="Simulated download speed of /api/pull (and upload of /api/push) in MB/s; the "
+    "library of pullable models is the size table plus --models (0: instant).",
+)
+@click.option(
+    "--fail-pulls",
+    is_flag=True,
+    help="Test aid: every pull and push fails half-way with an error object, as a broken "
+    "registry connection does.",
+)
+@click.option(
     "--seed",
     default=0,
     show_default=True,
@@ -133,6 +147,8 @@ def sim_ollama_command(
     load_gbps: float,
     keep_alive: str,
     max_loaded_models: int,
+    pull_mbps: float,
+    fail_pulls: bool,
     seed: int,
 ) -> None:
     """Run a simulated Ollama: the real HTTP API (native and /v1), no GPU needed.
@@ -150,6 +166,8 @@ def sim_ollama_command(
             vram_gb=vram_gb,
             load_gbps=load_gbps,
             max_loaded_models=max_loaded_models,
+            pull_mbps=pull_mbps,
+            fail_pulls=fail_pulls,
             models=parse_models(models),
             tokens_per_second=tokens_per_second,
             parallel=parallel,

@@ -22,6 +22,7 @@ from ollama._types import (
     Message,
     ModelDetails,
     ProcessResponse,
+    ProgressResponse,
     ShowResponse,
 )
 from pydantic import BaseModel, ByteSize, ConfigDict
@@ -158,6 +159,14 @@ class StrictShow(ShowResponse):
     details: StrictDetails
     parameters: str
     capabilities: list[str]
+
+
+class StrictProgress(ProgressResponse):
+    """One object of /api/pull, /api/push or /api/create (api.ProgressResponse: digest,
+    total and completed are omitempty)."""
+
+    model_config = FORBID
+    status: str
 
 
 class StrictVersion(BaseModel):

@@ -296,3 +296,37 @@ def test_memory_model_through_the_official_client() -> None:
         assert client.ps().models == []
         stats = httpx.get(p.url + "/sim/stats").json()
         assert (stats["loads"], stats["evictions"]) == (3, 2)
+
+
+def test_model_management_through_the_official_client(tmp_path: Any) -> None:
+    with sim_ollama("--pull-mbps", "2000", models=MODEL, tokens_per_second=2000) as p:
+        client = ollama.Client(host=p.url)
+        parts = list(client.pull("qwen2.5:0.5b", stream=True))
+        assert parts[0].status == "pulling manifest" and parts[-1].status == "success"
+        first = next(x for x in parts if x.digest)
+        done = [x.completed for x in parts if x.digest == first.digest and x.completed]
+        assert len(done) >= 2 and done == sorted(done) and done[-1] == first.total
+        assert client.pull("qwen2.5:0.5b").status == "success"
+        for line in post(p, "/api/pull", {"model": "qwen2.5:0.5b"}).text.splitlines():
+            strict.StrictProgress.model_validate_json(line)
+        assert "qwen2.5:0.5b" in [m.model for m in client.list().models]
+        with pytest.raises(ollama.ResponseError) as err:
+            client.pull("no-such-model")
+        assert "file does not exist" in err.value.error
+        assert client.copy(MODEL, "mine:v1").status == "success"
+        blob = tmp_path / "weights.gguf"
+        blob.write_bytes(b"GGUF simulated")
+        digest = client.create_blob(blob)
+        made = list(client.create("made", files={"weights.gguf": digest}, stream=True))
+        assert made[-1].status == "success"
+        assert client.create("bot", from_=MODEL, system="be brief").status == "success"
+        assert {"mine:v1", "made:latest", "bot:latest"} <= {m.model for m in client.list().models}
+        assert client.push("mine:v1").status == "success"
+        assert client.delete("mine:v1").status == "success"
+        with pytest.raises(ollama.ResponseError) as err:
+            client.delete("mine:v1")
+        assert err.value.status_code == 404
+    with sim_ollama("--fail-pulls", models=MODEL) as p:
+        with pytest.raises(ollama.ResponseError) as err:
+            list(ollama.Client(host=p.url).pull("llama3.2", stream=True))
+        assert "--fail-pulls" in err.value.error

@@ -95,7 +95,7 @@ async def test_embeddings_truncate_unless_told_not_to() -> None:
     r = await c.post("/api/embed", json={**body, "truncate": False})
     assert (r.status_code, r.json()) == (
         400,
-        {"error": "the input length exceeds the context length"},
+        {"error": "input length exceeds maximum context length"},
     )
     legacy = await c.post("/api/embeddings", json={"model": EMBED, "prompt": BIG})
     assert legacy.status_code == 200 and len(legacy.json()["embedding"]) == 768
