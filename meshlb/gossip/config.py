@@ -52,8 +52,9 @@ class GossipConfig:
     buddy_enabled: bool = True
     # No datagram over this (memberlist UDPBufferSize 1400: fits a 1500 MTU).
     max_packet_bytes: int = 1400
-    # Bytes kept free in every packet for the AES-GCM envelope (1+12+16 = 29).
-    crypto_overhead_bytes: int = 32
+    # Bytes kept free in every packet for sealing: the AES-GCM envelope (1+12+16 = 29)
+    # and the replay header inside it (8-byte sender tag + 8-byte sequence) = 45.
+    crypto_overhead_bytes: int = 48
     # memberlist caps node meta at 512 bytes so an alive message fits any packet.
     max_meta_bytes: int = 512
     # Join: retry seeds with exponential backoff from 1 s up to 30 s until one answers.

@@ -5,8 +5,12 @@ downtime: add the new key everywhere as secondary, make it primary everywhere, t
 remove the old one. A packet from another cluster (another key) or tampered with
 fails authentication and is dropped by the caller.
 
-Envelope: MAGIC (1 byte, also authenticated as associated data) + 12-byte random
-nonce + ciphertext + 16-byte tag = 29 bytes of overhead.
+Envelope: MAGIC (1 byte, also authenticated as associated data) + 12-byte nonce +
+ciphertext + 16-byte tag = 29 bytes of overhead. The nonce is the caller's: it must
+never repeat under one key (AES-GCM loses both secrecy and integrity if it does), so
+the driver gives random bytes from the OS; this module draws no randomness itself.
+MAGIC 0xe2 marks the format with a replay header inside (`envelope.py`); 0xe1 was
+the format before it, which this version refuses like any foreign packet.
 """
 
 from __future__ import annotations
@@ -14,7 +18,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import os
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -22,7 +25,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from meshlb.gossip import drops
 from meshlb.gossip.wire import WireError
 
-MAGIC = b"\xe1"
+MAGIC = b"\xe2"
 NONCE_BYTES = 12
 OVERHEAD_BYTES = 1 + NONCE_BYTES + 16
 
@@ -63,8 +66,10 @@ class Keyring:
         parts = [p.strip() for p in secret.split(",") if p.strip()]
         return cls([derive_key(p) for p in parts])
 
-    def seal(self, plaintext: bytes) -> bytes:
-        nonce = os.urandom(NONCE_BYTES)
+    def seal(self, plaintext: bytes, nonce: bytes) -> bytes:
+        """Encrypt and authenticate with the primary key; `nonce`: NONCE_BYTES, never reused."""
+        if len(nonce) != NONCE_BYTES:
+            raise ValueError(f"a nonce is {NONCE_BYTES} bytes, not {len(nonce)}")
         return MAGIC + nonce + self._aeads[0].encrypt(nonce, plaintext, MAGIC)
 
     def open(self, data: bytes) -> bytes:

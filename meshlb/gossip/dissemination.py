@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from meshlb.gossip.config import GossipConfig
 from meshlb.gossip.crypto import Keyring
+from meshlb.gossip.envelope import Envelope
 from meshlb.gossip.events import JoinSucceeded
 from meshlb.gossip.messages import (
     ALIVE,
@@ -35,6 +36,24 @@ from meshlb.gossip.wire import (
 INF = math.inf
 
 
+def _envelope(
+    keyring: Keyring | None,
+    node_id: str,
+    nonces: Callable[[int], bytes] | None,
+    boot_epoch_us: int | None,
+    now: float,
+) -> Envelope | None:
+    """The sealing of a keyed member. The driver injects OS randomness and its wall clock;
+    the defaults (a PRNG seeded from the node id and epoch, `now` in microseconds) are
+    for simulations, where every input must be reproducible."""
+    if keyring is None:
+        return None
+    epoch = boot_epoch_us if boot_epoch_us is not None else int(now * 1_000_000)
+    if nonces is None:
+        nonces = random.Random(f"{node_id}/{epoch}").randbytes
+    return Envelope(keyring, node_id, nonces, epoch)
+
+
 class Disseminator(MemberTable):
     """Spreads membership updates and full state; owns the outboxes."""
 
@@ -47,9 +66,11 @@ class Disseminator(MemberTable):
         rng: random.Random,
         now: float,
         keyring: Keyring | None = None,
+        nonces: Callable[[int], bytes] | None = None,
+        boot_epoch_us: int | None = None,
     ) -> None:
         super().__init__(config, node_id, addr, meta, rng, now)
-        self.keyring = keyring
+        self.envelope = _envelope(keyring, node_id, nonces, boot_epoch_us, now)
         self._gossip_phase = now + rng.random() * config.gossip_interval_s
         self._next_gossip_at = INF  # idle while there is nothing to gossip
         self._next_push_pull_at = now + (1 + rng.random()) * config.push_pull_interval_s
@@ -78,11 +99,11 @@ class Disseminator(MemberTable):
     def encode(self, datagram: Datagram) -> bytes:
         """Wire bytes of a datagram (sealed when a keyring is set)."""
         data = encode_packet(datagram.messages)
-        return self.keyring.seal(data) if self.keyring is not None else data
+        return self.envelope.seal(data) if self.envelope is not None else data
 
     def encode_push_pull(self, pp: PushPull) -> bytes:
         data = encode_push_pull(pp)
-        return self.keyring.seal(data) if self.keyring is not None else data
+        return self.envelope.seal(data) if self.envelope is not None else data
 
     def handle_push_pull(self, request: PushPull | bytes, src: Addr, now: float) -> PushPull | None:
         """Answer a push-pull request: merge the peer's state, reply with ours (merged)."""
@@ -106,8 +127,8 @@ class Disseminator(MemberTable):
 
     def _decode_push_pull(self, data: bytes) -> PushPull | None:
         try:
-            if self.keyring is not None:
-                data = self.keyring.open(data)
+            if self.envelope is not None:
+                data = self.envelope.open(data)
             return decode_push_pull(data)
         except WireError as e:  # AuthError included
             self._stats[e.kind] += 1

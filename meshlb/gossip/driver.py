@@ -19,6 +19,7 @@ import os
 import random
 import socket as stdsocket
 import struct
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -193,17 +194,17 @@ class GossipDriver:
     # ---- running ---------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        sock = trio.socket.socket(stdsocket.AF_INET, stdsocket.SOCK_DGRAM)
-        await sock.bind(self.bind)
+        sock, listeners = await self._bind()
         port = sock.getsockname()[1]
-        listeners = await trio.open_tcp_listeners(port, host=self.bind[0])
         if self.advertise[1] == 0:
             self.advertise = (self.advertise[0], port)
         self._sock = sock
         now = trio.current_time()
         self._core = core = Membership(
-            self.config, self.node_id, self.advertise, self._meta, self._rng, now, self._keyring
-        )
+            self.config, self.node_id, self.advertise, self._meta, self._rng, now, self._keyring,
+            nonces=os.urandom,  # AES-GCM nonces: from the OS, never from a seeded PRNG
+            boot_epoch_us=time.time_ns() // 1000,  # replay sequence: above our previous life
+        )  # fmt: skip
         core.join(self.seeds, now)
         self.log.info("gossip started", node=self.node_id, bind=self.bind, advertise=self.advertise,
                       seeds=self.seeds, encrypted=self._keyring is not None)  # fmt: skip
@@ -216,6 +217,21 @@ class GossipDriver:
                 task_status.started()
         finally:
             sock.close()
+
+    async def _bind(self) -> tuple[trio.socket.SocketType, list[trio.SocketListener]]:
+        """UDP and TCP on the same port. With port 0 the OS picks the UDP port, and the
+        TCP port of that number may be taken: then try another (a few times)."""
+        for attempt in range(20):
+            sock = trio.socket.socket(stdsocket.AF_INET, stdsocket.SOCK_DGRAM)
+            try:
+                await sock.bind(self.bind)
+                port = sock.getsockname()[1]
+                return sock, await trio.open_tcp_listeners(port, host=self.bind[0])
+            except OSError:
+                sock.close()
+                if self.bind[1] != 0 or attempt == 19:
+                    raise
+        raise AssertionError("unreachable")
 
     async def _timer_loop(self) -> None:
         core = self._core

@@ -17,7 +17,7 @@ from __future__ import annotations
 import heapq
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from meshlb.gossip import drops
 from meshlb.gossip.config import GossipConfig
@@ -80,8 +80,11 @@ class Membership(Disseminator):
         rng: random.Random,
         now: float,
         keyring: Keyring | None = None,
+        *,
+        nonces: Callable[[int], bytes] | None = None,
+        boot_epoch_us: int | None = None,
     ) -> None:
-        super().__init__(config, node_id, addr, meta, rng, now, keyring)
+        super().__init__(config, node_id, addr, meta, rng, now, keyring, nonces, boot_epoch_us)
         self._seq = rng.randrange(1 << 30)
         self._probe: _Probe | None = None
         self._probe_index = 0
@@ -93,6 +96,7 @@ class Membership(Disseminator):
             dropped_oversize=0,
             dropped_version=0,
             dropped_auth=0,
+            dropped_replay=0,
             dropped_misdirected=0,
             probes=0,
             probe_failures=0,
@@ -180,8 +184,8 @@ class Membership(Disseminator):
             self._drops.add(drops.OVERSIZED)
             return None
         try:
-            if self.keyring is not None:
-                data = self.keyring.open(data)
+            if self.envelope is not None:
+                data = self.envelope.open(data)
             return decode_packet(data, limit)
         except WireError as e:  # AuthError included
             self._stats[e.kind] += 1

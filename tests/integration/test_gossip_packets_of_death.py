@@ -211,3 +211,22 @@ async def test_the_driver_survives_what_gets_past_the_decoder(
         await _until(lambda: victim.core is core and _alive(drivers[1]) == {"n0", "n1"})
         before = victim.stats()["packets_in"]
         await _until(lambda: victim.stats()["packets_in"] > before + 5)
+
+
+async def test_a_replayed_authentic_ping_gets_no_answer_and_is_counted() -> None:
+    async with _cluster(2, "secret") as drivers:
+        victim = drivers[0]
+        ping = _as_member((Ping(42, "n0"),), "secret")
+        with trio.socket.socket(stdsocket.AF_INET, stdsocket.SOCK_DGRAM) as s:
+            await s.bind(("127.0.0.1", 0))
+            await s.sendto(ping, victim.advertise)
+            with trio.fail_after(5):
+                answer, _ = await s.recvfrom(65536)  # the ack to an authentic ping
+            assert answer
+            for _ in range(20):
+                await s.sendto(ping, victim.advertise)
+            with trio.move_on_after(1.0) as silent:
+                await s.recvfrom(65536)
+            assert silent.cancelled_caught, "a replayed ping was answered"
+        await _until(lambda: victim.dropped["replay"] == 20)
+        assert _alive(victim) == {"n0", "n1"}

@@ -118,7 +118,9 @@ def test_real_codec_with_encryption_and_garbage() -> None:
     sim.run_until(5.0)
     for junk in (b"\x00", b"\xe1" + bytes(40), b"\x01\x91\x93\x05", bytes(3000)):
         sim.inject(0, ("6.6.6.6", 1), junk)
-    sim.inject(0, ("6.6.6.6", 1), Keyring.from_secret("other").seal(b"\x01\x91\x92\x03\x01"))
+    sim.inject(
+        0, ("6.6.6.6", 1), Keyring.from_secret("other").seal(b"\x01\x91\x92\x03\x01", bytes(12))
+    )
     sim.crash(5)
     sim.run_for(15.0)
     assert sim.all_see(5, "dead")

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from meshlb.gossip.addresses import valid_host
 from meshlb.gossip.config import GossipConfig
-from meshlb.gossip.crypto import AuthError, Keyring
+from meshlb.gossip.crypto import NONCE_BYTES, AuthError, Keyring
 from meshlb.gossip.drops import DROP_REASONS
 from meshlb.gossip.membership import Membership
 from meshlb.gossip.messages import (
@@ -216,7 +216,7 @@ def test_sealed_with_another_key_is_an_auth_failure(plain: bytes, other: str) ->
 
 
 def _seal_with(ring: Keyring, plain: bytes) -> bytes:
-    return ring.seal(plain)
+    return ring.seal(plain, random.Random(plain).randbytes(NONCE_BYTES))
 
 
 @pytest.mark.parametrize(

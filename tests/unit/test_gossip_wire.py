@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import os
 
 import msgpack
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meshlb.gossip.crypto import AuthError, Keyring, derive_key
+from meshlb.gossip.crypto import NONCE_BYTES, AuthError, Keyring, derive_key
 from meshlb.gossip.messages import (
     Ack,
     Alive,
@@ -121,7 +122,7 @@ def test_decoder_validates_arbitrary_typed_messages(msgs: list[tuple[int, list[o
 
 def test_keyring_seals_and_opens_and_rejects_foreign_or_tampered() -> None:
     ring = Keyring.from_secret("alpha")
-    sealed = ring.seal(b"hello")
+    sealed = ring.seal(b"hello", os.urandom(NONCE_BYTES))
     assert sealed != b"hello" and ring.open(sealed) == b"hello"
     with pytest.raises(AuthError):
         Keyring.from_secret("beta").open(sealed)
@@ -135,10 +136,10 @@ def test_keyring_seals_and_opens_and_rejects_foreign_or_tampered() -> None:
 def test_key_rotation_primary_encrypts_all_decrypt() -> None:
     old, new = Keyring.from_secret("old"), Keyring.from_secret("new")
     both = Keyring.from_secret("new,old")
-    assert both.open(old.seal(b"a")) == b"a"
-    assert new.open(both.seal(b"b")) == b"b"
+    assert both.open(old.seal(b"a", os.urandom(NONCE_BYTES))) == b"a"
+    assert new.open(both.seal(b"b", os.urandom(NONCE_BYTES))) == b"b"
     with pytest.raises(AuthError):
-        old.open(both.seal(b"c"))
+        old.open(both.seal(b"c", os.urandom(NONCE_BYTES)))
 
 
 def test_derive_key_accepts_base64_or_hashes_a_passphrase() -> None:
