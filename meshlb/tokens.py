@@ -26,6 +26,11 @@ def _text_len(value: Any) -> int:
 
 
 PROMPT_FIELDS = ("prompt", "system", "messages", "input", "suffix")
+# The output estimate is capped: a client may ask for num_predict 2^63-1 (Ollama takes
+# it as "until done"), and an unbounded figure would reach the tpm window, gossip and
+# msgpack (a query of death: an int msgpack cannot carry killed the announcer). No
+# model context holds more than this many tokens, so no answer can be longer here.
+MAX_OUTPUT_ESTIMATE = 1 << 20
 
 
 def num_predict_of(payload: dict[str, Any]) -> int | None:
@@ -35,7 +40,7 @@ def num_predict_of(payload: dict[str, Any]) -> int | None:
     if raw is None:
         raw = payload.get("max_tokens") or payload.get("max_completion_tokens")
     if isinstance(raw, int) and not isinstance(raw, bool) and raw > 0:
-        return raw
+        return min(raw, MAX_OUTPUT_ESTIMATE)
     return None  # absent, or -1/-2 (Ollama's "until done"/"fill context")
 
 
@@ -60,7 +65,7 @@ def tokens_from_tail(tail: bytes) -> int | None:
     """
     found: dict[bytes, int] = {}
     for match in _COUNT_RE.finditer(tail):
-        found[match.group(1)] = int(match.group(2))
+        found[match.group(1)] = min(int(match.group(2)[:12]), MAX_OUTPUT_ESTIMATE)
     if b"prompt_eval_count" in found or b"eval_count" in found:
         return found.get(b"prompt_eval_count", 0) + found.get(b"eval_count", 0)
     if b"prompt_tokens" in found:

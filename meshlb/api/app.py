@@ -10,6 +10,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from meshlb.api.errors import ApiError, error_response, handle_api_error, handle_unexpected
 from meshlb.api.internal_routes import internal_routes
@@ -36,8 +37,35 @@ async def handle_http_exception(request: Request, exc: Exception) -> Response:
     return error_response(exc.status_code, str(exc.detail), path=path)
 
 
-def build_app(ctx: NodeContext) -> Starlette:
+def refuse_ambiguous_framing(app: ASGIApp) -> ASGIApp:
+    """400 at once for a request with both Content-Length and Transfer-Encoding:
+    RFC 9112 §6.1 says such a message may be a smuggling attempt and is to be treated
+    as an error; answered before any of its body is read (it would hang otherwise)."""
+
+    async def guarded(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            names = {name for name, _ in scope["headers"]}
+            if b"content-length" in names and b"transfer-encoding" in names:
+                response = error_response(
+                    400,
+                    "a request may not carry both Content-Length and Transfer-Encoding",
+                    {"Connection": "close"},
+                    scope.get("path", ""),
+                )
+                await response(scope, receive, send)
+                return
+        await app(scope, receive, send)
+
+    return guarded
+
+
+def build_app(ctx: NodeContext) -> ASGIApp:
     """All routes of a node over one context."""
+    return refuse_ambiguous_framing(build_routes(ctx))
+
+
+def build_routes(ctx: NodeContext) -> Starlette:
+    """The Starlette app: every route, and the JSON error handlers."""
     return Starlette(
         routes=[
             *node_routes(ctx),

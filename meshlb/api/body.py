@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,20 +38,82 @@ async def read_body(request: Request, limit_bytes: int) -> bytes:
     return b"".join(chunks)
 
 
+# Deeper JSON is refused with 400 (Ollama, in Go, accepts up to 10 000 levels; no real
+# request nests past a handful, and Python code walking a deep value can hit its
+# recursion limit). Counting brackets first (C speed) skips the walk for normal bodies.
+MAX_JSON_DEPTH = 100
+_LONE_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:30]} does not fit in a 64-bit float")
+    return value
+
+
+def json_depth_exceeds(value: Any, limit: int) -> bool:
+    """True if `value` nests containers deeper than `limit` (iterative: no recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth > limit:
+                return True
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
+    return False
+
+
+def repair_surrogates(value: Any) -> Any:
+    """Lone UTF-16 surrogates (from `\\ud800` escapes) become U+FFFD, as Go's
+    encoding/json (Ollama) decodes them, so the value can be re-encoded as UTF-8."""
+    if isinstance(value, str):
+        return _SURROGATE.sub("\ufffd", value)
+    if isinstance(value, list):
+        return [repair_surrogates(v) for v in value]
+    if isinstance(value, dict):
+        return {repair_surrogates(k): repair_surrogates(v) for k, v in value.items()}
+    return value
+
+
 def parse_json_object(body: bytes) -> dict[str, Any]:
-    """Parse a JSON object or raise 400 saying what is wrong and where."""
+    """Parse a JSON object or raise 400 saying what is wrong and where.
+
+    Strict where Go is strict (no NaN/Infinity, no float past 64 bits), bounded in
+    depth, and lone surrogate escapes repaired: nothing a client sends can turn into a
+    500 further down (re-encoding, msgpack, a recursive walk)."""
     if not body.strip():
         raise ApiError(400, "request body is empty; expected a JSON object")
     try:
-        payload = json.loads(body.decode("utf-8"))
+        payload = json.loads(
+            body.decode("utf-8"), parse_constant=_reject_constant, parse_float=_finite_float
+        )
     except UnicodeDecodeError:
         raise ApiError(400, "request body is not valid UTF-8 JSON") from None
     except json.JSONDecodeError as e:
         raise ApiError(
             400, f"invalid JSON in request body: {e.msg} at line {e.lineno} column {e.colno}"
         ) from None
+    except RecursionError:
+        raise ApiError(400, f"JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
+    except ValueError as e:  # NaN/Infinity, a float past 64 bits, an int of 4300+ digits
+        why = "a number has more than 4300 digits" if "digits" in str(e) else str(e)
+        raise ApiError(400, f"invalid JSON in request body: {why}") from None
     if not isinstance(payload, dict):
         raise ApiError(400, f"request body must be a JSON object, not {type(payload).__name__}")
+    if body.count(b"[") + body.count(b"{") > MAX_JSON_DEPTH and json_depth_exceeds(
+        payload, MAX_JSON_DEPTH
+    ):
+        raise ApiError(400, f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+    if _LONE_SURROGATE_ESCAPE.search(body):
+        repaired: dict[str, Any] = repair_surrogates(payload)
+        return repaired
     return payload
 
 

@@ -11,7 +11,7 @@ import json
 
 import structlog
 import trio
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 log = structlog.get_logger()
@@ -68,13 +68,21 @@ async def handle_api_error(request: Request, exc: Exception) -> Response:
 
 # Raised by the server's socket when the client went away while we were answering
 # (hypercorn can race its own close against our send): not a meshlb bug.
-CONNECTION_GONE = (trio.BusyResourceError, trio.BrokenResourceError, trio.ClosedResourceError)
+# A client that hangs up while still sending its body is not a meshlb bug either.
+CONNECTION_GONE = (
+    trio.BusyResourceError,
+    trio.BrokenResourceError,
+    trio.ClosedResourceError,
+    ClientDisconnect,
+)
 
 
 async def handle_unexpected(request: Request, exc: Exception) -> Response:
     if isinstance(exc, CONNECTION_GONE):
         log.info(
-            "client connection closed while answering",
+            "client hung up while sending its request"
+            if isinstance(exc, ClientDisconnect)
+            else "client connection closed while answering",
             path=request.url.path,
             error=type(exc).__name__,
         )

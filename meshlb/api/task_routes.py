@@ -7,6 +7,7 @@ the wrong type is 400 (malformed), a well-typed value outside its range is 422.
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, Literal
 
 import msgpack
@@ -121,6 +122,19 @@ def carries(value: Any) -> bool:
     return True
 
 
+# Task ids are `t-` and hex; anything else (a NUL, a slash, 10 kB of text) cannot name
+# a task and must not reach a peer's URL: 404 at once.
+TASK_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def task_id_of(request: Request) -> str:
+    task_id = str(request.path_params["task_id"])
+    if TASK_ID.fullmatch(task_id) is None:
+        shown = task_id[:40].encode("unicode_escape").decode("ascii")
+        raise ApiError(404, f"task '{shown}' not found")
+    return task_id
+
+
 def task_routes(ctx: NodeContext, service: TaskService) -> list[Route]:
     def not_found(task_id: str) -> ApiError:
         return ApiError(404, f"task '{task_id}' not found")
@@ -170,7 +184,7 @@ def task_routes(ctx: NodeContext, service: TaskService) -> list[Route]:
         )
 
     async def get_task(request: Request) -> Response:
-        task_id = request.path_params["task_id"]
+        task_id = task_id_of(request)
         wait_s = parse_wait(request.query_params.get("wait"))
         local_only = request.query_params.get("local") == "1"
         record = service.get(task_id)
@@ -210,7 +224,7 @@ def task_routes(ctx: NodeContext, service: TaskService) -> list[Route]:
         return None if answer is None else answer[1]
 
     async def delete_task(request: Request) -> Response:
-        task_id = request.path_params["task_id"]
+        task_id = task_id_of(request)
         record = service.get(task_id)
         if record is not None and record.state in FINAL_STATES:
             raise ApiError(

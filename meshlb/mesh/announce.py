@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from typing import Protocol
 
+import structlog
 import trio
 
 from meshlb.mesh.meta import Load, Moves, NodeMeta, encode_meta
 from meshlb.node_context import NodeContext
 
 ANNOUNCE_INTERVAL_S = 1.0
+log = structlog.get_logger()
 
 
 class MetaSink(Protocol):
@@ -52,11 +54,18 @@ def local_moves(ctx: NodeContext) -> Moves:
 async def announce_loop(
     ctx: NodeContext, sink: MetaSink, interval_s: float = ANNOUNCE_INTERVAL_S
 ) -> None:
-    """Forever: push changed metadata to gossip at most once per interval."""
+    """Forever: push changed metadata to gossip at most once per interval.
+
+    A round that fails (a figure that cannot be encoded) is logged and skipped: the
+    announcer must never take the node down with it."""
     last = b""
     while True:
-        data = encode_meta(local_meta(ctx))
-        if data != last:
-            sink.update_meta(data)
-            last = data
+        try:
+            data = encode_meta(local_meta(ctx))
+        except Exception as e:  # one bad round must not kill the node
+            log.error("node metadata could not be encoded; round skipped", error=repr(e))
+        else:
+            if data != last:
+                sink.update_meta(data)
+                last = data
         await trio.sleep(interval_s)

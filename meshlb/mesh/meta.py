@@ -89,6 +89,14 @@ class _MetaWire(BaseModel):
     u: bool = True
 
 
+MAX_GOSSIPED_INT = (1 << 32) - 1
+
+
+def _u(value: int | None) -> int | None:
+    """A count as gossiped: clamped to 0..2^32-1, so no figure can make msgpack fail."""
+    return None if value is None else max(0, min(int(value), MAX_GOSSIPED_INT))
+
+
 def _pack(meta: NodeMeta, models: tuple[str, ...], truncated: bool) -> bytes:
     load = meta.load
     return bytes(
@@ -101,20 +109,20 @@ def _pack(meta: NodeMeta, models: tuple[str, ...], truncated: bool) -> bytes:
                 "b": meta.boot,
                 "u": meta.ollama_up,
                 "mv": {
-                    "f": meta.moves.forwarded,
-                    "s": meta.moves.stolen,
-                    "t": meta.moves.taken_over,
-                    "d": meta.moves.duplicates_dropped,
+                    "f": _u(meta.moves.forwarded),
+                    "s": _u(meta.moves.stolen),
+                    "t": _u(meta.moves.taken_over),
+                    "d": _u(meta.moves.duplicates_dropped),
                 },
                 "lo": {
-                    "q": load.queued,
-                    "r": load.running,
-                    "c": load.max_concurrency,
-                    "ru": load.rpm_used,
-                    "rl": load.rpm_limit,
-                    "tu": load.tpm_used,
-                    "tl": load.tpm_limit,
-                    "tps": round(load.tokens_per_s, 1),
+                    "q": _u(load.queued),
+                    "r": _u(load.running),
+                    "c": _u(load.max_concurrency),
+                    "ru": _u(load.rpm_used),
+                    "rl": _u(load.rpm_limit),
+                    "tu": _u(load.tpm_used),
+                    "tl": _u(load.tpm_limit),
+                    "tps": round(min(load.tokens_per_s, 1e9), 1),
                 },
             }
         )

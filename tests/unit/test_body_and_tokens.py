@@ -81,3 +81,52 @@ def test_generation_rate_and_average() -> None:
     avg.observe(None)
     avg.observe(20.0)
     assert avg.value == 15.0
+
+
+def test_a_huge_num_predict_is_capped_in_the_estimate() -> None:
+    """Issue 15, defect 3: 2^63-1 reached tpm, gossip and msgpack, and killed a node."""
+    from meshlb.tokens import MAX_OUTPUT_ESTIMATE, estimate_tokens
+
+    payload = {"model": "m", "prompt": "hi", "options": {"num_predict": 9223372036854775807}}
+    assert estimate_tokens(payload, "generate", 256) <= MAX_OUTPUT_ESTIMATE + 2
+    assert estimate_tokens({"max_tokens": 10**30}, "chat", 256) <= MAX_OUTPUT_ESTIMATE + 2
+
+
+def test_gossiped_metadata_encodes_whatever_the_figures() -> None:
+    from meshlb.mesh.meta import Load, NodeMeta, decode_meta, encode_meta
+
+    meta = NodeMeta("10.0.0.1:11435", ("m",), Load(tpm_used=1 << 70, queued=-3, tokens_per_s=1e300))
+    back = decode_meta(encode_meta(meta))
+    assert back is not None and back.load.tpm_used == (1 << 32) - 1 and back.load.queued == 0
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        (b'{"messages": ' + b"[" * 600 + b"]" * 600 + b"}", "nested deeper than 100"),
+        (b'{"x": ' + b"[" * 200_000 + b"]" * 200_000 + b"}", "nested deeper than 100"),
+        (b'{"options": {"temperature": NaN}}', "NaN is not valid JSON"),
+        (b'{"options": {"temperature": 1e400}}', "does not fit in a 64-bit float"),
+        (b'{"seed": 1' + b"0" * 5000 + b"}", "more than 4300 digits"),
+    ],
+)
+def test_hostile_json_is_a_400_naming_the_problem(body: bytes, fragment: str) -> None:
+    """Issue 15, defect 4: these were 500s (RecursionError, ValueError)."""
+    from meshlb.api.body import parse_json_object
+    from meshlb.api.errors import ApiError
+
+    with pytest.raises(ApiError) as caught:
+        parse_json_object(body)
+    assert caught.value.status == 400 and fragment in caught.value.message
+
+
+def test_lone_surrogates_are_repaired_as_go_decodes_them() -> None:
+    import json
+
+    from meshlb.api.body import parse_json_object
+
+    payload = parse_json_object(
+        b'{"prompt": "a\\ud800b", "system": "\\udfff", "ok": "\\ud83d\\ude00"}'
+    )
+    assert payload == {"prompt": "a\ufffdb", "system": "\ufffd", "ok": "\U0001f600"}
+    json.dumps(payload, ensure_ascii=False).encode("utf-8")  # re-encodable now
