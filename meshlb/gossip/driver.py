@@ -28,17 +28,7 @@ import trio
 from meshlb.gossip import drops
 from meshlb.gossip.config import GossipConfig
 from meshlb.gossip.crypto import Keyring
-from meshlb.gossip.events import (
-    Event,
-    JoinSucceeded,
-    MemberDied,
-    MemberJoined,
-    MemberLeft,
-    MemberReaped,
-    MemberRefuted,
-    MemberSuspected,
-    MetaChanged,
-)
+from meshlb.gossip.events import Event
 from meshlb.gossip.membership import Membership
 from meshlb.gossip.messages import Addr, PushPull
 from meshlb.gossip.table import MemberView
@@ -361,30 +351,10 @@ class GossipDriver:
 
     def _publish(self, events: list[Event]) -> None:
         for ev in events:
-            _log_event(self.log, self.node_id, ev)
+            level, what, fields = ev.describe(self.node_id)
+            getattr(self.log, level)(what, **fields)
             for ch in self._subscribers:
                 try:
                     ch.send_nowait(ev)
                 except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
                     self._stats["events_dropped"] += 1
-
-
-def _log_event(log: Any, me: str, ev: Event) -> None:
-    """One log line per state change, with who said so and at which incarnation."""
-    if isinstance(ev, MemberSuspected):
-        log.warning("member suspected", node=ev.node, by=ev.by, incarnation=ev.incarnation)
-    elif isinstance(ev, MemberDied):
-        log.warning("member died", node=ev.node, by=ev.by, incarnation=ev.incarnation)
-    elif isinstance(ev, MemberRefuted):
-        what = "suspicion of us refuted" if ev.node == me else "member refuted suspicion"
-        log.info(what, node=ev.node, accused_by=ev.accused_by, incarnation=ev.incarnation)
-    elif isinstance(ev, MemberJoined):
-        log.info("member joined", node=ev.node, addr=ev.addr, incarnation=ev.incarnation)
-    elif isinstance(ev, MemberLeft):
-        log.info("member left", node=ev.node, incarnation=ev.incarnation)
-    elif isinstance(ev, MetaChanged):
-        log.debug("member meta changed", node=ev.node, incarnation=ev.incarnation)
-    elif isinstance(ev, MemberReaped):
-        log.info("member reaped", node=ev.node)
-    elif isinstance(ev, JoinSucceeded):
-        log.info("gossip joined", seed=ev.seed, members=ev.members)

@@ -10,6 +10,9 @@ The deadline is always measured from the start of the suspicion.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+
+from meshlb.gossip.timers import TimerHeap
 
 
 def suspicion_timeout_s(confirmations: int, k: int, min_s: float, max_s: float) -> float:
@@ -70,3 +73,47 @@ class Suspicion:
             f"Suspicion(by={self.accuser!r}, inc={self.incarnation}, "
             f"n={self.n}/{self.k}, deadline={self.deadline:.3f})"
         )
+
+
+class SuspicionTracker:
+    """The live suspicions, one per member, and their timers.
+
+    A timer entry is live only while its suspicion still exists and still wakes at
+    that time: re-arming (a confirmation, a last-chance ping) leaves the old entry stale.
+    """
+
+    __slots__ = ("_by_node", "lead_s", "timers")
+
+    def __init__(self, lead_s: float, fire: Callable[[str, float], None]) -> None:
+        self.lead_s = lead_s  # a last-chance ping goes out this long before the deadline
+        self._by_node: dict[str, Suspicion] = {}
+        self.timers: TimerHeap[str] = TimerHeap(fire, self._live)
+
+    def __len__(self) -> int:
+        return len(self._by_node)
+
+    def get(self, node: str) -> Suspicion | None:
+        return self._by_node.get(node)
+
+    def pop(self, node: str) -> Suspicion | None:
+        return self._by_node.pop(node, None)
+
+    def start(self, node: str, susp: Suspicion, now: float) -> None:
+        self._by_node[node] = susp
+        self.arm(susp, node, now)
+
+    def arm(self, susp: Suspicion, node: str, now: float) -> None:
+        """(Re)schedule a suspicion's timer; older heap entries become stale.
+
+        A late confirmation can move the deadline into the past; the last-chance
+        pings still go out first (the deadline moves to just after them).
+        """
+        lead = self.lead_s
+        if susp.next_wakeup(lead) < now:
+            susp.deadline = max(susp.deadline, now + susp.pings_left * lead)
+        susp.wake_at = max(now, susp.next_wakeup(lead))
+        self.timers.push(susp.wake_at, node)
+
+    def _live(self, at: float, node: str) -> bool:
+        s = self._by_node.get(node)
+        return s is not None and s.wake_at == at

@@ -21,10 +21,21 @@ from meshlb.gossip.config import GossipConfig
 from meshlb.gossip.crypto import Keyring
 from meshlb.gossip.events import Event
 from meshlb.gossip.membership import Membership
-from meshlb.gossip.messages import ALIVE, Addr, MemberState
+from meshlb.gossip.messages import ALIVE, Addr, MemberState, Message, PushPull
 from meshlb.testing.memnet import LinkModel, MemoryNetwork
 
 INF = float("inf")
+# What travels: decoded messages or encoded bytes (datagrams), a push-pull or its
+# bytes (streams), nothing (wake-ups, resumes).
+Payload = tuple[Message, ...] | bytes | PushPull | None
+
+
+def _stream(payload: Payload) -> PushPull | bytes:
+    if isinstance(payload, PushPull | bytes):
+        return payload
+    raise TypeError(f"not a push-pull payload: {payload!r}")
+
+
 _WAKE, _DGRAM, _PP_REQ, _PP_REP, _RESUME = range(5)
 
 
@@ -35,7 +46,7 @@ class SimNode:
     addr: Addr
     core: Membership | None
     wake_at: float = INF
-    backlog: list[tuple[int, Addr, object]] = field(default_factory=list)
+    backlog: list[tuple[int, Addr, Payload]] = field(default_factory=list)
     stall_frozen: bool = True
     packets_out: int = 0
     bytes_out: int = 0
@@ -67,7 +78,7 @@ class GossipSim:
         self.now = 0.0
         self.log: list[tuple[float, int, Event]] = []
         self.max_packet_bytes = 0
-        self._heap: list[tuple[float, int, int, int, Addr, object]] = []
+        self._heap: list[tuple[float, int, int, int, Addr, Payload]] = []
         self._seq = 0
         self._restarts = 0
         self.nodes = [
@@ -106,7 +117,7 @@ class GossipSim:
 
     # ---- scheduling ------------------------------------------------------------
 
-    def _push(self, t: float, kind: int, idx: int, src: Addr, payload: object) -> None:
+    def _push(self, t: float, kind: int, idx: int, src: Addr, payload: Payload) -> None:
         self._seq += 1
         heapq.heappush(self._heap, (t, self._seq, kind, idx, src, payload))
 
@@ -127,7 +138,7 @@ class GossipSim:
         net = self.net
         for dg in core.datagrams_to_send():
             nd.packets_out += 1
-            payload: object = dg.messages
+            payload: Payload = dg.messages
             size = dg.size
             if self.use_codec:
                 data = core.encode(dg)
@@ -179,21 +190,22 @@ class GossipSim:
     def run_for(self, duration_s: float) -> None:
         self.run_until(self.now + duration_s)
 
-    def _handle(self, nd: SimNode, kind: int, src: Addr, payload: object, t: float) -> None:
+    def _handle(self, nd: SimNode, kind: int, src: Addr, payload: Payload, t: float) -> None:
         core = nd.core
         assert core is not None
         if kind == _WAKE:
             core.tick(t)
         elif kind == _DGRAM:
-            core.receive(payload, src, t)  # type: ignore[arg-type]
+            if not isinstance(payload, PushPull) and payload is not None:
+                core.receive(payload, src, t)
         elif kind == _PP_REQ:
-            reply = core.handle_push_pull(payload, src, t)  # type: ignore[arg-type]
+            reply = core.handle_push_pull(_stream(payload), src, t)
             at = self.net.route_stream(nd.addr, src, t)
             if reply is not None and at is not None:
                 out = core.encode_push_pull(reply) if self.use_codec else reply
                 self._push(at, _PP_REP, self.by_addr[src].idx, nd.addr, out)
         elif kind == _PP_REP:
-            core.receive_push_pull(payload, src, t)  # type: ignore[arg-type]
+            core.receive_push_pull(_stream(payload), src, t)
         else:  # resume after a stall: timers first, then the queued packets
             core.tick(t)
             backlog, nd.backlog = nd.backlog, []
