@@ -17,6 +17,7 @@ from meshlb.api.app import build_app
 from meshlb.backend.catalog import ModelCatalog
 from meshlb.backend.ollama import OllamaBackend
 from meshlb.config import NodeSettings, parse_host_port
+from meshlb.events import Telemetry
 from meshlb.gossip.config import GossipConfig
 from meshlb.gossip.driver import GossipDriver
 from meshlb.http_server import serve_app
@@ -69,6 +70,7 @@ def build_context(settings: NodeSettings) -> NodeContext:
         scheduler=scheduler,
         tasks=tasks,
         generation_rate=rate,
+        telemetry=Telemetry(tasks.mesh.events),
     )
 
 
@@ -187,6 +189,7 @@ async def run_node(
             nursery.start_soon(ctx.scheduler.run)
             await nursery.start(ctx.tasks.run)
             nursery.start_soon(log_queue_stats, ctx)
+            nursery.start_soon(ctx.telemetry.run, ctx.scheduler.stats)
             gossip = build_gossip(ctx)
             membership_events = gossip.subscribe()
             await nursery.start(gossip.run)

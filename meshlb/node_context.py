@@ -17,6 +17,7 @@ import httpx
 from meshlb.backend.catalog import ModelCatalog
 from meshlb.backend.ollama import OllamaBackend
 from meshlb.config import NodeSettings
+from meshlb.events import Telemetry
 from meshlb.mesh.candidates import RecentlySent
 from meshlb.mesh.mailer import PeerMailer
 from meshlb.mesh.view import MembershipSource
@@ -59,6 +60,8 @@ class NodeContext:
     boot: str = field(default_factory=lambda: secrets.token_hex(4))
     # Set on SIGTERM: new work is refused with 503 while queued work finishes or moves.
     draining: bool = False
+    # Recent events, request histograms and the sampled series (dashboard, /metrics).
+    telemetry: Telemetry = field(default_factory=Telemetry)
 
     @property
     def node_id(self) -> str:

@@ -15,6 +15,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from meshlb.api.errors import ApiError, error_response, handle_api_error, handle_unexpected
 from meshlb.api.internal_routes import internal_routes
 from meshlb.api.mesh_routes import mesh_routes
+from meshlb.api.metrics import count_requests
 from meshlb.api.node_routes import node_routes
 from meshlb.api.ollama_routes import ollama_routes
 from meshlb.api.task_routes import task_routes
@@ -61,7 +62,7 @@ def refuse_ambiguous_framing(app: ASGIApp) -> ASGIApp:
 
 def build_app(ctx: NodeContext) -> ASGIApp:
     """All routes of a node over one context."""
-    return refuse_ambiguous_framing(build_routes(ctx))
+    return refuse_ambiguous_framing(count_requests(ctx, build_routes(ctx)))
 
 
 def build_routes(ctx: NodeContext) -> Starlette:

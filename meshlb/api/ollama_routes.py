@@ -158,6 +158,7 @@ async def place_in_mesh(
         ]
         decision = place(TaskNeeds(wanted, est_tokens, hops), usable, ctx.rng)
         if isinstance(decision, RunHere):
+            ctx.telemetry.log.kept(ctx.node_id, model, decision.eta_s, hops)
             return None
         if not isinstance(decision, SendTo):
             if hops:
@@ -203,6 +204,7 @@ async def place_in_mesh(
             local_eta_s=decision.local_eta_s,
             why="model not runnable here" if decision.local_eta_s is None else "sooner there",
         )
+        ctx.telemetry.log.forwarded(decision.node_id, model, decision.eta_s, decision.local_eta_s)
         return upstream, decision.node_id
 
 

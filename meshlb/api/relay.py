@@ -60,9 +60,11 @@ class RelayResponse:
         self._tail = b""
         self._started = False  # the response's status line went out
         self._answered = False  # its last byte went out
+        self._timer = ctx.telemetry.requests.timer(task.model)  # histograms for /metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         async def tracked(message: Message) -> None:
+            self._timer.on_send(message)
             if message["type"] == "http.response.start":
                 self._started = True
             elif not message.get("more_body"):
@@ -80,6 +82,7 @@ class RelayResponse:
                     await self._timed_out(tracked)
             finally:
                 nursery.cancel_scope.cancel()
+                self._timer.done(self._tail)
                 if self._holding_slot:
                     self.ctx.generation_rate.observe(generation_rate_from_tail(self._tail))
                     self.ctx.scheduler.finish(self.task.task_id, tokens_from_tail(self._tail))
@@ -100,6 +103,7 @@ class RelayResponse:
         """Start the request at Ollama once the scheduler allows it; requeue while it is busy."""
         sched = self.ctx.scheduler
         waited_s = await sched.wait_turn(self.task.task_id)
+        self._timer.turn(waited_s)
         self._holding_slot = True
         for _ in range(MAX_BUSY_RETRIES):
             upstream = await self.ctx.backend.open_stream("POST", self.task.path, self.task.body)

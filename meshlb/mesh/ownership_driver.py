@@ -25,6 +25,7 @@ import structlog
 import trio
 
 from meshlb.backend.catalog import canonical_model
+from meshlb.events import EventLog
 from meshlb.gossip.events import Event as GossipEvent
 from meshlb.mesh import ownership_msgs as m
 from meshlb.mesh.meta import decode_meta
@@ -94,6 +95,7 @@ class OwnershipDriver:
         self._wake = trio.Event()
         self._settled: dict[str, trio.Event] = {}
         self._offer_reasons: dict[str, str] = {}  # task id -> why a peer offered it
+        self.events = EventLog(node_id)  # for the dashboard (NodeContext.telemetry.log)
 
     # ---- feeding the core ----------------------------------------------------------
 
@@ -103,6 +105,7 @@ class OwnershipDriver:
         self._wake.set()  # the core's next deadline may be earlier now
 
     def accept(self, record: TaskRecord, forward_to: str | None) -> None:
+        self.events.task_accepted(record.id, record.model, self.node_id, forward_to)
         self.feed(m.TaskAccepted(record, forward_to))
 
     def receive(self, batch: Batch) -> None:
@@ -193,6 +196,7 @@ class OwnershipDriver:
                 why = self._offer_reasons.pop(cmd.task_id, "forward")
             self.counters[f"received_{why.replace(' ', '_')}"] += 1
             log.info("task now owned here", task=cmd.task_id, reason=why)
+            self.events.task_owned(cmd.task_id, cmd.record.model, why)
         local_models = self.view.local_candidate().models if self.view is not None else None
         model = canonical_model(cmd.record.model)
         missing = local_models is not None and model not in local_models
@@ -200,6 +204,7 @@ class OwnershipDriver:
             to = self.best_peer(model, cmd.record.est_tokens, here=not missing)
             if to is not None:
                 log.info("taken-over task placed on a peer", task=cmd.task_id, peer=to)
+                self.events.task_sent(cmd.task_id, model, to, cmd.reason)
                 self.feed(m.PeerChosen(cmd.task_id, to))
                 return
         self.executor.run_owned(cmd.record, cmd.reason)
@@ -250,6 +255,7 @@ class OwnershipDriver:
 
     def on_gossip(self, ev: GossipEvent) -> None:
         had_quorum = self.core.in_quorum()
+        self.events.gossip(ev)
         self._peer_event(ev)
         if had_quorum != self.core.in_quorum():
             core = self.core
@@ -263,6 +269,7 @@ class OwnershipDriver:
                 )
             else:
                 log.info("quorum regained", healthy=healthy, known=len(core.known))
+            self.events.quorum(not had_quorum, healthy, len(core.known))
 
     def _peer_event(self, ev: GossipEvent) -> None:
         for event in self.peers.translate(ev, self.core.live):
@@ -270,7 +277,9 @@ class OwnershipDriver:
                 log.info("peer gone: taking over its tasks", peer=event.node_id, left=event.left)
             elif isinstance(event, m.PeerRestarted):
                 log.info("peer restarted: its old tasks are orphans", peer=event.node_id)
+            taken_before = self.core.counters.taken_over
             self.feed(event)
+            self.events.after_peer_event(event, self.core.counters.taken_over - taken_before)
 
     # ---- time ----------------------------------------------------------------------
 
