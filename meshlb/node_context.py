@@ -18,6 +18,7 @@ from meshlb.backend.catalog import ModelCatalog
 from meshlb.backend.ollama import OllamaBackend
 from meshlb.config import NodeSettings
 from meshlb.events import Telemetry
+from meshlb.mesh.auth import ReplayGuard
 from meshlb.mesh.candidates import RecentlySent
 from meshlb.mesh.mailer import PeerMailer
 from meshlb.mesh.view import MembershipSource
@@ -58,6 +59,8 @@ class NodeContext:
     mailer: PeerMailer | None = None
     # Random per process start, gossiped: peers tell a restart from a slow node by it.
     boot: str = field(default_factory=lambda: secrets.token_hex(4))
+    # Signatures of node-to-node requests seen lately: each is accepted once.
+    replay_guard: ReplayGuard = field(default_factory=ReplayGuard)
     # Set on SIGTERM: new work is refused with 503 while queued work finishes or moves.
     draining: bool = False
     # Recent events, request histograms and the sampled series (dashboard, /metrics).

@@ -9,15 +9,13 @@ is 400 and nothing is applied either.
 
 from __future__ import annotations
 
-import time
-
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from meshlb.api.body import read_body
 from meshlb.api.errors import ApiError
-from meshlb.mesh.auth import AUTH_HEADER, verify
+from meshlb.api.peer_auth import require_peer
 from meshlb.mesh.mailer import OWNERSHIP_PATH
 from meshlb.mesh.ownership_wire import MAX_BATCH_BYTES, WireError, decode_batch
 from meshlb.node_context import NodeContext
@@ -26,14 +24,11 @@ from meshlb.node_context import NodeContext
 def internal_routes(ctx: NodeContext) -> list[Route]:
     async def ownership(request: Request) -> Response:
         body = await read_body(request, MAX_BATCH_BYTES)
-        key = ctx.settings.cluster_key
-        if key is not None:
-            problem = verify(
-                key, request.headers.get(AUTH_HEADER), "POST", OWNERSHIP_PATH, body, time.time()
-            )
-            if problem is not None:
-                ctx.counters["internal_refused"] += 1
-                raise ApiError(401, f"ownership batch refused: {problem}")
+        try:
+            require_peer(ctx, request, body, "ownership batch")
+        except ApiError:
+            ctx.counters["internal_refused"] += 1
+            raise
         try:
             batch = decode_batch(body)
         except WireError as e:

@@ -16,6 +16,7 @@ from starlette.responses import JSONResponse, Response
 from meshlb.api.body import parse_json_object, read_body, require_model
 from meshlb.api.errors import ApiError, retry_after
 from meshlb.api.mesh_routes import alive_peer_urls, current_peers
+from meshlb.api.peer_auth import require_peer
 from meshlb.api.work_errors import require_model_in_mesh
 from meshlb.backend.catalog import canonical_model
 from meshlb.backend.ollama import BackendError, describe_http_error
@@ -27,6 +28,8 @@ from meshlb.node_context import NodeContext
 def ps_handler(ctx: NodeContext) -> Any:
     async def handler(request: Request) -> Response:
         local_only = request.query_params.get("local") == "1"
+        if local_only:
+            require_peer(ctx, request)
         docs: list[dict[str, Any]] = []
         problem: BackendError | None = None
         try:
@@ -34,7 +37,9 @@ def ps_handler(ctx: NodeContext) -> Any:
         except BackendError as e:
             problem = e
         if not local_only:
-            docs += await gather_from_peers(ctx.peer_client, alive_peer_urls(ctx), "/api/ps")
+            docs += await gather_from_peers(
+                ctx.peer_client, alive_peer_urls(ctx), "/api/ps", None, ctx.settings.cluster_key
+            )
         if not docs:
             raise ApiError(503, f"{problem}; try again shortly", retry_after(5))
         seen: dict[str, dict[str, Any]] = {}

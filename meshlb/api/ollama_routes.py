@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import time
 from typing import Any
 
 import httpx
@@ -37,11 +36,11 @@ from meshlb.api.errors import ApiError, retry_after
 from meshlb.api.forwarded import ForwardedResponse
 from meshlb.api.mesh_docs import ps_handler, show_handler
 from meshlb.api.mesh_routes import current_peers
+from meshlb.api.peer_auth import require_peer
 from meshlb.api.relay import LocalTask, RelayResponse
 from meshlb.api.work_errors import refused_to_error, require_model_in_mesh
 from meshlb.backend.catalog import canonical_model
 from meshlb.backend.ollama import BackendError
-from meshlb.mesh.auth import AUTH_HEADER, verify
 from meshlb.mesh.candidates import candidates_from_peers, http_addr_of, incarnation_of
 from meshlb.mesh.forward import HOPS_HEADER, PeerUnavailable, open_on_peer
 from meshlb.mesh.placement import RunHere, SendTo, TaskNeeds, place
@@ -77,17 +76,8 @@ def make_task_handler(ctx: NodeContext, route: Route) -> Any:
         check_stream_field(payload)
         est_tokens = estimate_tokens(payload, route.kind, ctx.settings.default_num_predict)
         hops = parse_hops(request.headers.get(HOPS_HEADER))
-        if hops and ctx.settings.cluster_key is not None:
-            problem = verify(
-                ctx.settings.cluster_key,
-                request.headers.get(AUTH_HEADER),
-                "POST",
-                route.path,
-                body,
-                time.time(),
-            )
-            if problem is not None:
-                raise ApiError(401, f"request from a peer refused: {problem}")
+        if hops:
+            require_peer(ctx, request, body)
 
         async def respond(exclude: frozenset[str]) -> ASGIApp:
             """Forward to the best peer (not one in `exclude`), else queue here."""

@@ -19,6 +19,7 @@ from starlette.routing import Route
 from meshlb.api.body import PRIORITY_HEADER, parse_json_object, parse_priority, read_body
 from meshlb.api.errors import ApiError, retry_after
 from meshlb.api.mesh_routes import alive_peer_urls, current_peers
+from meshlb.api.peer_auth import require_peer
 from meshlb.api.work_errors import refused_to_error, require_model_in_mesh
 from meshlb.backend.catalog import canonical_model
 from meshlb.mesh.candidates import http_addr_of, incarnation_of
@@ -187,6 +188,8 @@ def task_routes(ctx: NodeContext, service: TaskService) -> list[Route]:
         task_id = task_id_of(request)
         wait_s = parse_wait(request.query_params.get("wait"))
         local_only = request.query_params.get("local") == "1"
+        if local_only:
+            require_peer(ctx, request)
         record = service.get(task_id)
         if record is not None and not record.final and not local_only:
             fresher = await ask_owner(task_id, wait_s)
@@ -235,6 +238,7 @@ def task_routes(ctx: NodeContext, service: TaskService) -> list[Route]:
             assert record is not None
             return JSONResponse(record.to_public())
         if request.query_params.get("local") == "1":
+            require_peer(ctx, request)
             raise ApiError(404, f"task '{task_id}' is not owned by this node")
         # Only the owner can stop a task: ask every peer, the owner answers.
         answer = await ask_peers(
@@ -273,11 +277,13 @@ def task_routes(ctx: NodeContext, service: TaskService) -> list[Route]:
         rows = [
             r.to_public() for r in fresh if r is not None and (state is None or r.state == state)
         ]
+        if request.query_params.get("local") == "1":
+            require_peer(ctx, request)
         if scope == "local" or request.query_params.get("local") == "1":
             return JSONResponse({"tasks": rows[:limit]})
         params = {"limit": str(limit), **({"state": state} if state else {})}
         answers = await gather_from_peers(
-            ctx.peer_client, alive_peer_urls(ctx), "/v1/tasks", params
+            ctx.peer_client, alive_peer_urls(ctx), "/v1/tasks", params, ctx.settings.cluster_key
         )
         merged = merge_task_rows([rows, *(a.get("tasks", []) for a in answers)])
         return JSONResponse({"tasks": merged[:limit], "nodes_answered": 1 + len(answers)})

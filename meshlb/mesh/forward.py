@@ -54,7 +54,7 @@ async def open_on_peer(
     if math.isfinite(remaining_s):
         headers[TIMEOUT_HEADER] = f"{max(0.001, remaining_s):.3f}"
     if cluster_key is not None:
-        headers[AUTH_HEADER] = sign(cluster_key, "POST", path, body, time.time())
+        headers[AUTH_HEADER] = sign(cluster_key, "POST", path, body, time.time(), headers)
     request = client.build_request("POST", f"{peer_url}{path}", content=body, headers=headers)
     try:
         response = await client.send(request, stream=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 import trio
@@ -18,6 +19,17 @@ import trio
 from meshlb.mesh.auth import AUTH_HEADER, sign
 
 LOOKUP_TIMEOUT_S = 2.0
+
+
+def with_query(path: str, params: dict[str, str]) -> str:
+    """`path?query`, encoded once here: the signature covers exactly what is sent."""
+    return f"{path}?{urlencode(sorted(params.items()))}"
+
+
+def signed_headers(cluster_key: str | None, method: str, target: str) -> dict[str, str]:
+    if cluster_key is None:
+        return {}
+    return {AUTH_HEADER: sign(cluster_key, method, target, b"", time.time())}
 
 
 async def ask_peers(
@@ -32,20 +44,18 @@ async def ask_peers(
     """(status, JSON) of the first peer answering a `wanted` status, or None."""
     found: tuple[int, dict[str, Any]] | None = None
 
+    params: dict[str, str] = {"local": "1"}
+    if wait_s:
+        params["wait"] = str(wait_s)
+    target = with_query(path, params)
+
     async def ask(url: str, cancel: trio.CancelScope) -> None:
         nonlocal found
-        headers = {}
-        if cluster_key is not None:
-            headers[AUTH_HEADER] = sign(cluster_key, method, path, b"", time.time())
-        params: dict[str, str] = {"local": "1"}
-        if wait_s:
-            params["wait"] = str(wait_s)
         try:
             r = await client.request(
                 method,
-                f"{url}{path}",
-                params=params,
-                headers=headers,
+                f"{url}{target}",
+                headers=signed_headers(cluster_key, method, target),
                 timeout=wait_s + LOOKUP_TIMEOUT_S,
             )
             body = r.json()
@@ -78,14 +88,19 @@ async def gather_from_peers(
     peer_urls: Sequence[str],
     path: str,
     params: dict[str, str] | None = None,
+    cluster_key: str | None = None,
 ) -> list[dict[str, Any]]:
     """Every peer's JSON answer to `GET path?local=1` (those that answer 200 in time)."""
     answers: list[dict[str, Any]] = []
-    query = {**(params or {}), "local": "1"}
+    target = with_query(path, {**(params or {}), "local": "1"})
 
     async def ask(url: str) -> None:
         try:
-            r = await client.get(f"{url}{path}", params=query, timeout=LOOKUP_TIMEOUT_S)
+            r = await client.get(
+                f"{url}{target}",
+                headers=signed_headers(cluster_key, "GET", target),
+                timeout=LOOKUP_TIMEOUT_S,
+            )
             body = r.json()
         except (httpx.HTTPError, ValueError):
             return

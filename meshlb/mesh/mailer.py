@@ -108,7 +108,9 @@ class PeerMailer:
         body = self._encode(to, batch)
         headers = {"content-type": "application/msgpack"}
         if self.cluster_key is not None:
-            headers[AUTH_HEADER] = sign(self.cluster_key, "POST", OWNERSHIP_PATH, body, time.time())
+            headers[AUTH_HEADER] = sign(
+                self.cluster_key, "POST", OWNERSHIP_PATH, body, time.time(), headers
+            )
         try:
             r = await self.client.post(
                 f"http://{addr}{OWNERSHIP_PATH}",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 
 import httpx
@@ -208,3 +209,36 @@ def test_cluster_key_refuses_unauthenticated_peer_requests() -> None:
         assert garbage.status_code == 400 and "malformed" in garbage.json()["error"]
         assert httpx.get(f"{n.url}/v1/tasks/t-forged").status_code == 404
         assert httpx.get(f"{n.url}/v1/queue").json()["mesh"]["copies"] == 0
+
+
+def test_signed_peer_requests_cannot_be_replayed_or_altered() -> None:
+    """Issue 15, defect 6: a captured forwarded request, resent byte for byte, ran
+    again; with X-Meshlb-Priority changed it was still accepted; `?local=1` reads
+    were answered without a signature."""
+    key = "s3cret-key-for-tests"
+    with (
+        sim_ollama(tokens_per_second=200) as sim,
+        meshlb_node(sim.url, "--cluster-key", key, node_id="k") as n,
+    ):
+        body = json.dumps(
+            {"model": "llama3.2:1b", "prompt": "x", "stream": False, "options": {"num_predict": 2}}
+        ).encode()
+        headers = {"x-meshlb-hops": "1", "x-meshlb-priority": "5"}
+        captured = {
+            **headers,
+            "content-type": "application/json",
+            AUTH_HEADER: sign(key, "POST", "/api/generate", body, time.time(), headers),
+        }
+        first = httpx.post(f"{n.url}/api/generate", content=body, headers=captured)
+        assert first.status_code == 200, first.text
+        replayed = httpx.post(f"{n.url}/api/generate", content=body, headers=captured)
+        assert replayed.status_code == 401 and "used before" in replayed.json()["error"]
+        fresh = sign(key, "POST", "/api/generate", body, time.time(), headers)
+        altered = {**captured, AUTH_HEADER: fresh, "x-meshlb-priority": "10"}
+        r = httpx.post(f"{n.url}/api/generate", content=body, headers=altered)
+        assert r.status_code == 401 and "does not match" in r.json()["error"]
+        unsigned = httpx.get(f"{n.url}/v1/tasks/t-abc", params={"local": "1"})
+        assert unsigned.status_code == 401
+        path = "/v1/tasks/t-abc?local=1"
+        signed = {AUTH_HEADER: sign(key, "GET", path, b"", time.time())}
+        assert httpx.get(f"{n.url}{path}", headers=signed).status_code == 404
