@@ -50,6 +50,9 @@ MAX_PLACEMENTS = 300
 MAX_MESH_EVENTS = 500
 SAMPLE_INTERVAL_S = 2.0
 WINDOW_S = 15 * 60.0
+# Take-overs closer together than this are one "took over N tasks of X" event.
+TAKE_OVER_BATCH_S = 10.0
+GONE_KINDS = frozenset({"dead", "left", "restarted"})
 # A response whose load_duration exceeds this loaded its model cold.
 COLD_LOAD_S = 0.1
 
@@ -131,6 +134,7 @@ class EventLog:
         self.decisions: Counter[str] = Counter(dict.fromkeys(PLACEMENT_DECISIONS, 0))
         self._seq = 0
         self._seen: set[str] = set()  # members ever seen alive (joined vs rejoined)
+        self._took_over_count = 0
 
     def _next(self) -> int:
         self._seq += 1
@@ -185,10 +189,34 @@ class EventLog:
             "leave": "handed over by a peer that is leaving",
         }.get(why, why)
         self.place(decision, model, self.node_id, f"task runs here: {text}", task)
+        if why == "taken over":
+            self._took_over_one()
 
     def task_sent(self, task: str, model: str, peer: str, why: str) -> None:
         """An async task this node holds placed on a peer (a take-over placed again)."""
         self.place("forwarded", model, peer, f"task sent to {peer}: {why}", task)
+        if why == "taken over":
+            self._took_over_one()
+
+    def _took_over_one(self) -> None:
+        """Count one task taken over into "took over N tasks of X": take-overs come one
+        task at a time (each behind its fence), so consecutive ones within
+        `TAKE_OVER_BATCH_S` are one event. X is the member this node last saw die,
+        leave or restart (the core does not say whose copy it was)."""
+        gone = next((e.node for e in reversed(self.mesh) if e.kind in GONE_KINDS), "a peer")
+        last = self.mesh[-1] if self.mesh else None
+        n = 1
+        if (
+            last is not None
+            and last.kind == "took_over"
+            and last.node == gone
+            and self.clock() - last.at < TAKE_OVER_BATCH_S
+        ):
+            n = self._took_over_count + 1
+            self.mesh.pop()
+        self._took_over_count = n
+        tasks = "task" if n == 1 else "tasks"
+        self.note("took_over", gone, f"took over {n} {tasks} of {gone}")
 
     def gossip(self, ev: GossipEvent) -> None:
         """A membership event (ownership driver's `on_gossip`)."""
@@ -209,14 +237,12 @@ class EventLog:
         elif isinstance(ev, MemberLeft):
             self.note("left", node, f"{node} left the mesh")
 
-    def after_peer_event(self, event: object, taken_over: int) -> None:
-        """After the ownership core handled a peer event: a restart is noted, and how
-        many of a gone peer's tasks this node took over (only the heirs see any)."""
-        node = getattr(event, "node_id", "")
+    def peer_event(self, event: object) -> None:
+        """A peer event the ownership core is fed: a restart is worth showing (the
+        other kinds are the gossip events already noted)."""
         if isinstance(event, PeerRestarted):
+            node = event.node_id
             self.note("restarted", node, f"{node} restarted: its old tasks are orphans")
-        if taken_over > 0:
-            self.note("took_over", node, f"took over {taken_over} tasks of {node}")
 
     def quorum(self, regained: bool, healthy: int, known: int) -> None:
         if regained:

@@ -1,4 +1,4 @@
-"""Node endpoints: health, readiness, this node's queue, Prometheus metrics, `/`.
+"""Node endpoints: health, readiness, queue, metrics, `/` and the dashboard's JSON.
 
 `GET /` serves the dashboard to browsers and Ollama's "Ollama is running" to
 everything else, because Ollama clients probe `/` to see whether a server is up.
@@ -7,6 +7,7 @@ everything else, because Ollama clients probe `/` to see whether a server is up.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -14,7 +15,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from meshlb.api.dashboard import DASHBOARD_HTML
+from meshlb.api.dashboard import ASSETS, MAX_EVENTS, DashboardData, asset
+from meshlb.api.errors import ApiError
 from meshlb.api.metrics import node_registry
 from meshlb.node_context import NodeContext
 
@@ -41,8 +43,41 @@ def queue_view(ctx: NodeContext) -> dict[str, Any]:
     }
 
 
+def parse_since(raw: str | None) -> float:
+    if raw is None:
+        return 0.0
+    try:
+        since = float(raw)
+    except ValueError:
+        raise ApiError(
+            400, f"query parameter since must be a wall-clock time, got {raw!r}"
+        ) from None
+    if not math.isfinite(since):
+        raise ApiError(422, "query parameter since must be a finite number of seconds")
+    return since
+
+
+def parse_limit(raw: str | None, default: int, top: int) -> int:
+    if raw is None:
+        return default
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= top:
+        raise ApiError(422, f"query parameter limit must be an integer from 1 to {top}")
+    return int(raw)
+
+
+def local_only(request: Request) -> bool:
+    """`?local=1` (a peer's fan-out) or `?scope=local`; 422 for another scope."""
+    scope = request.query_params.get("scope", "mesh")
+    if scope not in ("mesh", "local"):
+        raise ApiError(422, "query parameter scope must be mesh or local")
+    return scope == "local" or request.query_params.get("local") == "1"
+
+
 def node_routes(ctx: NodeContext) -> list[Route]:
     registry = node_registry(ctx)
+    data = DashboardData(ctx)
+    page = {name: (asset(name), kind) for name, kind in ASSETS.items()}
+    html = asset("dashboard.html")
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok", "node": ctx.node_id})
@@ -62,8 +97,22 @@ def node_routes(ctx: NodeContext) -> list[Route]:
         if request.method == "HEAD":
             return PlainTextResponse("Ollama is running")
         if "text/html" in request.headers.get("accept", ""):
-            return HTMLResponse(DASHBOARD_HTML)
+            return HTMLResponse(html, headers={"Cache-Control": "no-cache"})
         return PlainTextResponse("Ollama is running")
+
+    async def dashboard_asset(request: Request) -> Response:
+        found = page.get(request.path_params["name"])
+        if found is None:
+            raise ApiError(404, f"no dashboard file {request.path_params['name']!r}")
+        return Response(found[0], media_type=found[1], headers={"Cache-Control": "no-cache"})
+
+    async def series(request: Request) -> Response:
+        since = parse_since(request.query_params.get("since"))
+        return JSONResponse(await data.series(since, local_only(request)))
+
+    async def events(request: Request) -> Response:
+        limit = parse_limit(request.query_params.get("limit"), 100, MAX_EVENTS)
+        return JSONResponse(await data.events(limit, local_only(request)))
 
     return [
         Route("/", root, methods=["GET", "HEAD"]),
@@ -71,4 +120,7 @@ def node_routes(ctx: NodeContext) -> list[Route]:
         Route("/readyz", readyz, methods=["GET"]),
         Route("/v1/queue", queue, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
+        Route("/dashboard/{name}", dashboard_asset, methods=["GET"]),
+        Route("/v1/series", series, methods=["GET"]),
+        Route("/v1/events", events, methods=["GET"]),
     ]
