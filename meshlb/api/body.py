@@ -157,6 +157,14 @@ def parse_timeout(raw: str | None, default_s: float | None) -> float | None:
     return value
 
 
+def parse_hops(raw: str | None) -> int:
+    """How many nodes a request already passed through (set by meshlb nodes only).
+    ASCII digits only: `'²'.isdigit()` is true but `int('²')` fails."""
+    if raw is None or not (raw.isascii() and raw.isdigit()) or len(raw) > 3:
+        return 0
+    return int(raw)
+
+
 def check_priority(value: int, where: str) -> int:
     if not 1 <= value <= 10:
         raise ApiError(422, f"{where} must be from 1 to 10 (10 is highest), got {value}")

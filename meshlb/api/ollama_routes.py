@@ -26,6 +26,7 @@ from meshlb.api.body import (
     PRIORITY_HEADER,
     TIMEOUT_HEADER,
     Route,
+    parse_hops,
     parse_json_object,
     parse_priority,
     parse_timeout,
@@ -110,14 +111,6 @@ def make_task_handler(ctx: NodeContext, route: Route) -> Any:
         return await respond(frozenset())
 
     return handler
-
-
-def parse_hops(raw: str | None) -> int:
-    """How many nodes a request already passed through (set by meshlb nodes only).
-    ASCII digits only: `'²'.isdigit()` is true but `int('²')` fails."""
-    if raw is None or not (raw.isascii() and raw.isdigit()) or len(raw) > 3:
-        return 0
-    return int(raw)
 
 
 async def place_in_mesh(

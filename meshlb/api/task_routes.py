@@ -11,18 +11,27 @@ import re
 from typing import Any, Literal
 
 import msgpack
+import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from meshlb.api.body import PRIORITY_HEADER, parse_json_object, parse_priority, read_body
+from meshlb.api.body import (
+    PRIORITY_HEADER,
+    parse_hops,
+    parse_json_object,
+    parse_priority,
+    read_body,
+)
 from meshlb.api.errors import ApiError, retry_after
+from meshlb.api.idempotency import KeyArbiter, merge_task_rows
 from meshlb.api.mesh_routes import alive_peer_urls, current_peers
 from meshlb.api.peer_auth import require_peer
 from meshlb.api.work_errors import refused_to_error, require_model_in_mesh
 from meshlb.backend.catalog import canonical_model
 from meshlb.mesh.candidates import http_addr_of, incarnation_of
+from meshlb.mesh.forward import HOPS_HEADER
 from meshlb.mesh.lookup import ask_peers, find_on_peers, gather_from_peers
 from meshlb.node_context import NodeContext
 from meshlb.sched.driver import Refused
@@ -30,6 +39,7 @@ from meshlb.tasks.model import FINAL_STATES
 from meshlb.tasks.service import TaskService, TaskSpec
 from meshlb.tokens import estimate_tokens
 
+log = structlog.get_logger()
 MAX_WAIT_S = 300.0
 TYPE_ERRORS = ("missing", "type", "parsing", "extra_forbidden", "literal_error", "_type")
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
@@ -95,25 +105,6 @@ def choose_owner(
     return to
 
 
-STATE_RANK = {"queued": 0, "running": 1, "succeeded": 2, "failed": 2, "cancelled": 2}
-
-
-def merge_task_rows(lists: list[list[Any]]) -> list[dict[str, Any]]:
-    """One row per task id over every node's copies: the most advanced state wins (a
-    replica's copy may lag its owner's), newest tasks first."""
-    best: dict[str, dict[str, Any]] = {}
-    for rows in lists:
-        for row in rows:
-            if not isinstance(row, dict) or not isinstance(row.get("id"), str):
-                continue
-            held = best.get(row["id"])
-            if held is None or STATE_RANK.get(row.get("state", ""), -1) > STATE_RANK.get(
-                held.get("state", ""), -1
-            ):
-                best[row["id"]] = row
-    return sorted(best.values(), key=lambda r: r.get("created_at") or 0, reverse=True)
-
-
 def carries(value: Any) -> bool:
     """Can the request travel between nodes (msgpack: integers up to 64 bits)?"""
     try:
@@ -140,6 +131,8 @@ def task_routes(ctx: NodeContext, service: TaskService) -> list[Route]:
     def not_found(task_id: str) -> ApiError:
         return ApiError(404, f"task '{task_id}' not found")
 
+    keys = KeyArbiter(ctx)
+
     async def submit(request: Request) -> Response:
         if ctx.draining:
             raise ApiError(
@@ -147,7 +140,11 @@ def task_routes(ctx: NodeContext, service: TaskService) -> list[Route]:
                 "this node is shutting down; send the task to another node",
                 {"Retry-After": "1"},
             )
-        payload = parse_json_object(await read_body(request, ctx.settings.max_body_bytes))
+        raw = await read_body(request, ctx.settings.max_body_bytes)
+        hops = parse_hops(request.headers.get(HOPS_HEADER))
+        if hops:
+            require_peer(ctx, request, raw)
+        payload = parse_json_object(raw)
         try:
             body = TaskSubmitBody.model_validate(payload)
         except ValidationError as e:
@@ -164,23 +161,65 @@ def task_routes(ctx: NodeContext, service: TaskService) -> list[Route]:
             timeout_s=body.timeout_s,
             idempotency_key=body.idempotency_key,
         )
-        forward_to = choose_owner(ctx, body.kind, body.model, body.request)
+        key = body.idempotency_key
+        if key is None:
+            return await create(spec)
+        if not hops:
+            answer = await keys.pass_to_arbiter(key, raw, request.headers.get(PRIORITY_HEADER))
+            if answer is not None:
+                return answer
+        async with keys.deciding(key):
+            found = await keys.find(key)
+            if found is not None:
+                ctx.counters["tasks_idempotent_hits"] += 1
+                return task_answer(found, 200)
+            return await create(spec)
+
+    async def create(spec: TaskSpec) -> Response:
+        """Make the task; 202 only once a second node holds it (or the journal does)."""
+        forward_to = choose_owner(ctx, spec.kind, spec.model, spec.request)
         try:
-            record, created = await service.submit(spec, forward_to)
+            record, created, safe = await service.submit(spec, forward_to)
         except Refused as refused:
             # Full here: a peer with room takes it; 503 only if every one is full.
-            forward_to = choose_owner(ctx, body.kind, body.model, body.request, here=False)
+            forward_to = choose_owner(ctx, spec.kind, spec.model, spec.request, here=False)
             if forward_to is None:
                 raise refused_to_error(refused) from None
-            record, created = await service.submit(spec, forward_to)
-        ctx.counters["tasks_accepted" if created else "tasks_idempotent_hits"] += 1
+            record, created, safe = await service.submit(spec, forward_to)
+        if not created:
+            ctx.counters["tasks_idempotent_hits"] += 1
+            return task_answer(record.to_public(), 200)
+        if not safe:
+            return await refuse_unreplicated(record.id, spec)
+        ctx.counters["tasks_accepted"] += 1
+        return task_answer(record.to_public(), 202)
+
+    async def refuse_unreplicated(task_id: str, spec: TaskSpec) -> Response:
+        """No second holder in time: 503, nothing promised. A keyed task stays (a
+        retry with its key gets it); an unkeyed one is cancelled where it is ours."""
+        ctx.counters["tasks_refused_unreplicated"] += 1
+        log.warning(
+            "task refused: no second node held it in time",
+            task=task_id,
+            keyed=spec.idempotency_key is not None,
+        )
+        if spec.idempotency_key is None and service.owns(task_id):
+            await service.cancel(task_id)
+        raise ApiError(
+            503,
+            "the task could not be copied to a second node in time, so it was not accepted; "
+            "retry (with the same idempotency_key to get this same task)",
+            retry_after(1),
+        )
+
+    def task_answer(task: dict[str, Any], status: int) -> Response:
         return JSONResponse(
-            record.to_public(),
-            status_code=202 if created else 200,
+            task,
+            status_code=status,
             headers={
-                "X-Meshlb-Task-Id": record.id,
+                "X-Meshlb-Task-Id": str(task["id"]),
                 "X-Meshlb-Node": ctx.node_id,
-                "Location": f"/v1/tasks/{record.id}",
+                "Location": f"/v1/tasks/{task['id']}",
             },
         )
 
@@ -273,6 +312,13 @@ def task_routes(ctx: NodeContext, service: TaskService) -> list[Route]:
         scope = request.query_params.get("scope", "mesh")
         if scope not in ("mesh", "local"):
             raise ApiError(422, "query parameter scope must be mesh or local")
+        wanted_key = request.query_params.get("idempotency_key")
+        if wanted_key is not None:  # the task made with this key, if any
+            if scope == "local" or request.query_params.get("local") == "1":
+                found = service.find_by_key(wanted_key)
+                return JSONResponse({"tasks": [] if found is None else [found.to_public()]})
+            task = await keys.find(wanted_key)
+            return JSONResponse({"tasks": [] if task is None else [task]})
         fresh = [service.get(r.id) for r in service.store.recent(None, 100_000)]
         rows = [
             r.to_public() for r in fresh if r is not None and (state is None or r.state == state)

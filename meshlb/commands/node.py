@@ -30,9 +30,7 @@ def settings_options() -> list[Any]:
         default = info.get_default(call_default_factory=False)
         shown = "" if default in (None, []) or info.default_factory else f" [default: {default}]"
         text = (info.description or "") + shown + f" (env MESHLB_{name.upper()})"
-        options.append(
-            click.option(flag_name(name), name, multiple=name in LIST_FIELDS, help=text)
-        )
+        options.append(click.option(flag_name(name), name, multiple=name in LIST_FIELDS, help=text))
     return options
 
 

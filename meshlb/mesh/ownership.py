@@ -183,6 +183,21 @@ class Ownership(ResultsMixin):
         live_replicas = {n for n in e.copy.replicas if n in self.live and n != self.node_id}
         return not (e.unacked & live_replicas)
 
+    def held_elsewhere(self, task_id: str) -> bool:
+        """Does a second node hold the task now (what a 202 promises)? A live replica
+        acked our copy, or the peer we forwarded it to owns it. Unlike `settled`,
+        "no live replica to wait for" is not enough — unless this node has never known
+        another member (a mesh of one cannot do better)."""
+        e = self._tasks.get(task_id)
+        if e is None:
+            return False
+        if e.role == REPLICA:
+            return True
+        if e.role != OWNER:
+            return False
+        acked = {n for n in e.copy.replicas if n in self.live and n != self.node_id} - e.unacked
+        return bool(acked) or self.known == {self.node_id}
+
     def owned(self) -> list[TaskCopy]:
         """Unfinished tasks this node owns (queued, running, or being offered)."""
         return [e.copy for e in self._tasks.values()

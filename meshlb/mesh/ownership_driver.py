@@ -143,16 +143,21 @@ class OwnershipDriver:
     def get(self, task_id: str) -> TaskCopy | None:
         return self.core.get(task_id)
 
+    def copies(self) -> list[TaskCopy]:
+        """Every task copy this node holds (as owner, replica or offerer)."""
+        return self.core.copies()
+
     async def wait_settled(self, task_id: str, timeout_s: float) -> bool:
         """Wait (bounded) until a new task is held by two nodes: acked by its replicas,
-        or handed over. True if it is; a node with no live peer is settled at once."""
+        or handed over. True if a second node holds it (`Ownership.held_elsewhere`);
+        the wait ends at once when there is no live replica to wait for."""
         if self.core.settled(task_id):
-            return True
+            return self.core.held_elsewhere(task_id)
         event = self._settled.setdefault(task_id, trio.Event())
         with trio.move_on_after(timeout_s):
             await event.wait()
         self._settled.pop(task_id, None)
-        return self.core.settled(task_id)
+        return self.core.held_elsewhere(task_id)
 
     def _steal_requested(self, ask: StealAsk) -> m.StealRequested:
         local = self.view.local_candidate() if self.view is not None else None

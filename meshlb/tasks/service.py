@@ -39,7 +39,9 @@ log = structlog.get_logger()
 EXPIRY_INTERVAL_S = 30.0
 # How long a new task may wait for a second node to hold it before 202 is sent anyway
 # (the journal still has it; a peer that slow is probably dying).
-SETTLE_TIMEOUT_S = 2.0
+# How long a new task may take to reach a second holder before the submission is
+# refused with 503 (without --data-dir a 202 promises that a second node holds it).
+SETTLE_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,16 +133,18 @@ class TaskService(TaskWorker):
 
     async def submit(
         self, spec: TaskSpec, forward_to: str | None = None
-    ) -> tuple[TaskRecord, bool]:
+    ) -> tuple[TaskRecord, bool, bool]:
         """Accept a task (or return the one with the same idempotency key), to run
         here or, with `forward_to`, on that peer (handed over by the core).
 
-        Returns (record, created). Raises `Refused` from the scheduler when full.
+        Returns (record, created, safe): safe when a second node holds it (or the
+        journal does, or there is no live peer to hold it). Raises `Refused` from the
+        scheduler when full.
         """
         if spec.idempotency_key is not None:
-            existing = self.store.by_idempotency_key(spec.idempotency_key)
+            existing = self.find_by_key(spec.idempotency_key)
             if existing is not None:
-                return existing, False
+                return existing, False, True
         request = {**spec.request, "model": spec.model, "stream": False}
         record = TaskRecord(
             id=new_task_id(),
@@ -177,7 +181,18 @@ class TaskService(TaskWorker):
             forwarded_to=forward_to,
             held_by_a_peer=settled,
         )
-        return record, True
+        return record, True, settled or self.journal is not None
+
+    def find_by_key(self, key: str) -> TaskRecord | None:
+        """The task made with this idempotency key that this node holds (its own, or a
+        copy it holds as replica or owner: the key travels with every copy)."""
+        record = self.store.by_idempotency_key(key)
+        if record is not None:
+            return self.get(record.id) or record
+        for copy in self.mesh.copies():
+            if copy.record.idempotency_key == key:
+                return copy.record
+        return None
 
     def get(self, task_id: str) -> TaskRecord | None:
         """The freshest record this node has: its ownership copy, else a final record
