@@ -70,6 +70,10 @@ class NodeContext:
     def node_id(self) -> str:
         return self.settings.node_id
 
+    def gossip_drops(self) -> dict[str, int]:
+        """Gossip packets dropped by reason (malformed, auth_failed, replay, …)."""
+        return {} if self.gossip is None else dict(self.gossip.dropped)
+
     def not_ready_reasons(self) -> list[str]:
         """Why `/readyz` says not ready (empty when ready); the log says the same."""
         reasons = []

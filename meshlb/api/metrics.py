@@ -154,14 +154,10 @@ class NodeCollector(Collector):
             "Gossip datagrams/streams dropped (malformed, failed authentication, replay...)",
             node,
             "reason",
-            sorted(self._gossip_drops().items()),
+            sorted(self.ctx.gossip_drops().items()),
         )
         yield from self._gauges(node)
         yield from self._legacy(node)
-
-    def _gossip_drops(self) -> Mapping[str, int]:
-        dropped = getattr(self.ctx.gossip, "dropped", None)
-        return dict(dropped) if isinstance(dropped, Mapping) else {}
 
     def _gauges(self, node: str) -> Iterator[Metric]:
         ctx = self.ctx

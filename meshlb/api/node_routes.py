@@ -40,6 +40,7 @@ def queue_view(ctx: NodeContext) -> dict[str, Any]:
         "node_counters": dict(ctx.counters),
         "mesh": ctx.tasks.mesh.stats(),
         "mailer": dict(ctx.mailer.counters) if ctx.mailer is not None else {},
+        "gossip_dropped": ctx.gossip_drops(),
     }
 
 

@@ -7,7 +7,7 @@ read this one view, so they agree with each other.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -133,3 +133,8 @@ class MembershipSource(Protocol):
     def joined(self) -> bool: ...
 
     def members(self) -> Sequence[MemberLike]: ...
+
+    @property
+    def dropped(self) -> Mapping[str, int]:
+        """Gossip packets dropped so far, by reason."""
+        ...
