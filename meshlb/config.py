@@ -95,6 +95,15 @@ class NodeSettings(BaseModel):
     # Each async task is held by this many nodes (its owner and replicas): 2 survives
     # any single node's death; 3 survives two at once, for one more copy per change.
     replication: int = field(2, "Nodes holding each async task (owner + replicas).", ge=1, le=5)
+    # None: a dead member counts towards the quorum until gossip reaps it (~5 min), so a
+    # partition's two sides can never both take tasks over. See meshlb/mesh/dead_members.
+    dead_quorum_after_s: float | None = field(
+        None,
+        "Seconds after which a member declared dead leaves the quorum count (faster "
+        "take-over when most of a mesh dies; risks double take-over in a partition) "
+        "[default: only when gossip reaps it].",
+        gt=0,
+    )
     # A waiting task gains one priority level per aging_s, so nothing starves.
     aging_s: float = field(30.0, "A waiting task gains one priority level per this many s.", gt=0)
     # Token estimate when a request does not say num_predict/max_tokens.

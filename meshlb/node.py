@@ -62,6 +62,7 @@ def build_context(settings: NodeSettings) -> NodeContext:
         settings.default_num_predict,
         rate,
         replication=settings.replication,
+        dead_quorum_after_s=settings.dead_quorum_after_s,
     )
     return NodeContext(
         settings=settings,

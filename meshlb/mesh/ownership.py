@@ -39,6 +39,7 @@ from collections.abc import Callable
 from typing import Any
 
 from meshlb.mesh import ownership_msgs as m
+from meshlb.mesh.dead_members import DeadMembers
 from meshlb.mesh.handover import (
     ACK_RETRY_S,
     OFFERING,
@@ -70,6 +71,7 @@ class Ownership(ResultsMixin):
         live: set[str] | None = None,
         replication: int = 2,
         final_retention_s: float = FINAL_RETENTION_S,
+        dead_quorum_after_s: float | None = None,
     ) -> None:
         if replication < 1:
             raise ValueError(f"replication factor must be >= 1, got {replication}")
@@ -79,6 +81,7 @@ class Ownership(ResultsMixin):
         self.live: set[str] = set(live or ()) | {node_id}
         self.known: set[str] = set(self.live)  # the quorum's denominator
         self.suspected: set[str] = set()
+        self.dead = DeadMembers(dead_quorum_after_s)
         self.counters = OwnershipCounters()
         self._tasks: dict[str, Entry] = {}
         self._timers: list[tuple[float, int, str]] = []  # (due_at, seq, task_id)
@@ -137,6 +140,10 @@ class Ownership(ResultsMixin):
             self._tombs.pop(self._tomb_order.popleft()[1], None)
         if self._steal_due_at is not None and self._steal_due_at <= now:
             self._steal_due_at = None
+        for node in self.dead.expired(now):
+            if node not in self.live and node in self.known:
+                self.known.discard(node)  # dead long enough: out of the quorum's count
+                self._quorum_changed(now)
         self._fence_tick(now)
         if self._reconcile_at is not None and self._reconcile_at <= now:
             self._reconcile_at = None
@@ -150,7 +157,11 @@ class Ownership(ResultsMixin):
     def next_deadline(self) -> float | None:
         while self._timers and self._stale_timer(self._timers[0]):
             heapq.heappop(self._timers)
-        dues = [t for t in (self._steal_due_at, self._reconcile_at) if t is not None]
+        dues = [
+            t
+            for t in (self._steal_due_at, self._reconcile_at, self.dead.next_deadline())
+            if t is not None
+        ]
         fence_due = self._fence_due()
         if fence_due is not None:
             dues.append(fence_due)

@@ -83,9 +83,10 @@ class OwnershipDriver:
         replication: int,
         executor: Executor,
         rng: random.Random | None = None,
+        dead_quorum_after_s: float | None = None,
     ) -> None:
         self.node_id = node_id
-        self.core = Ownership(node_id, None, replication)
+        self.core = Ownership(node_id, None, replication, dead_quorum_after_s=dead_quorum_after_s)
         self.executor = executor
         self.rng = rng or random.Random()
         self.sender: Sender | None = None
@@ -262,6 +263,9 @@ class OwnershipDriver:
         had_quorum = self.core.in_quorum()
         self.events.gossip(ev)
         self._peer_event(ev)
+        self._note_quorum_change(had_quorum)
+
+    def _note_quorum_change(self, had_quorum: bool) -> None:
         if had_quorum != self.core.in_quorum():
             core = self.core
             healthy = len((core.live - core.suspected) & core.known)
@@ -297,7 +301,9 @@ class OwnershipDriver:
                 await self._wake.wait()
             self._wake = trio.Event()
             now = trio.current_time()
+            had_quorum = self.core.in_quorum()
             self._apply(self.core.tick(now))
+            self._note_quorum_change(had_quorum)
             if now >= next_idle:
                 next_idle = now + IDLE_CHECK_S
                 self.notice_idle()

@@ -13,6 +13,7 @@ re-queues as soon as gossip declares the owner dead.
 from __future__ import annotations
 
 from meshlb.mesh import ownership_msgs as m
+from meshlb.mesh.dead_members import DeadMembers
 from meshlb.mesh.fence import FenceMixin
 from meshlb.mesh.handover import OFFERING, OWNER, PENDING, REPLICA, Entry
 from meshlb.mesh.replication import TaskCopy, snapshot
@@ -26,6 +27,7 @@ class TakeOverMixin(FenceMixin):
 
     known: set[str]
     suspected: set[str]
+    dead: DeadMembers
     _quorum_since: float | None
     _reconcile_at: float | None
     _orphans: dict[str, tuple[str, float, bool]]  # task -> (dead owner, since, restart)
@@ -61,6 +63,7 @@ class TakeOverMixin(FenceMixin):
         node = ev.node_id
         self.live.add(node)
         self.known.add(node)
+        self.dead.back(node)
         self.suspected.discard(node)
         for task_id, (owner, _, restart) in list(self._orphans.items()):
             if owner == node and not restart:  # back with its state: not an orphan
@@ -117,6 +120,8 @@ class TakeOverMixin(FenceMixin):
         self._orphan_tasks_of(gone, now, restart=False)
         if ev.left:
             self.known.discard(gone)
+        else:
+            self.dead.died(gone, now)
         self._quorum_changed(now)
         for e in list(self._tasks.values()):
             if e.role == OFFERING and e.offer is not None and e.offer.owner == gone:

@@ -70,6 +70,7 @@ class TaskService(TaskWorker):
         generation_rate: RateAverage | None = None,
         *,
         replication: int = 2,
+        dead_quorum_after_s: float | None = None,
     ) -> None:
         self.node_id = node_id
         self.scheduler = scheduler
@@ -81,7 +82,9 @@ class TaskService(TaskWorker):
         # Tasks this node owns and queues or runs: its own working records (the
         # core's copies are immutable snapshots, replicated as they change).
         self._local: dict[str, TaskRecord] = {}
-        self.mesh = OwnershipDriver(node_id, replication, self)
+        self.mesh = OwnershipDriver(
+            node_id, replication, self, dead_quorum_after_s=dead_quorum_after_s
+        )
         self._final_events: dict[str, trio.Event] = {}
         self._scopes: dict[str, trio.CancelScope] = {}
         self._cancel_requested: set[str] = set()

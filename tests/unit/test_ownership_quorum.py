@@ -134,3 +134,28 @@ def test_result_held_in_a_minority_is_proposed_when_the_new_owner_is_back() -> N
     assert len(finals) == 1 and finals[0].copy.record.result == "from a"
     assert finals[0].copy.record.node == "a"  # who ran it, not the heir's re-queued copy
     assert net.cores["a"].get("t-1") is None  # proposed, then forgotten
+
+
+def test_dead_members_leave_the_quorum_count_only_after_dead_quorum_after_s() -> None:
+    """Issue 15, defect 8: three of five dead stalls take-over until gossip reaps
+    them; with `dead_quorum_after_s` the two survivors regain a quorum after it."""
+    for after_s, expect_quorum in ((None, False), (30.0, True)):
+        core = Ownership("d", set(IDS), dead_quorum_after_s=after_s)
+        for gone in ("a", "b", "c"):
+            core.handle(m.PeerDown(gone), 10.0)
+        assert not core.in_quorum()
+        assert core.next_deadline() == (40.0 if after_s else None)
+        core.tick(39.9)
+        assert not core.in_quorum()
+        core.tick(40.0)
+        assert core.in_quorum() is expect_quorum
+        assert ("a" in core.known) is not expect_quorum
+
+
+def test_a_member_back_before_the_deadline_keeps_counting() -> None:
+    core = Ownership("d", set(IDS), dead_quorum_after_s=30.0)
+    for gone in ("a", "b", "c"):
+        core.handle(m.PeerDown(gone), 10.0)
+    core.handle(m.PeerUp("a"), 20.0)
+    core.tick(45.0)
+    assert core.known == {"a", "d", "e"} and core.in_quorum()
