@@ -48,7 +48,11 @@ class NodeContext:
     peer_client: httpx.AsyncClient = field(
         default_factory=lambda: httpx.AsyncClient(
             timeout=httpx.Timeout(None, connect=2.0),
-            limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
+            # keep-alive shorter than a node's 5 s idle close (http_server): a pooled
+            # connection is never reused just as the peer closes it
+            limits=httpx.Limits(
+                max_connections=64, max_keepalive_connections=32, keepalive_expiry=2.0
+            ),
         )
     )
     # Work sent to each peer since its gossiped load last changed (anti-herding).

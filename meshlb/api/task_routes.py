@@ -202,6 +202,7 @@ def task_routes(ctx: NodeContext, service: TaskService) -> list[Route]:
             "task refused: no second node held it in time",
             task=task_id,
             keyed=spec.idempotency_key is not None,
+            holders=service.mesh.core.holders(task_id),
         )
         if spec.idempotency_key is None and service.owns(task_id):
             await service.cancel(task_id)

@@ -55,6 +55,8 @@ class Entry:
     held: m.TaskFinished | None = None
     awaiting: str | None = None
     unacked: set[str] = field(default_factory=set)  # replicas yet to ack our copy
+    # (owner) replicas that acked some revision of this epoch: they hold the task
+    acked_by: set[str] = field(default_factory=set)
     fenced_since: float | None = None  # replica `fenced_by` was replaced after its death
     fenced_by: str | None = None
 

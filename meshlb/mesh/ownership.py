@@ -196,9 +196,10 @@ class Ownership(ResultsMixin):
 
     def held_elsewhere(self, task_id: str) -> bool:
         """Does a second node hold the task now (what a 202 promises)? A live replica
-        acked our copy, or the peer we forwarded it to owns it. Unlike `settled`,
-        "no live replica to wait for" is not enough — unless this node has never known
-        another member (a mesh of one cannot do better)."""
+        acked a revision of our copy (an older one is enough: it can take the task
+        over), or the peer we forwarded it to owns it. Unlike `settled`, "no live
+        replica to wait for" is not enough — unless this node has never known another
+        member (a mesh of one cannot do better)."""
         e = self._tasks.get(task_id)
         if e is None:
             return False
@@ -206,8 +207,22 @@ class Ownership(ResultsMixin):
             return True
         if e.role != OWNER:
             return False
-        acked = {n for n in e.copy.replicas if n in self.live and n != self.node_id} - e.unacked
-        return bool(acked) or self.known == {self.node_id}
+        holders = {n for n in e.copy.replicas if n in self.live and n != self.node_id}
+        return bool(holders & e.acked_by) or self.known == {self.node_id}
+
+    def holders(self, task_id: str) -> dict[str, object]:
+        """Who holds the task as this node sees it (for a log line that says why)."""
+        e = self._tasks.get(task_id)
+        if e is None:
+            return {"role": None}
+        return {
+            "role": e.role,
+            "owner": e.copy.owner,
+            "replicas": list(e.copy.replicas),
+            "unacked": sorted(e.unacked),
+            "acked_by": sorted(e.acked_by),
+            "live": sorted(self.live),
+        }
 
     def owned(self) -> list[TaskCopy]:
         """Unfinished tasks this node owns (queued, running, or being offered)."""

@@ -152,11 +152,10 @@ class OwnershipDriver:
         """Wait (bounded) until a new task is held by two nodes: acked by its replicas,
         or handed over. True if a second node holds it (`Ownership.held_elsewhere`);
         the wait ends at once when there is no live replica to wait for."""
-        if self.core.settled(task_id):
-            return self.core.held_elsewhere(task_id)
-        event = self._settled.setdefault(task_id, trio.Event())
         with trio.move_on_after(timeout_s):
-            await event.wait()
+            while not self.core.held_elsewhere(task_id) and not self.core.settled(task_id):
+                event = self._settled.setdefault(task_id, trio.Event())
+                await event.wait()
         self._settled.pop(task_id, None)
         return self.core.held_elsewhere(task_id)
 
@@ -192,7 +191,8 @@ class OwnershipDriver:
                 )
             elif is_network_command(cmd):
                 self._send(cmd)
-        for task_id in [t for t in self._settled if self.core.settled(t)]:
+        waiting = self._settled
+        for task_id in [t for t in waiting if self.core.settled(t) or self.core.held_elsewhere(t)]:
             self._settled.pop(task_id).set()
 
     def _run_locally(self, cmd: m.RunLocally) -> None:

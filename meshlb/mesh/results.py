@@ -106,7 +106,10 @@ class ResultsMixin(TakeOverMixin):
 
     def _on_replica_acked(self, ev: m.ReplicaAcked, now: float) -> None:
         e = self._tasks.get(ev.task_id)
-        if e is None or e.role != OWNER or (e.copy.epoch, e.copy.rev) != (ev.epoch, ev.rev):
+        if e is None or e.role != OWNER or e.copy.epoch != ev.epoch:
+            return
+        e.acked_by.add(ev.sender)  # an older revision still means it holds the task
+        if e.copy.rev != ev.rev:
             return
         e.unacked.discard(ev.sender)
         if e.awaiting is not None and e.awaiting == ev.run_id and self._may_record(e, now):

@@ -159,3 +159,26 @@ def test_a_member_back_before_the_deadline_keeps_counting() -> None:
     core.handle(m.PeerUp("a"), 20.0)
     core.tick(45.0)
     assert core.known == {"a", "d", "e"} and core.in_quorum()
+
+
+def test_an_ack_of_an_older_revision_means_the_replica_holds_the_task() -> None:
+    """A task that starts at once gets a new revision before its first ack returns;
+    the replica still holds it, so the 202 need not wait (it used to be refused)."""
+    core = Ownership("a", {"a", "b"})
+    core.handle(m.TaskAccepted(rec()), 0.0)
+    copy = core.get("t-1")
+    assert copy is not None and copy.replicas == ("b",)
+    assert not core.held_elsewhere("t-1")
+    core.handle(m.TaskStarted("t-1", 0.1), 0.1)
+    core.handle(m.ReplicaAcked("b", "t-1", copy.epoch, copy.rev), 0.2)
+    assert core.held_elsewhere("t-1") and not core.settled("t-1")
+
+
+def test_no_second_holder_is_not_safe_unless_alone_from_the_start() -> None:
+    alone = Ownership("a")
+    alone.handle(m.TaskAccepted(rec()), 0.0)
+    assert alone.held_elsewhere("t-1")
+    left_alone = Ownership("a", {"a", "b"})
+    left_alone.handle(m.PeerDown("b"), 0.0)
+    left_alone.handle(m.TaskAccepted(rec()), 0.0)
+    assert left_alone.settled("t-1") and not left_alone.held_elsewhere("t-1")
