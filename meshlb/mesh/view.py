@@ -1,6 +1,6 @@
 """The mesh as this node sees it: gossip members joined with their decoded metadata.
 
-`/v1/peers`, `/v1/cluster`, the model union of `/api/tags` and (later) placement all
+`/v1/peers`, `/v1/cluster`, the model union of `/api/tags` and placement all
 read this one view, so they agree with each other.
 """
 

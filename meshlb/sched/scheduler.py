@@ -217,9 +217,6 @@ class Scheduler:
         """Tasks started and not yet finished or requeued (O(1))."""
         return len(self._running)
 
-    def is_queued(self, task_id: str) -> bool:
-        return task_id in self._queue
-
     def is_running(self, task_id: str) -> bool:
         return task_id in self._running
 

@@ -11,10 +11,8 @@ from __future__ import annotations
 import dataclasses
 import secrets
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
-TaskState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-TaskKind = Literal["generate", "chat", "embed"]
 FINAL_STATES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 KIND_PATHS: dict[str, str] = {
     "generate": "/api/generate",
