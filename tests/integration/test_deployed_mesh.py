@@ -103,9 +103,7 @@ def submit(client: httpx.Client, node: Proc, kind: str, model: str) -> str:
         request["messages"] = [{"role": "user", "content": "hi"}]
     else:
         request["prompt"] = "hi"
-    r = client.post(
-        f"{node.url}/v1/tasks", json={"kind": kind, "model": model, "request": request}
-    )
+    r = client.post(f"{node.url}/v1/tasks", json={"kind": kind, "model": model, "request": request})
     assert r.status_code == 202, (node.url, model, r.status_code, r.text)
     return str(r.json()["id"])
 

@@ -56,9 +56,7 @@ def test_one_key_is_one_task_on_every_node_and_after_its_arbiter_dies() -> None:
                     assert len({a.json()["id"] for a in answers}) == 1, [a.json() for a in answers]
 
                 # the arbiter of a key dies; the survivors still give the same task
-                key = next(
-                    f"dead-{i}" for i in range(100) if arbiter_for(f"dead-{i}", IDS) == "i2"
-                )
+                key = next(f"dead-{i}" for i in range(100) if arbiter_for(f"dead-{i}", IDS) == "i2")
                 first = client.post(f"{n0.url}/v1/tasks", json=body(key))
                 assert first.status_code == 202, first.text
                 task_id = first.json()["id"]
