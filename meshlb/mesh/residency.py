@@ -1,0 +1,118 @@
+"""What a model load costs on a host, in seconds (pure: no I/O, no clock).
+
+The most expensive thing that happens on an Ollama host is not a queued request but a
+model load: seconds to a minute of a GPU doing nothing useful, and when memory is short
+it evicts a model that the next request will need again. So placement prices a cold
+host as: the load (size / the host's measured load rate) + what it evicts + the usual
+wait and service. Evicting follows Ollama's rule (`server/sched.go`: the least recently
+used idle runner goes first; a runner with requests is never interrupted, the new one
+waits for it): an idle victim costs a fraction of reloading it later, a busy one costs
+the time its queued work needs to drain before the load can start plus its reload.
+
+Hysteresis: a cold host pays its load `LOAD_HYSTERESIS` times over, so a hot model
+spreads to a second host only when its queue on the hosts that hold it would wait
+clearly longer than a load, and two hosts never swap a model back and forth on noise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+# Before a host has measured a load (from load_duration): a local NVMe disk reads a
+# few GB/s but a GPU load is slower end to end; 1 GB/s is a cautious middle.
+DEFAULT_LOAD_GBPS = 1.0
+# Every load has a fixed part (starting the runner, allocating the KV cache).
+LOAD_FIXED_S = 0.5
+# A model of unknown size (no host has it loaded, the local catalog does not list it).
+DEFAULT_MODEL_GB = 4.0
+# A cold host pays its load this many times over (see the module doc).
+LOAD_HYSTERESIS = 1.5
+# Evicting an idle model costs this fraction of reloading it: it may be asked for again.
+IDLE_EVICT_FRACTION = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class Resident:
+    """One model loaded on a host; `active` = its requests there, queued or running."""
+
+    model: str
+    size_gb: float
+    active: int = 0
+    expires_at: float = float("inf")  # wall clock; kept for display and for filtering
+
+
+@dataclass(frozen=True, slots=True)
+class Residency:
+    """A host's loaded models and memory. `memory_gb` None: not known (fits anything);
+    `load_gbps` None: not measured yet (`DEFAULT_LOAD_GBPS`)."""
+
+    loaded: tuple[Resident, ...] = ()
+    memory_gb: float | None = None
+    load_gbps: float | None = None
+
+    def has(self, model: str) -> bool:
+        return any(r.model == model for r in self.loaded)
+
+    def used_gb(self) -> float:
+        return sum(r.size_gb for r in self.loaded)
+
+
+def load_s(res: Residency, size_gb: float) -> float:
+    """Seconds a load of `size_gb` takes on this host."""
+    rate = res.load_gbps if res.load_gbps and res.load_gbps > 0 else DEFAULT_LOAD_GBPS
+    return LOAD_FIXED_S + max(0.0, size_gb) / rate
+
+
+def victims(res: Residency, size_gb: float) -> list[Resident]:
+    """What loading `size_gb` evicts, in Ollama's order: idle least recently used first
+    (the soonest expiry), busy ones (fewest requests first) only when idle ones do not
+    free enough. Unknown memory: nothing (the host has shown no limit yet)."""
+    if res.memory_gb is None:
+        return []
+    free = res.memory_gb - res.used_gb()
+    order = sorted(res.loaded, key=lambda r: (r.active > 0, r.active, r.expires_at))
+    out: list[Resident] = []
+    for r in order:
+        if free >= size_gb:
+            break
+        out.append(r)
+        free += r.size_gb
+    return out
+
+
+def eviction_s(res: Residency, size_gb: float, service_s: float, slots: int) -> float:
+    """The cost of what a load of `size_gb` would evict here (see the module doc)."""
+    cost = 0.0
+    for v in victims(res, size_gb):
+        reload_s = load_s(res, v.size_gb)
+        if v.active > 0:
+            cost += v.active / max(1, slots) * service_s + reload_s
+        else:
+            cost += IDLE_EVICT_FRACTION * reload_s
+    return cost
+
+
+def cold_start_s(
+    res: Residency | None, model: str, size_gb: float, service_s: float, slots: int
+) -> float:
+    """Extra seconds before `model` can run on this host: 0 when it is loaded or when the
+    host's residency is unknown (it gossips none: priced as before), else the load with
+    hysteresis plus what the load evicts."""
+    if res is None or res.has(model):
+        return 0.0
+    return LOAD_HYSTERESIS * load_s(res, size_gb) + eviction_s(res, size_gb, service_s, slots)
+
+
+def model_size_gb(
+    residencies: Sequence[Residency | None], model: str, known_gb: float | None = None
+) -> float:
+    """The model's memory size: as some host has it loaded (what `/api/ps` says), else
+    `known_gb` (the local catalog's size on disk), else `DEFAULT_MODEL_GB`."""
+    for res in residencies:
+        if res is None:
+            continue
+        for r in res.loaded:
+            if r.model == model and r.size_gb > 0:
+                return r.size_gb
+    return known_gb if known_gb and known_gb > 0 else DEFAULT_MODEL_GB

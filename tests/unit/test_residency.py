@@ -1,0 +1,241 @@
+"""Residency-aware placement: a load, and what it evicts, priced in seconds."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from meshlb.backend.catalog import LoadedModel, load_duration_s, parse_expiry, parse_ps
+from meshlb.mesh.affinity import ConversationMap, chat_turn, saving_s
+from meshlb.mesh.candidates import RecentlySent, candidate, with_sent
+from meshlb.mesh.meta import MAX_META_BYTES, NodeMeta, decode_meta, encode_meta
+from meshlb.mesh.placement import (
+    Candidate,
+    RunHere,
+    SendTo,
+    TaskNeeds,
+    expected_completion_s,
+    place,
+)
+from meshlb.mesh.residency import (
+    IDLE_EVICT_FRACTION,
+    LOAD_FIXED_S,
+    LOAD_HYSTERESIS,
+    Residency,
+    Resident,
+    cold_start_s,
+    load_s,
+    victims,
+)
+from meshlb.mesh.residency_placement import is_unload
+
+A, B, C = "a:latest", "b:latest", "c:latest"
+
+
+def host(
+    node_id: str,
+    loaded: tuple[Resident, ...] = (),
+    memory_gb: float | None = 8.0,
+    queued: int = 0,
+    running: int = 0,
+    local: bool = False,
+    gbps: float | None = 2.0,
+) -> Candidate:
+    return Candidate(
+        node_id,
+        frozenset({A, B, C}),
+        queued,
+        running,
+        4,
+        50.0,
+        is_local=local,
+        residency=Residency(loaded, memory_gb, gbps),
+    )
+
+
+# (case, host residency, model, size, expected extra seconds before the task can run)
+RES_2GB = 2.0
+PRICES = [
+    ("loaded: no load", (Resident(A, 4.0),), A, 4.0, 0.0),
+    ("cold, fits: the load with hysteresis", (Resident(B, 2.0),), A, 4.0,
+     LOAD_HYSTERESIS * (LOAD_FIXED_S + 4.0 / 2.0)),
+    ("cold, evicts an idle model: + a fraction of its reload", (Resident(B, 6.0),), A, 4.0,
+     LOAD_HYSTERESIS * (LOAD_FIXED_S + 2.0) + IDLE_EVICT_FRACTION * (LOAD_FIXED_S + 3.0)),
+    ("cold, evicts a busy model: + its queue drains + its reload",
+     (Resident(B, 6.0, active=8),), A, 4.0,
+     LOAD_HYSTERESIS * (LOAD_FIXED_S + 2.0) + 8 / 4 * 2.0 + (LOAD_FIXED_S + 3.0)),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("case", "loaded", "model", "size", "extra_s"), PRICES)
+def test_cold_start_prices(
+    case: str, loaded: tuple[Resident, ...], model: str, size: float, extra_s: float
+) -> None:
+    res = Residency(loaded, 8.0, 2.0)
+    assert cold_start_s(res, model, size, service_s=2.0, slots=4) == pytest.approx(extra_s), case
+
+
+def test_unknown_residency_is_not_priced_and_unknown_memory_evicts_nothing() -> None:
+    assert cold_start_s(None, A, 4.0, 2.0, 4) == 0.0
+    assert victims(Residency((Resident(B, 60.0),), None, None), 4.0) == []
+    assert load_s(Residency(), 4.0) == LOAD_FIXED_S + 4.0  # default 1 GB/s unmeasured
+
+
+def test_idle_victims_go_first_least_recently_used_first() -> None:
+    res = Residency(
+        (
+            Resident(A, 3.0, active=1),
+            Resident(B, 3.0, expires_at=200),
+            Resident(C, 2.0, expires_at=100),
+        ),
+        8.0,
+    )
+    assert [v.model for v in victims(res, 2.0)] == [C]
+    assert [v.model for v in victims(res, 5.0)] == [C, B]
+    assert [v.model for v in victims(res, 8.0)] == [C, B, A]
+
+
+# (case, hosts, expected node) — the task: model A, 100 tokens (2 s of service), 4 GB.
+PLACES = [
+    ("loaded peer beats a cold local host",
+     [host("here", local=True), host("p", (Resident(A, 4.0),))], "p"),
+    ("cold host with free memory beats one that evicts busy work",
+     [host("busy", (Resident(B, 6.0, active=4),)), host("free", (Resident(B, 2.0),))], "free"),
+    ("evicting idle work beats evicting busy work",
+     [host("busy", (Resident(B, 6.0, active=4),)), host("idle", (Resident(B, 6.0),))], "idle"),
+    ("a short queue where it is loaded beats a load (hysteresis)",
+     [host("warm", (Resident(A, 4.0),), queued=4, running=4), host("cold")], "warm"),
+    ("a queue longer than the load spreads it to a second host",
+     [host("warm", (Resident(A, 4.0),), queued=16, running=4), host("cold")], "cold"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("case", "hosts", "expected"), PLACES)
+def test_placement_by_residency(case: str, hosts: list[Candidate], expected: str) -> None:
+    for seed in range(20):  # the power of two choices never picks the dearer one
+        d = place(TaskNeeds(A, 100, size_gb=4.0), hosts, random.Random(seed))
+        node = d.node_id if isinstance(d, SendTo) else "here" if isinstance(d, RunHere) else None
+        assert node == expected, case
+
+
+def test_size_is_learned_from_a_host_that_has_it_loaded() -> None:
+    hosts = [host("p", (Resident(A, 12.0),)), host("q")]
+    d = place(TaskNeeds(A, 100), hosts, random.Random(1))
+    assert isinstance(d, SendTo) and d.node_id == "p"
+    q_eta = expected_completion_s(hosts[1], TaskNeeds(A, 100, size_gb=12.0))
+    assert q_eta == pytest.approx(2.0 + LOAD_HYSTERESIS * (LOAD_FIXED_S + 6.0))
+
+
+def test_conversation_host_wins_unless_its_wait_exceeds_the_saving() -> None:
+    both = (Resident(A, 4.0),)
+    hosts = [host("here", both, local=True), host("conv", both, running=4)]
+    near = place(TaskNeeds(A, 100, prefer="conv", prefer_saving_s=5.0), hosts, random.Random(1))
+    assert isinstance(near, SendTo) and near.node_id == "conv"
+    busy = [host("here", both, local=True), host("conv", both, queued=40, running=4)]
+    far = place(TaskNeeds(A, 100, prefer="conv", prefer_saving_s=5.0), busy, random.Random(1))
+    assert isinstance(far, RunHere)
+
+
+def test_chat_turn_keys_chain_turns() -> None:
+    t1 = [{"role": "user", "content": "hi"}]
+    t2 = [*t1, {"role": "assistant", "content": "hello"}, {"role": "user", "content": "more"}]
+    first, second = chat_turn(A, {"messages": t1}), chat_turn(A, {"messages": t2})
+    assert first is not None and first.previous is None
+    assert second is not None and second.previous == first.key and second.previous_chars > 0
+    other = chat_turn(B, {"messages": t2})
+    assert other is not None and other.previous != first.key  # per model
+    assert chat_turn(A, {"prompt": "x"}) is None
+    assert saving_s(4000, 50.0) == pytest.approx(1.0) and saving_s(4000, 0.0) == 0.0
+
+
+def test_conversation_map_is_bounded_least_recent_out() -> None:
+    m = ConversationMap(capacity=2)
+    m.put("k1", "a")
+    m.put("k2", "b")
+    assert m.get("k1") == "a"  # k1 is now the most recent
+    m.put("k3", "c")
+    assert (m.get("k1"), m.get("k2"), m.get("k3"), len(m)) == ("a", None, "c", 2)
+
+
+def test_meta_round_trip_with_residency_fits_and_loaded_models_survive_a_cut() -> None:
+    resident = (Resident(B, 4.7, 3, 1_700_000_000.0),)
+    meta = NodeMeta("10.0.0.1:11435", (B, A), resident=resident, memory_gb=24.0, load_gbps=1.5)
+    assert decode_meta(encode_meta(meta)) == meta
+    models = tuple(f"some-rather-long-model-name-{i}:q4_K_M" for i in range(40))
+    big = NodeMeta("h:1", models, resident=(Resident(models[-1], 9.0),), memory_gb=8.0)
+    decoded = decode_meta(encode_meta(big))
+    assert len(encode_meta(big)) <= MAX_META_BYTES
+    assert decoded is not None and decoded.models_truncated
+    assert decoded.resident == (Resident(models[-1], 9.0, 0, 4294967295.0),)
+    unknown = decode_meta(encode_meta(NodeMeta("h:1", (A,))))
+    assert unknown is not None and unknown.resident is None and unknown.memory_gb is None
+
+
+def test_gossiped_residency_expires_unless_busy_and_sent_work_counts_as_loaded() -> None:
+    meta = NodeMeta(
+        "h:1", (A, B), resident=(Resident(A, 2.0, 0, 100.0), Resident(B, 2.0, 1, 100.0))
+    )
+    c = candidate("p", meta, False, now=150.0)
+    assert c.residency is not None and [r.model for r in c.residency.loaded] == [B]
+    sent = RecentlySent()
+    sent.note("p", 7, model=A)
+    c2 = with_sent(c, sent.pending("p", 7), sent.pending_models("p", 7))
+    assert c2.queued == 1 and c2.residency is not None and c2.residency.has(A)
+    assert sent.pending_models("p", 8) == {}  # a newer update supersedes it
+
+
+def test_ps_parsing_and_load_duration_read_real_ollama_forms() -> None:
+    doc = {
+        "models": [
+            {
+                "name": "llama3.2",
+                "size": 2_000_000_000,
+                "expires_at": "2024-06-04T14:38:31.837539234-07:00",
+            },
+            {"model": "qwen2.5:7b", "size": 4_700_000_000, "expires_at": "2318-01-01T00:00:00Z"},
+            "junk",
+        ]
+    }
+    out = parse_ps(doc)
+    assert out[0] == LoadedModel("llama3.2:latest", 2_000_000_000, pytest.approx(1717537111.837539))
+    assert out[1].name == "qwen2.5:7b" and out[1].expires_at > 1e10
+    assert parse_ps({"models": None}) == [] and parse_expiry("nope") == float("inf")
+    assert load_duration_s(b'..."load_duration":1500000000,"eval_count":3}') == 1.5
+    assert load_duration_s(b'{"done":true}') is None
+
+
+@pytest.mark.parametrize(
+    ("payload", "unload"),
+    [
+        ({"model": A, "keep_alive": 0}, True),
+        ({"model": A, "keep_alive": "0s"}, True),
+        ({"model": A, "messages": [], "keep_alive": "0"}, True),
+        ({"model": A, "prompt": "hi", "keep_alive": 0}, False),
+        ({"model": A}, False),
+        ({"model": A, "keep_alive": "10m"}, False),
+        ({"model": A, "input": "x", "keep_alive": 0}, False),
+    ],
+)
+def test_unload_is_keep_alive_zero_with_nothing_to_run(
+    payload: dict[str, object], unload: bool
+) -> None:
+    assert is_unload(payload) is unload
+
+
+def test_local_residency_learns_memory_and_load_rate_from_what_ollama_reports() -> None:
+    from meshlb.backend.catalog import LocalResidency
+    from meshlb.backend.ollama import OllamaBackend
+
+    res = LocalResidency(OllamaBackend("http://127.0.0.1:1"))
+    assert not res.known and res.learned_memory_gb() is None
+    res.apply([LoadedModel(A, 2_000_000_000, 1e9), LoadedModel(B, 3_000_000_000, 1e9)])
+    res.apply([LoadedModel(A, 2_000_000_000, 1e9)])
+    assert res.known and res.learned_memory_gb() == 5.0  # the most seen at once
+    res.begin(A)
+    assert res.active[A] == 1
+    res.end(A, b'"load_duration":20000000}')  # 20 ms: warm, nothing learned
+    assert res.load_gbps is None and A not in res.active
+    res.begin("a")
+    res.end("a", b'"load_duration":1000000000}')  # 2 GB in 1 s
+    assert res.load_gbps == pytest.approx(2.0)
