@@ -452,8 +452,9 @@ def test_image_entrypoint_and_healthcheck_work_against_a_real_node(tmp_path: Pat
     assert meshlb.exists(), f"no meshlb script beside {sys.executable}"
     _, health = healthcheck_argv()
     http, gossip = free_port(), free_gossip_port()
+    image_env = {k: v for k, v in docker_env(final_stage()).items() if k != "PATH"}
     env = {
-        **docker_env(final_stage()),
+        **image_env,
         "MESHLB_HTTP": f"127.0.0.1:{http}",
         "MESHLB_GOSSIP": f"127.0.0.1:{gossip}",
         "MESHLB_OLLAMA": f"http://127.0.0.1:{free_port()}",  # nothing there: still live
