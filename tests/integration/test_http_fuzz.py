@@ -498,7 +498,7 @@ def send(client: httpx.Client, url: str, req: FuzzRequest) -> Outcome:
         with client.stream(
             req.method,
             url + req.path,
-            params=req.query,
+            params=tuple(req.query),
             headers=headers,
             content=req.body if req.body or req.method not in ("GET", "HEAD") else None,
         ) as r:
@@ -665,7 +665,7 @@ EXPLICIT: list[tuple[str, str, bytes, dict[str, str]]] = [
 def test_issue_input_is_a_clear_4xx_or_an_answer(
     node: Proc, method: str, path: str, body: bytes, headers: dict[str, str]
 ) -> None:
-    hs = {k: v.encode("latin-1") for k, v in headers.items()}  # '²' as the byte 0xB2
+    hs = [(k.encode(), v.encode("latin-1")) for k, v in headers.items()]  # '²' is b"\xb2"
     with httpx.Client(timeout=REQUEST_TIMEOUT_S, trust_env=False) as client:
         r = client.request(method, node.url + path, content=body or None, headers=hs)
     assert r.status_code < 500, f"{r.status_code}: {r.text[:300]}"
@@ -729,7 +729,7 @@ def test_slow_header_connections_are_closed(node: Proc) -> None:
                 continue
             s.setblocking(False)
             socks.append(s)
-        served = None
+        served: int | str | None = None
         for sec in range(int(limit_s) + 1):
             for i, s in enumerate(socks):
                 if i in closed_at:
