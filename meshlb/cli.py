@@ -9,6 +9,7 @@ from meshlb.commands.client import peers_command, stats_command, submit_command
 from meshlb.commands.demo import demo_command
 from meshlb.commands.node import node_command
 from meshlb.commands.sim_ollama import sim_ollama_command
+from meshlb.commands.top import top_command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -28,6 +29,7 @@ cli.add_command(sim_ollama_command)
 cli.add_command(peers_command)
 cli.add_command(stats_command)
 cli.add_command(submit_command)
+cli.add_command(top_command)
 
 
 def main() -> None:

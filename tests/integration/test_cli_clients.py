@@ -38,8 +38,8 @@ def test_peers_lists_this_node_with_its_models(node: Proc) -> None:
 def test_stats_shows_the_queue_and_the_mesh_totals(node: Proc) -> None:
     out = meshlb("stats", "--node", node.url)
     assert out.returncode == 0, out.stderr
-    assert "effective_concurrency" in out.stdout
-    assert "mesh totals" in out.stdout and "counters.taken_over" in out.stdout
+    assert "queue and capacity" in out.stdout and "running         0/4" in out.stdout
+    assert "mesh totals" in out.stdout and "taken over" in out.stdout
 
 
 def test_submit_wait_prints_the_generated_text(node: Proc) -> None:
