@@ -16,6 +16,7 @@ clearly longer than a load, and two hosts never swap a model back and forth on n
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -27,9 +28,15 @@ LOAD_FIXED_S = 0.5
 # A model of unknown size (no host has it loaded, the local catalog does not list it).
 DEFAULT_MODEL_GB = 4.0
 # A cold host pays its load this many times over (see the module doc).
-LOAD_HYSTERESIS = 1.5
+LOAD_HYSTERESIS = 2.0
 # Evicting an idle model costs this fraction of reloading it: it may be asked for again.
 IDLE_EVICT_FRACTION = 0.5
+# Ollama loads at most this many models at once (OLLAMA_MAX_LOADED_MODELS: 3 per GPU by
+# default; /api/ps does not say the setting, so a host is assumed to have one GPU).
+MAX_LOADED = 3
+# A model larger than the host's memory runs partly on the CPU (Ollama offloads the
+# layers that do not fit): this many times slower.
+OFFLOAD_SLOWDOWN = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,14 +74,13 @@ def load_s(res: Residency, size_gb: float) -> float:
 def victims(res: Residency, size_gb: float) -> list[Resident]:
     """What loading `size_gb` evicts, in Ollama's order: idle least recently used first
     (the soonest expiry), busy ones (fewest requests first) only when idle ones do not
-    free enough. Unknown memory: nothing (the host has shown no limit yet)."""
-    if res.memory_gb is None:
-        return []
-    free = res.memory_gb - res.used_gb()
+    free enough; also one when `MAX_LOADED` models are loaded. Unknown memory: only
+    that count (the host has shown no memory limit yet)."""
+    free = math.inf if res.memory_gb is None else res.memory_gb - res.used_gb()
     order = sorted(res.loaded, key=lambda r: (r.active > 0, r.active, r.expires_at))
     out: list[Resident] = []
     for r in order:
-        if free >= size_gb:
+        if free >= size_gb and len(res.loaded) - len(out) < MAX_LOADED:
             break
         out.append(r)
         free += r.size_gb
@@ -98,10 +104,17 @@ def cold_start_s(
 ) -> float:
     """Extra seconds before `model` can run on this host: 0 when it is loaded or when the
     host's residency is unknown (it gossips none: priced as before), else the load with
-    hysteresis plus what the load evicts."""
-    if res is None or res.has(model):
+    hysteresis plus what the load evicts; a model larger than the host's memory also
+    pays for running partly on the CPU."""
+    if res is None:
         return 0.0
-    return LOAD_HYSTERESIS * load_s(res, size_gb) + eviction_s(res, size_gb, service_s, slots)
+    offload_s = 0.0
+    if res.memory_gb is not None and size_gb > res.memory_gb:
+        offload_s = (OFFLOAD_SLOWDOWN - 1) * service_s
+    if res.has(model):
+        return offload_s
+    load = LOAD_HYSTERESIS * load_s(res, size_gb)
+    return load + eviction_s(res, size_gb, service_s, slots) + offload_s
 
 
 def model_size_gb(

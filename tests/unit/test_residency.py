@@ -76,6 +76,18 @@ def test_cold_start_prices(
     assert cold_start_s(res, model, size, service_s=2.0, slots=4) == pytest.approx(extra_s), case
 
 
+def test_a_model_larger_than_the_memory_pays_for_offload_and_a_full_host_evicts_by_count() -> None:
+    from meshlb.mesh.residency import MAX_LOADED, OFFLOAD_SLOWDOWN
+
+    small = Residency((Resident(B, 2.0),), 8.0, 2.0)
+    assert cold_start_s(Residency((Resident(A, 12.0),), 8.0), A, 12.0, 2.0, 4) == (
+        pytest.approx((OFFLOAD_SLOWDOWN - 1) * 2.0)
+    )
+    assert cold_start_s(small, A, 12.0, 2.0, 4) > cold_start_s(small, A, 4.0, 2.0, 4) + 8
+    full = Residency(tuple(Resident(f"m{i}", 1.0, expires_at=i) for i in range(MAX_LOADED)), 80.0)
+    assert [v.model for v in victims(full, 1.0)] == ["m0"]
+
+
 def test_unknown_residency_is_not_priced_and_unknown_memory_evicts_nothing() -> None:
     assert cold_start_s(None, A, 4.0, 2.0, 4) == 0.0
     assert victims(Residency((Resident(B, 60.0),), None, None), 4.0) == []
@@ -120,7 +132,7 @@ def test_placement_by_residency(case: str, hosts: list[Candidate], expected: str
 
 
 def test_size_is_learned_from_a_host_that_has_it_loaded() -> None:
-    hosts = [host("p", (Resident(A, 12.0),)), host("q")]
+    hosts = [host("p", (Resident(A, 12.0),), memory_gb=16.0), host("q", memory_gb=16.0)]
     d = place(TaskNeeds(A, 100), hosts, random.Random(1))
     assert isinstance(d, SendTo) and d.node_id == "p"
     q_eta = expected_completion_s(hosts[1], TaskNeeds(A, 100, size_gb=12.0))
