@@ -105,7 +105,10 @@ def report(result: dict[str, Any], wall_s: float) -> None:
         ("inconsistent (state/node/result differ)", len(result["inconsistent"])),
         ("local copy not final on a live node", len(result["local_not_final"])),
         ("repeat with the same key -> another id", len(result["repeat_mismatch"])),
-        ("answered 202 with a single holder", len(result["single_holder_202"])),
+        (
+            "answered 202 with a single holder" + (" (+ journal)" if c["data_dir"] else ""),
+            len(result["single_holder_202"]),
+        ),
         (
             "logged: accepted unheld / refused unreplicated",
             f"{result['accepted_unheld_logged']} / {result['refused_unreplicated_logged']}",
