@@ -700,11 +700,17 @@ def test_a_body_at_the_size_limit_gets_an_answer_at_once(node: Proc, size: int) 
         assert r.status_code < 500 and r.status_code != 413, (r.status_code, r.text[:200])
 
 
-def test_content_length_with_transfer_encoding_is_400_at_once(node: Proc) -> None:
+@pytest.mark.parametrize(
+    "body",
+    [b'5\r\n{"a":\r\n0\r\n\r\n', b'{"a":"bb"}'],
+    ids=["chunked body", "body framed by Content-Length"],
+)
+def test_content_length_with_transfer_encoding_is_400_at_once(node: Proc, body: bytes) -> None:
+    """RFC 9112 6.1: both headers is an error. The second body has no chunk framing:
+    a server that trusts Transfer-Encoding waits for a chunk-size line forever."""
     request = (
         b"POST /api/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        b"Content-Length: 10\r\nTransfer-Encoding: chunked\r\n\r\n"
-        b'5\r\n{"a":\r\n0\r\n\r\n'
+        b"Content-Length: 10\r\nTransfer-Encoding: chunked\r\n\r\n" + body
     )
     head, took = raw_exchange(port_of(node), request, timeout_s=8)
     assert status_of(head) == 400, f"after {took:.1f} s: {head[:200]!r}"
