@@ -123,9 +123,28 @@ def with_size(task: TaskNeeds, candidates: Sequence[Candidate]) -> TaskNeeds:
     return replace(task, size_gb=size)
 
 
+def with_assumed_load_rate(candidates: Sequence[Candidate]) -> list[Candidate]:
+    """Hosts that have not measured a load yet are assumed to load as fast as the
+    median host that has (as with tokens/s): else an unmeasured empty host looks slower
+    than a measured one that must evict, and the measured one thrashes."""
+    known = sorted(
+        c.residency.load_gbps for c in candidates if c.residency and c.residency.load_gbps
+    )
+    if not known:
+        return list(candidates)
+    median = known[len(known) // 2]
+    return [
+        replace(c, residency=replace(c.residency, load_gbps=median))
+        if c.residency is not None and not c.residency.load_gbps
+        else c
+        for c in candidates
+    ]
+
+
 def place(task: TaskNeeds, candidates: Sequence[Candidate], rng: random.Random) -> Decision:
     """Decide where `task` runs. `candidates` are live hosts, this node among them."""
     task = with_size(task, candidates)
+    candidates = with_assumed_load_rate(candidates)
     local = next((c for c in candidates if c.is_local), None)
     local_has = local is not None and task.model in local.models
     unknown = assumed_rate(candidates)

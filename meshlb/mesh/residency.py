@@ -28,7 +28,7 @@ LOAD_FIXED_S = 0.5
 # A model of unknown size (no host has it loaded, the local catalog does not list it).
 DEFAULT_MODEL_GB = 4.0
 # A cold host pays its load this many times over (see the module doc).
-LOAD_HYSTERESIS = 2.0
+LOAD_HYSTERESIS = 1.5
 # Evicting an idle model costs this fraction of reloading it: it may be asked for again.
 IDLE_EVICT_FRACTION = 0.5
 # Ollama loads at most this many models at once (OLLAMA_MAX_LOADED_MODELS: 3 per GPU by
