@@ -67,6 +67,9 @@ class Snapshot:
     running: list[dict[str, Any]] | None = None
     error: str | None = None
     last_ok_at: float | None = None
+    # Members whose own /v1/queue answered at some refresh of this `top`: one of them
+    # not answering now has gone silent (its gossiped load is history, not shown).
+    reached: frozenset[str] = frozenset()
 
 
 def _get(client: httpx.Client, url: str, timeout_s: float, **params: str) -> Any:
@@ -96,6 +99,7 @@ def fetch_snapshot(
             running=kept.running,
             error=f"cannot reach {base}: {reason or type(e).__name__}",
             last_ok_at=kept.last_ok_at,
+            reached=kept.reached,
         )
     nodes = [n for n in cluster.get("nodes") or [] if isinstance(n, dict)]
     live = [n for n in nodes if n.get("state") not in STALE_STATES and n.get("http_addr")]
@@ -122,6 +126,7 @@ def fetch_snapshot(
         queues=queues,
         running=tasks_future.result(),
         last_ok_at=now,
+        reached=(previous.reached if previous else frozenset()) | queues.keys(),
     )
 
 
@@ -144,10 +149,23 @@ def member_row(
         cap = queue.get("effective_concurrency", limits.get("max_concurrency"))
         cells["running"] = fmt_used_of(queue.get("running"), cap)
         cells["seen"] = fmt_age(now - snap.fetched_at)
+    elif str(member.get("id")) in snap.reached:
+        cells = dict.fromkeys(cells, DASH)
+        cells["seen"] = "silent"
     else:
         age = member.get("meta_age_s")
         cells["seen"] = fmt_age(age) if isinstance(age, int | float) else "gossip"
     return cells
+
+
+def is_silent(member: dict[str, Any], snap: Snapshot) -> bool:
+    """Live by gossip, but its own address stopped answering `top`."""
+    node_id = str(member.get("id"))
+    return (
+        member.get("state") not in STALE_STATES
+        and node_id in snap.reached
+        and node_id not in snap.queues
+    )
 
 
 COLUMNS = (
@@ -186,7 +204,7 @@ def members_table(snap: Snapshot, now: float, width: int) -> Table:
     table.add_column("models (* loaded)", no_wrap=True, overflow="ellipsis", max_width=models_width)
     for m, cells in rows:
         models, loaded = member_models(m)
-        stale = m.get("state") in STALE_STATES
+        stale = m.get("state") in STALE_STATES or is_silent(m, snap)
         models_cell = "no data" if stale else fit_list(models_label(models, loaded), models_width)
         style = "dim" if stale else ("yellow" if m.get("state") == "suspect" else "")
         table.add_row(
@@ -210,6 +228,8 @@ def mesh_lines(snap: Snapshot, now: float) -> list[Text]:
     live = [n for n in nodes if n.get("state") not in STALE_STATES]
     queued = running = 0.0
     for n in live:
+        if is_silent(n, snap):
+            continue
         fresh = snap.queues.get(str(n.get("id")))
         load = fresh if fresh is not None else (n.get("load") or {})
         queued += _num(load.get("queued"))

@@ -19,6 +19,7 @@ import subprocess
 import termios
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -295,3 +296,54 @@ def test_top_without_a_terminal_runs_until_ctrl_c_and_exits_0(mesh: tuple[Proc, 
     assert popen.returncode == 0, err
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
     assert LONG_ID[:6] in out, "the last frame is printed"
+
+
+def busy(peer: dict[str, Any]) -> bool:
+    load = peer["load"]
+    return bool(load["running"] or load["rpm_used"] or load["tpm_used"])
+
+
+def test_top_shows_a_killed_member_dead_without_its_last_load() -> None:
+    with (
+        sim_ollama(tokens_per_second=20) as sim,
+        meshlb_node(sim.url, node_id="keeper") as a,
+        meshlb_node(
+            sim.url, "--join", f"127.0.0.1:{a.extra['gossip_port']}", node_id="doomed"
+        ) as b,
+    ):
+        wait_until(
+            lambda: "doomed" in {p["id"] for p in httpx.get(f"{a.url}/v1/peers").json()},
+            20,
+            "joined",
+        )
+        # Work on b through the Ollama API, not async tasks: nothing for a to take over.
+        for _ in range(3):
+            httpx.post(
+                f"{b.url}/api/generate",
+                json={"model": "llama3.2:1b", "prompt": "hi", "stream": False},
+                timeout=30,
+            )
+        wait_until(
+            lambda: any(
+                p["id"] == "doomed" and busy(p) for p in httpx.get(f"{a.url}/v1/peers").json()
+            ),
+            15,
+            "b's load gossiped to a",
+        )
+        b.kill()
+        wait_until(
+            lambda: any(
+                p["id"] == "doomed" and p["state"] == "dead"
+                for p in httpx.get(f"{a.url}/v1/peers").json()
+            ),
+            40,
+            "a sees b dead",
+        )
+        peers = httpx.get(f"{a.url}/v1/peers").json()
+        assert any(p["id"] == "doomed" and busy(p) for p in peers), "the stale load is still served"
+        out = meshlb("top", "--once", "--node", a.url)
+        assert out.returncode == 0, out.stderr
+        row = next(line for line in out.stdout.splitlines() if line.lstrip().startswith("doomed"))
+        assert " dead " in row and "no data" in row
+        assert re.fullmatch(r"doomed +dead( +-){6} +\d+[smh] +no data", row.strip()), row
+        assert "1/2 live" in out.stdout

@@ -262,6 +262,29 @@ def test_top_frame_fits_80_columns_and_shows_a_dead_member_as_dead() -> None:
     assert "t-0123456789abcdef" in text and "99.87" not in text
 
 
+def test_top_shows_a_member_that_stopped_answering_as_silent_without_its_old_load() -> None:
+    queue = {"queued": 1, "running": 0, "effective_concurrency": 4}
+    snap = Snapshot(
+        fetched_at=NOW,
+        cluster=cluster(member("a"), member("c", queued=55, tokens_per_s=44.4)),
+        queues={"a": queue},
+        reached=frozenset({"a", "c"}),
+        last_ok_at=NOW,
+    )
+    lines = frame_lines(render(snap, "http://a", NOW))
+    silent = next(line for line in lines if line.lstrip().startswith("c "))
+    assert "silent" in silent and "no data" in silent
+    assert "55" not in silent and "44" not in silent and "42/60" not in silent
+    assert any("queued 1 " in line for line in lines), "its gossiped queue is not counted"
+    never = Snapshot(
+        fetched_at=NOW, cluster=snap.cluster, queues={"a": queue}, reached=frozenset({"a"})
+    )
+    gossip = next(
+        line for line in frame_lines(render(never, "x", NOW)) if line.lstrip().startswith("c ")
+    )
+    assert "gossip" in gossip and "42/60" in gossip, "never reached from here: gossip, said so"
+
+
 def test_top_frame_when_the_node_stops_answering_is_labelled_stale() -> None:
     good = Snapshot(fetched_at=NOW, cluster=cluster(member("a")), last_ok_at=NOW)
     failed = Snapshot(
