@@ -161,7 +161,9 @@ class TakeOverMixin(FenceMixin):
         for task_id, (owner, since, restart) in list(self._orphans.items()):
             e = self._tasks.get(task_id)
             if e is None or e.role != REPLICA or e.copy.owner != owner:
-                del self._orphans[task_id]
+                # pop, not del: a take-over below may re-enter this method (through the
+                # fence) and resolve entries of this same snapshot first
+                self._orphans.pop(task_id, None)
             elif self._maybe_take_over(e, since, restart, now):
                 self._orphans.pop(task_id, None)
 
