@@ -7,6 +7,7 @@ import click
 from meshlb import __version__
 from meshlb.commands.client import peers_command, stats_command, submit_command
 from meshlb.commands.demo import demo_command
+from meshlb.commands.models import cp_command, pull_command, rm_command
 from meshlb.commands.node import node_command
 from meshlb.commands.sim_ollama import sim_ollama_command
 from meshlb.commands.top import top_command
@@ -30,6 +31,9 @@ cli.add_command(peers_command)
 cli.add_command(stats_command)
 cli.add_command(submit_command)
 cli.add_command(top_command)
+cli.add_command(pull_command)
+cli.add_command(rm_command)
+cli.add_command(cp_command)
 
 
 def main() -> None:

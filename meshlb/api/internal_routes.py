@@ -15,6 +15,7 @@ from starlette.routing import Route
 
 from meshlb.api.body import read_body
 from meshlb.api.errors import ApiError
+from meshlb.api.model_routes import internal_model_routes
 from meshlb.api.peer_auth import require_peer
 from meshlb.mesh.mailer import OWNERSHIP_PATH
 from meshlb.mesh.ownership_wire import MAX_BATCH_BYTES, WireError, decode_batch
@@ -39,4 +40,4 @@ def internal_routes(ctx: NodeContext) -> list[Route]:
         ctx.tasks.mesh.receive(batch)
         return Response(status_code=204)
 
-    return [Route(OWNERSHIP_PATH, ownership, methods=["POST"])]
+    return [Route(OWNERSHIP_PATH, ownership, methods=["POST"]), *internal_model_routes(ctx)]

@@ -37,6 +37,7 @@ from meshlb.api.errors import ApiError, retry_after
 from meshlb.api.forwarded import ForwardedResponse
 from meshlb.api.mesh_docs import ps_handler, show_handler
 from meshlb.api.mesh_routes import current_peers
+from meshlb.api.model_routes import model_routes
 from meshlb.api.peer_auth import require_peer
 from meshlb.api.relay import LocalTask, RelayResponse
 from meshlb.api.work_errors import refused_to_error, require_model_in_mesh
@@ -313,4 +314,5 @@ def ollama_routes(ctx: NodeContext) -> list[StarletteRoute]:
         StarletteRoute("/v1/models", openai_models_handler(ctx), methods=["GET"]),
         StarletteRoute("/v1/models/{model:path}", openai_model_handler(ctx), methods=["GET"]),
     ]
+    routes += model_routes(ctx)  # pull, push, create, copy, delete, blobs: mesh operations
     return routes
