@@ -46,7 +46,9 @@ from meshlb.api.forwarded import ForwardedResponse
 from meshlb.api.mesh_routes import current_peers
 from meshlb.api.peer_auth import require_peer
 from meshlb.backend.ollama import describe_http_error
+from meshlb.mesh.announce import local_meta
 from meshlb.mesh.auth import AUTH_HEADER, sign
+from meshlb.mesh.meta import encode_meta
 from meshlb.mesh.model_ops import (
     HOSTS_HEADER,
     PER_HOST_PROGRESS,
@@ -501,11 +503,28 @@ class _RefreshAfter:
         self.inner, self.ctx = inner, ctx
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        before = self.ctx.catalog.names
         try:
             await self.inner(scope, receive, send)
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(5):
                 await self.ctx.catalog.refresh()
+            if self.ctx.catalog.names != before:
+                announce_now(self.ctx)
+
+
+def announce_now(ctx: NodeContext) -> None:
+    """Gossip this node's metadata at once after its model list changed, instead of at
+    the announcer's next tick (up to a second later): the node that asked for the
+    change waits for it to show. The announcer's next tick pushes the same bytes once
+    more (one extra incarnation bump per operation, nothing else)."""
+    update = getattr(ctx.gossip, "update_meta", None)
+    if update is None:
+        return
+    try:
+        update(encode_meta(local_meta(ctx)))
+    except Exception as e:  # the announcer retries on its tick; never fail the answer
+        log.warning("could not announce the new model list at once", error=repr(e))
 
 
 def internal_model_routes(ctx: NodeContext) -> list[Route]:

@@ -102,7 +102,11 @@ def test_official_client_pull_is_one_monotone_stream_then_model_runs_everywhere(
     # the entry node waited for gossip: its list has the model at once
     assert model in node_models(nodes[0])
     for node in nodes:
-        wait_until(lambda n=node: model in node_models(n), 3, f"{model} listed by {node.url}")
+
+        def listed(n: Proc = node) -> bool:
+            return model in node_models(n)
+
+        wait_until(listed, 3, f"{model} listed by {node.url}")
         r = generate(node, model)
         assert r.status_code == 200, r.text
 
