@@ -34,6 +34,7 @@ from tests.procs import Proc, alive_ids, meshlb_argv, meshlb_node, sim_ollama, w
 pytestmark = pytest.mark.integration
 MBPS = "400"
 IDS = ("m0", "m1", "m2")
+KEY = "model-management-test-key"
 
 
 def sim_models(sim: Proc) -> set[str]:
@@ -46,15 +47,15 @@ def node_models(node: Proc) -> set[str]:
 
 @contextlib.contextmanager
 def mesh_of(
-    sim_args: list[list[str]], ids: tuple[str, ...]
+    sim_args: list[list[str]], ids: tuple[str, ...], *node_args: str
 ) -> Iterator[tuple[list[Proc], list[Proc]]]:
     with contextlib.ExitStack() as stack:
         sims = [
             stack.enter_context(sim_ollama(*a, models="llama3.2:1b,nomic-embed-text"))
             for a in sim_args
         ]
-        first = stack.enter_context(meshlb_node(sims[0].url, node_id=ids[0]))
-        seed = ["--join", f"127.0.0.1:{first.extra['gossip_port']}"]
+        first = stack.enter_context(meshlb_node(sims[0].url, *node_args, node_id=ids[0]))
+        seed = [*node_args, "--join", f"127.0.0.1:{first.extra['gossip_port']}"]
         nodes = [first] + [
             stack.enter_context(meshlb_node(s.url, *seed, node_id=i))
             for s, i in zip(sims[1:], ids[1:], strict=True)
@@ -65,7 +66,8 @@ def mesh_of(
 
 @pytest.fixture(scope="module")
 def mesh() -> Iterator[tuple[list[Proc], list[Proc]]]:
-    with mesh_of([["--pull-mbps", MBPS]] * 3, IDS) as m:
+    # with a cluster key: every node-to-node relay below is signed and checked
+    with mesh_of([["--pull-mbps", MBPS]] * 3, IDS, "--cluster-key", KEY) as m:
         yield m
 
 
@@ -158,6 +160,16 @@ def test_copy_then_create_from_model_and_from_blob(mesh: Any, tmp_path: Path) ->
         assert httpx.head(f"{sim.url}/api/blobs/{digest}", timeout=5).status_code == 200
     assert client.create(model="from-blob", files={"adapter.gguf": digest}).status == "success"
     assert all("from-blob:latest" in sim_models(s) for s in sims)
+
+
+def test_internal_relay_refuses_an_unsigned_request(mesh: Any) -> None:
+    sims, nodes = mesh
+    url = f"{nodes[0].url}/v1/internal/ollama/api/delete"
+    r = httpx.request("DELETE", url, json={"model": "llama3.2:1b"}, timeout=10)
+    assert r.status_code == 401, r.text
+    assert "llama3.2:1b" in sim_models(sims[0])
+    r = httpx.post(f"{nodes[0].url}/v1/internal/ollama/api/generate", json={}, timeout=10)
+    assert r.status_code == 404, r.text
 
 
 BAD_INPUT = [
