@@ -63,7 +63,7 @@ def node_error(response: httpx.Response) -> str:
 def new_progress(console: Console) -> Progress:
     return Progress(
         TextColumn("{task.fields[host]:<12}", markup=False),
-        BarColumn(),
+        BarColumn(bar_width=20),
         DownloadColumn(),
         TransferSpeedColumn(),
         TimeRemainingColumn(),
@@ -92,7 +92,7 @@ class PullView:
         bar = self.host(str(node)) if node is not None else self.total
         total, done = bar.update(event)
         status = str(event.get("status", ""))
-        state = f"failed: {event['reason']}" if event.get("reason") else status
+        state = "failed (see below)" if event.get("reason") else status
         if node is not None:
             self.host_states[str(node)] = state
         if state.startswith("pulling ") and event.get("digest"):
