@@ -518,11 +518,10 @@ def announce_now(ctx: NodeContext) -> None:
     the announcer's next tick (up to a second later): the node that asked for the
     change waits for it to show. The announcer's next tick pushes the same bytes once
     more (one extra incarnation bump per operation, nothing else)."""
-    update = getattr(ctx.gossip, "update_meta", None)
-    if update is None:
+    if ctx.gossip is None:
         return
     try:
-        update(encode_meta(local_meta(ctx)))
+        ctx.gossip.update_meta(encode_meta(local_meta(ctx)))
     except Exception as e:  # the announcer retries on its tick; never fail the answer
         log.warning("could not announce the new model list at once", error=repr(e))
 

@@ -134,6 +134,10 @@ class MembershipSource(Protocol):
 
     def members(self) -> Sequence[MemberLike]: ...
 
+    def update_meta(self, meta: bytes) -> None:
+        """Gossip this node's new metadata now."""
+        ...
+
     @property
     def dropped(self) -> Mapping[str, int]:
         """Gossip packets dropped so far, by reason."""
