@@ -185,14 +185,9 @@ class Ownership(ResultsMixin):
         copy, or the peer we forwarded it to owns it (we stay a replica). With no
         live replica there is nobody to wait for."""
         e = self._tasks.get(task_id)
-        if e is None:
+        if e is None or e.role not in (OWNER, REPLICA):
             return False
-        if e.role == REPLICA:
-            return True
-        if e.role != OWNER:
-            return False
-        live_replicas = {n for n in e.copy.replicas if n in self.live and n != self.node_id}
-        return not (e.unacked & live_replicas)
+        return e.role == REPLICA or not (e.unacked & self._live_replicas(e))
 
     def held_elsewhere(self, task_id: str) -> bool:
         """Does a second node hold the task now (what a 202 promises)? A live replica
@@ -201,14 +196,13 @@ class Ownership(ResultsMixin):
         replica to wait for" is not enough — unless this node has never known another
         member (a mesh of one cannot do better)."""
         e = self._tasks.get(task_id)
-        if e is None:
+        if e is None or e.role not in (OWNER, REPLICA):
             return False
-        if e.role == REPLICA:
-            return True
-        if e.role != OWNER:
-            return False
-        holders = {n for n in e.copy.replicas if n in self.live and n != self.node_id}
-        return bool(holders & e.acked_by) or self.known == {self.node_id}
+        alone = self.known == {self.node_id}
+        return e.role == REPLICA or bool(self._live_replicas(e) & e.acked_by) or alone
+
+    def _live_replicas(self, e: Entry) -> set[str]:
+        return {n for n in e.copy.replicas if n in self.live and n != self.node_id}
 
     def holders(self, task_id: str) -> dict[str, object]:
         """Who holds the task as this node sees it (for a log line that says why)."""
