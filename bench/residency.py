@@ -508,31 +508,12 @@ def show(console: Console, results: dict[str, Any]) -> None:
 def smoke() -> dict[str, Any]:
     """Real processes: 3 nodes, 3 sims holding one of two 2 GB models at a time, 40
     requests alternating models round the nodes; cold loads counted from load_duration."""
-    import contextlib
 
     import httpx
 
-    from tests.procs import alive_ids, meshlb_node, sim_ollama, wait_until
+    from tests.procs import alive_ids, small_memory_mesh, wait_until
 
-    with contextlib.ExitStack() as stack:
-        sims = [
-            stack.enter_context(
-                sim_ollama(
-                    "--vram-gb",
-                    "3",
-                    "--load-gbps",
-                    "2",
-                    models="alpha=2,beta=2",
-                    tokens_per_second=400,
-                )
-            )
-            for _ in range(3)
-        ]
-        first = stack.enter_context(meshlb_node(sims[0].url, node_id="s0"))
-        seed = ["--join", f"127.0.0.1:{first.extra['gossip_port']}"]
-        nodes = [first] + [
-            stack.enter_context(meshlb_node(sims[i].url, *seed, node_id=f"s{i}")) for i in (1, 2)
-        ]
+    with small_memory_mesh("s") as (_sims, nodes):
         wait_until(lambda: all(len(alive_ids(x)) == 3 for x in nodes), 20, "3 nodes joined")
         cold = 0
         t0 = time.monotonic()

@@ -10,13 +10,12 @@ through any node unloads the model on the host that had it.
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.procs import Proc, alive_ids, meshlb_node, sim_ollama, wait_until
+from tests.procs import Proc, alive_ids, small_memory_mesh, wait_until
 
 pytestmark = pytest.mark.integration
 MODELS = ("alpha:latest", "beta:latest")
@@ -35,25 +34,7 @@ def loaded_on(sim: Proc) -> set[str]:
 
 
 def test_alternating_models_load_at_most_four_times_ps_names_hosts_unload_reaches_holder() -> None:
-    with contextlib.ExitStack() as stack:
-        sims = [
-            stack.enter_context(
-                sim_ollama(
-                    "--vram-gb",
-                    "3",
-                    "--load-gbps",
-                    "2",
-                    models="alpha=2,beta=2",
-                    tokens_per_second=400,
-                )
-            )
-            for _ in range(3)
-        ]
-        first = stack.enter_context(meshlb_node(sims[0].url, node_id="r0"))
-        seed = ["--join", f"127.0.0.1:{first.extra['gossip_port']}"]
-        nodes = [first] + [
-            stack.enter_context(meshlb_node(sims[i].url, *seed, node_id=f"r{i}")) for i in (1, 2)
-        ]
+    with small_memory_mesh("r") as (sims, nodes):
         ids = {"r0", "r1", "r2"}
         wait_until(lambda: all(alive_ids(n) == ids for n in nodes), 20, "3 nodes see each other")
 
