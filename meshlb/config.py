@@ -138,13 +138,6 @@ class NodeSettings(BaseModel):
     models_refresh_s: float = field(
         10.0, "Seconds between re-reads of the local Ollama's model list.", gt=0
     )
-    # None: learned as the most memory the local Ollama was seen holding models in.
-    memory_gb: float | None = field(
-        None,
-        "GB of memory for models on this host (gossiped so placement knows what a load "
-        "evicts) [default: the most seen loaded at once].",
-        gt=0,
-    )
 
     @field_validator("http", "gossip")
     @classmethod

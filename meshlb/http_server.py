@@ -22,11 +22,26 @@ from starlette.types import ASGIApp
 IDLE_AND_HEADER_TIMEOUT_S = 5
 
 
+class HangUpRacesAreNotErrors(logging.Filter):
+    """Drop hypercorn's "Error in ASGI Framework" records whose cause is the socket
+    being busy, broken or closed: a client whose framing broke (e.g. Content-Length
+    and Transfer-Encoding with an unchunked body) makes hypercorn answer its own 400
+    while the app's answer is going out, and the two senders collide. The client is
+    already answered or gone; nothing is wrong in the node, so no traceback."""
+
+    GONE = (trio.BusyResourceError, trio.BrokenResourceError, trio.ClosedResourceError)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, self.GONE)
+
+
 def hypercorn_config(host: str, port: int) -> Config:
     config = Config()
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
+    config.errorlog.addFilter(HangUpRacesAreNotErrors())
     config.keep_alive_timeout = IDLE_AND_HEADER_TIMEOUT_S
     config.graceful_timeout = 5
     config.backlog = 1024

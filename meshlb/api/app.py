@@ -6,8 +6,6 @@ Trio through anyio; the handlers stay plain async functions over a `NodeContext`
 
 from __future__ import annotations
 
-import contextlib
-
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -15,11 +13,11 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from meshlb.api.errors import (
-    CONNECTION_GONE,
     ApiError,
     error_response,
     handle_api_error,
     handle_unexpected,
+    is_connection_gone,
 )
 from meshlb.api.internal_routes import internal_routes
 from meshlb.api.mesh_routes import mesh_routes
@@ -66,8 +64,11 @@ def refuse_ambiguous_framing(app: ASGIApp) -> ASGIApp:
         # A hang-up is logged by `handle_unexpected` as such; Starlette re-raises what
         # its catch-all handler saw, and hypercorn would log it again as "Error in
         # ASGI Framework" with a traceback: it is not one.
-        with contextlib.suppress(*CONNECTION_GONE):
+        try:
             await app(scope, receive, send)
+        except BaseException as e:
+            if not is_connection_gone(e):
+                raise
 
     return guarded
 

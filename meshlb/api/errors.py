@@ -77,8 +77,15 @@ CONNECTION_GONE = (
 )
 
 
+def is_connection_gone(exc: BaseException) -> bool:
+    """A hang-up, also when a nursery wrapped it in an exception group."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(is_connection_gone(e) for e in exc.exceptions)
+    return isinstance(exc, CONNECTION_GONE)
+
+
 async def handle_unexpected(request: Request, exc: Exception) -> Response:
-    if isinstance(exc, CONNECTION_GONE):
+    if is_connection_gone(exc):
         log.info(
             "client hung up while sending its request"
             if isinstance(exc, ClientDisconnect)

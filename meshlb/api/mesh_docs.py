@@ -1,8 +1,7 @@
 """Ollama metadata answered for the whole mesh: `GET /api/ps` and `POST /api/show`.
 
 A client of any node sees the mesh as one big Ollama: `/api/ps` lists the models
-loaded on every live member, one entry per model per host with `"node"` (asked in
-parallel with `?local=1`, so never further),
+loaded on every live member (asked in parallel with `?local=1`, so never further),
 and `/api/show` for a model only a peer has is answered by that peer's Ollama.
 """
 
@@ -19,7 +18,7 @@ from meshlb.api.errors import ApiError, retry_after
 from meshlb.api.mesh_routes import alive_peer_urls, current_peers
 from meshlb.api.peer_auth import require_peer
 from meshlb.api.work_errors import require_model_in_mesh
-from meshlb.backend.catalog import canonical_model, parse_ps
+from meshlb.backend.catalog import canonical_model
 from meshlb.backend.ollama import BackendError, describe_http_error
 from meshlb.mesh.candidates import http_addr_of
 from meshlb.mesh.lookup import gather_from_peers
@@ -27,12 +26,6 @@ from meshlb.node_context import NodeContext
 
 
 def ps_handler(ctx: NodeContext) -> Any:
-    """`GET /api/ps`: one entry per loaded model per host, each with `"node"` (SPEC).
-
-    Two hosts with the same model loaded are two entries: where a model is loaded is
-    what placement and its users care about. A peer asked with `?local=1` names itself
-    in its entries; the asking node never merges them by model name."""
-
     async def handler(request: Request) -> Response:
         local_only = request.query_params.get("local") == "1"
         if local_only:
@@ -40,33 +33,23 @@ def ps_handler(ctx: NodeContext) -> Any:
         docs: list[dict[str, Any]] = []
         problem: BackendError | None = None
         try:
-            docs.append(with_node(await ctx.backend.get_json("/api/ps"), ctx.node_id))
+            docs.append(await ctx.backend.get_json("/api/ps"))
         except BackendError as e:
             problem = e
-        else:
-            ctx.catalog.residency.apply(parse_ps(docs[0]))  # fresh: keep it
         if not local_only:
             docs += await gather_from_peers(
                 ctx.peer_client, alive_peer_urls(ctx), "/api/ps", None, ctx.settings.cluster_key
             )
         if not docs:
             raise ApiError(503, f"{problem}; try again shortly", retry_after(5))
-        seen: dict[tuple[str, str], dict[str, Any]] = {}
+        seen: dict[str, dict[str, Any]] = {}
         for doc in docs:
             for entry in doc.get("models") or []:
                 if isinstance(entry, dict):
-                    key = (str(entry.get("node")), canonical_model(str(entry.get("name"))))
-                    seen.setdefault(key, entry)
+                    seen.setdefault(canonical_model(str(entry.get("name"))), entry)
         return JSONResponse({"models": list(seen.values())})
 
     return handler
-
-
-def with_node(doc: Any, node_id: str) -> dict[str, Any]:
-    """The local Ollama's `/api/ps` answer with this node named in each entry."""
-    models = doc.get("models") if isinstance(doc, dict) else None
-    entries = [{**m, "node": node_id} for m in models or [] if isinstance(m, dict)]
-    return {"models": entries}
 
 
 def show_handler(ctx: NodeContext) -> Any:

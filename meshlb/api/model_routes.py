@@ -78,15 +78,14 @@ BLOB_CHUNK = 1 << 20
 
 
 def mesh_hosts(peers: Sequence[Peer]) -> list[Host]:
-    """Members as target selection needs them (free memory: gossiped memory − loaded)."""
+    """Members as target selection needs them. Gossip carries no model memory in this
+    version, so a count of hosts is chosen by fewest models, then least load."""
     out = []
     for p in peers:
         meta = p.meta
         if meta is None:
             continue
         free = None
-        if meta.memory_gb is not None and meta.resident is not None:
-            free = max(0.0, meta.memory_gb - sum(r.size_gb for r in meta.resident))
         out.append(
             Host(
                 node_id=p.node_id,

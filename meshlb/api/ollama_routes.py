@@ -43,17 +43,9 @@ from meshlb.api.relay import LocalTask, RelayResponse
 from meshlb.api.work_errors import refused_to_error, require_model_in_mesh
 from meshlb.backend.catalog import canonical_model
 from meshlb.backend.ollama import BackendError
-from meshlb.mesh.candidates import http_addr_of, incarnation_of
+from meshlb.mesh.candidates import candidates_from_peers, http_addr_of, incarnation_of
 from meshlb.mesh.forward import HOPS_HEADER, PeerUnavailable, open_on_peer
-from meshlb.mesh.placement import RunHere, SendTo, place
-from meshlb.mesh.residency_placement import (
-    is_unload,
-    mesh_candidates,
-    record_turn,
-    task_needs,
-    unload_everywhere,
-)
-from meshlb.mesh.residency_watch import WatchedAnswer
+from meshlb.mesh.placement import RunHere, SendTo, TaskNeeds, place
 from meshlb.node_context import NodeContext, new_task_id
 from meshlb.sched.driver import Refused
 from meshlb.tokens import estimate_tokens
@@ -97,16 +89,7 @@ def make_task_handler(ctx: NodeContext, route: Route) -> Any:
                     504, f"the request did not finish within its timeout of {timeout_s:g} s"
                 )
             opened = await place_in_mesh(
-                ctx,
-                route.path,
-                body,
-                model,
-                est_tokens,
-                priority,
-                hops,
-                exclude,
-                remaining_s,
-                payload,
+                ctx, route.path, body, model, est_tokens, priority, hops, exclude, remaining_s
             )
             if opened is not None:
                 upstream, peer = opened
@@ -124,7 +107,7 @@ def make_task_handler(ctx: NodeContext, route: Route) -> Any:
                 raise refused_to_error(refused) from None
             ctx.counters["accepted"] += 1
             task = LocalTask(task_id, route.path, body, model, deadline_at, timeout_s)
-            return WatchedAnswer(RelayResponse(ctx, task), ctx.catalog.residency, model)
+            return RelayResponse(ctx, task)
 
         return await respond(frozenset())
 
@@ -141,34 +124,25 @@ async def place_in_mesh(
     hops: int,
     exclude: frozenset[str] = frozenset(),
     remaining_s: float = math.inf,
-    payload: dict[str, Any] | None = None,
 ) -> tuple[httpx.Response, str] | None:
     """Open the request on a better peer and return (its response, its id), or None
     to run it here.
 
     Raises 404 when no member has the model, 503 when every one that has it is down or
     failed; a forwarded request (hops ≥ 1) runs here or is refused, never sent on.
-    Placement prices residency (`meshlb.mesh.residency_placement`); an unload goes to
-    every host that has the model loaded; a chat turn prefers its conversation's host.
     """
     wanted = canonical_model(model)
     await ctx.catalog.knows(model)
     peers = current_peers(ctx)
-    candidates = mesh_candidates(ctx, peers)
-    if hops == 0 and not exclude and is_unload(payload):
-        return await unload_everywhere(
-            ctx, peers, candidates, path, body, wanted, priority, remaining_s
-        )
-    needs, turn = task_needs(ctx, payload, wanted, est_tokens, hops, candidates)
+    candidates = candidates_from_peers(peers, ctx.node_id, ctx.recently_sent)
     failed: list[str] = sorted(exclude)
     while True:
         usable = [
             c for c in candidates if c.node_id not in failed and (c.is_local or wanted in c.models)
         ]
-        decision = place(needs, usable, ctx.rng)
+        decision = place(TaskNeeds(wanted, est_tokens, hops), usable, ctx.rng)
         if isinstance(decision, RunHere):
             ctx.telemetry.log.kept(ctx.node_id, model, decision.eta_s, hops)
-            record_turn(ctx, turn, ctx.node_id)
             return None
         if not isinstance(decision, SendTo):
             if hops:
@@ -205,10 +179,7 @@ async def place_in_mesh(
             failed.append(decision.node_id)
             continue
         ctx.counters["forwarded"] += 1
-        ctx.recently_sent.note(
-            decision.node_id, incarnation_of(peers, decision.node_id), model=wanted
-        )
-        record_turn(ctx, turn, decision.node_id)
+        ctx.recently_sent.note(decision.node_id, incarnation_of(peers, decision.node_id))
         log.info(
             "request forwarded",
             peer=decision.node_id,

@@ -4,23 +4,10 @@ Why a cache: every request is checked against it (404 for an unknown model) and 
 list is gossiped to peers, so it must be cheap to read. It is refreshed on a timer and,
 at most once per `min_miss_refresh_s`, when a request names a model it does not know
 (so a model pulled a second ago works without waiting for the timer).
-
-`LocalResidency` does the same for `/api/ps` (which models are loaded, their size and
-expiry): read on a timer and, at most every `min_interval_s`, after an answer (a
-request may have loaded or evicted a model). It reads only what real Ollama reports:
-`/api/ps` entries and the `load_duration` of answers (its load rate is measured from
-cold loads: the loaded size over load_duration).
 """
 
 from __future__ import annotations
 
-import math
-import re
-import time
-from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import structlog
@@ -29,11 +16,6 @@ import trio
 from meshlb.backend.ollama import BackendError, OllamaBackend
 
 log = structlog.get_logger()
-GB = 1_000_000_000
-# A load_duration above this is a cold load (below: the model was loaded already).
-COLD_LOAD_S = 0.1
-_LOAD_DURATION_RE = re.compile(rb'"load_duration"\s*:\s*(\d{1,20})')
-_FRACTION_RE = re.compile(r"(\.\d{6})\d+")
 
 
 def canonical_model(name: str) -> str:
@@ -56,7 +38,6 @@ class ModelCatalog:
         self.last_error: str | None = None
         # False until Ollama answered once: before that, which models it has is unknown.
         self.ever_read = False
-        self.residency = LocalResidency(backend)
 
     @property
     def names(self) -> list[str]:
@@ -67,11 +48,6 @@ class ModelCatalog:
 
     def has(self, model: str) -> bool:
         return canonical_model(model) in self._entries
-
-    def size_gb(self, model: str) -> float | None:
-        """The model's size on disk in GB, as `/api/tags` lists it (None if unknown)."""
-        size = self._entries.get(canonical_model(model), {}).get("size")
-        return size / GB if isinstance(size, int) and size > 0 else None
 
     async def refresh(self) -> None:
         """Re-read `/api/tags`; on failure keep the old list and remember why."""
@@ -107,118 +83,3 @@ class ModelCatalog:
         while True:
             await self.refresh()
             await trio.sleep(self._refresh_s)
-
-
-@dataclass(frozen=True, slots=True)
-class LoadedModel:
-    """One `/api/ps` entry: a model loaded on the local Ollama."""
-
-    name: str  # canonical
-    size_bytes: int
-    expires_at: float  # unix seconds (inf when Ollama shows none)
-
-
-def parse_expiry(text: object) -> float:
-    """Go's RFC 3339 time (nanoseconds, `Z` or an offset) as unix seconds; inf if not."""
-    if not isinstance(text, str) or not text:
-        return math.inf
-    try:
-        return datetime.fromisoformat(
-            _FRACTION_RE.sub(r"\1", text.replace("Z", "+00:00"))
-        ).timestamp()
-    except ValueError:
-        return math.inf
-
-
-def parse_ps(doc: object) -> list[LoadedModel]:
-    """The loaded models of an `/api/ps` answer (malformed entries are skipped)."""
-    models = doc.get("models") if isinstance(doc, dict) else None
-    out = []
-    for m in models if isinstance(models, list) else []:
-        if not isinstance(m, dict) or not (m.get("name") or m.get("model")):
-            continue
-        size = m.get("size")
-        out.append(
-            LoadedModel(
-                canonical_model(str(m.get("name") or m.get("model"))),
-                size if isinstance(size, int) and size >= 0 else 0,
-                parse_expiry(m.get("expires_at")),
-            )
-        )
-    return out
-
-
-def load_duration_s(tail: bytes) -> float | None:
-    """`load_duration` (seconds) from the end of an Ollama answer, if it has one."""
-    found = _LOAD_DURATION_RE.findall(tail)
-    return int(found[-1]) / 1e9 if found else None
-
-
-class LocalResidency:
-    """What the local Ollama has loaded, the most it was seen holding, its load rate,
-    and the requests for each model this node has in hand (queued or running)."""
-
-    def __init__(
-        self,
-        backend: OllamaBackend,
-        refresh_s: float = 5.0,
-        min_interval_s: float = 0.5,
-        wall: Callable[[], float] = time.time,
-    ) -> None:
-        self._backend = backend
-        self._refresh_s = refresh_s
-        self._min_interval_s = min_interval_s
-        self._wall = wall
-        self.loaded: dict[str, LoadedModel] = {}
-        self.known = False  # /api/ps answered at least once
-        self.max_seen_bytes = 0
-        self.load_gbps: float | None = None
-        self.active: Counter[str] = Counter()
-        self._dirty = False
-        self._last_read_at = -math.inf
-
-    def learned_memory_gb(self) -> float | None:
-        return self.max_seen_bytes / GB if self.max_seen_bytes else None
-
-    def begin(self, model: str) -> None:
-        self.active[canonical_model(model)] += 1
-
-    def end(self, model: str, tail: bytes = b"") -> None:
-        """An answer for `model` ended: count it out, learn the load rate from its
-        load_duration, and have `/api/ps` read again soon."""
-        name = canonical_model(model)
-        self.active[name] -= 1
-        if self.active[name] <= 0:
-            del self.active[name]
-        self._dirty = True
-        took_s = load_duration_s(tail) if tail else None
-        entry = self.loaded.get(name)
-        if took_s is not None and took_s > COLD_LOAD_S and entry is not None and entry.size_bytes:
-            self.observe_load(entry.size_bytes, took_s)
-
-    def observe_load(self, size_bytes: int, took_s: float) -> None:
-        rate = size_bytes / GB / took_s
-        self.load_gbps = rate if self.load_gbps is None else 0.7 * self.load_gbps + 0.3 * rate
-
-    def apply(self, models: list[LoadedModel]) -> None:
-        self.loaded = {m.name: m for m in models}
-        self.known = True
-        self.max_seen_bytes = max(self.max_seen_bytes, sum(m.size_bytes for m in models))
-
-    async def read(self) -> None:
-        """Re-read `/api/ps`; on failure keep what was known."""
-        self._last_read_at = trio.current_time()
-        self._dirty = False
-        try:
-            doc = await self._backend.get_json("/api/ps")
-        except BackendError:
-            return
-        self.apply(parse_ps(doc))
-
-    async def run(self) -> None:
-        """Forever: read after answers (at most every min_interval_s) and on the timer."""
-        while True:
-            since = trio.current_time() - self._last_read_at
-            if self._dirty or since >= self._refresh_s:
-                await self.read()
-            await trio.sleep(self._min_interval_s)

@@ -3,28 +3,19 @@
 The local metadata (HTTP address, models, load) is rebuilt once per interval and
 handed to gossip only when its bytes changed: each update bumps this node's
 incarnation and is piggybacked to every member, so unchanged numbers cost nothing.
-Loaded models' expiry is gossiped rounded down to `EXPIRY_STEP_S`, so a stream of
-requests that keeps pushing a model's keep_alive does not change the bytes each second.
-
-The announcer also runs the reader of the local Ollama's `/api/ps`
-(`LocalResidency.run`): what it reads is only ever used here, in the metadata.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Protocol
 
 import structlog
 import trio
 
-from meshlb.backend.catalog import GB
 from meshlb.mesh.meta import Load, Moves, NodeMeta, encode_meta
-from meshlb.mesh.residency import Residency, Resident
 from meshlb.node_context import NodeContext
 
 ANNOUNCE_INTERVAL_S = 1.0
-EXPIRY_STEP_S = 10.0
 log = structlog.get_logger()
 
 
@@ -52,36 +43,6 @@ def local_meta(ctx: NodeContext) -> NodeMeta:
         ),
         boot=ctx.boot,
         moves=local_moves(ctx),
-        resident=local_resident(ctx),
-        memory_gb=ctx.settings.memory_gb or ctx.catalog.residency.learned_memory_gb(),
-        load_gbps=ctx.catalog.residency.load_gbps,
-    )
-
-
-def local_residency(ctx: NodeContext) -> Residency | None:
-    """This host's residency right now, as placement prices it (None: unknown)."""
-    resident = local_resident(ctx)
-    if resident is None or not ctx.catalog.reachable:
-        return None
-    memory_gb = ctx.settings.memory_gb or ctx.catalog.residency.learned_memory_gb()
-    return Residency(resident, memory_gb, ctx.catalog.residency.load_gbps)
-
-
-def local_resident(ctx: NodeContext) -> tuple[Resident, ...] | None:
-    """The models the local Ollama has loaded (None until `/api/ps` was read)."""
-    res = ctx.catalog.residency
-    if not res.known:
-        return None
-    return tuple(
-        Resident(
-            m.name,
-            round(m.size_bytes / GB, 1),
-            res.active.get(m.name, 0),
-            m.expires_at // EXPIRY_STEP_S * EXPIRY_STEP_S
-            if math.isfinite(m.expires_at)
-            else m.expires_at,
-        )
-        for m in res.loaded.values()
     )
 
 
@@ -97,16 +58,14 @@ async def announce_loop(
 
     A round that fails (a figure that cannot be encoded) is logged and skipped: the
     announcer must never take the node down with it."""
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(ctx.catalog.residency.run)
-        last = b""
-        while True:
-            try:
-                data = encode_meta(local_meta(ctx))
-            except Exception as e:  # one bad round must not kill the node
-                log.error("node metadata could not be encoded; round skipped", error=repr(e))
-            else:
-                if data != last:
-                    sink.update_meta(data)
-                    last = data
-            await trio.sleep(interval_s)
+    last = b""
+    while True:
+        try:
+            data = encode_meta(local_meta(ctx))
+        except Exception as e:  # one bad round must not kill the node
+            log.error("node metadata could not be encoded; round skipped", error=repr(e))
+        else:
+            if data != last:
+                sink.update_meta(data)
+                last = data
+        await trio.sleep(interval_s)

@@ -1,24 +1,18 @@
 """Where a task should run: here, on a peer, or nowhere (pure; no I/O, no clock).
 
 The rule: estimate each candidate's completion time from its gossiped load (queue
-ahead, free slots, measured tokens/s, rpm/tpm headroom) and residency (a load, and
-what it evicts, when the model is not loaded there: `meshlb.mesh.residency`); a
-conversation's earlier host is credited with the prompt evaluation its cache saves;
-run here when this host has the model and is about as good as the best; otherwise send
-the task to the better of two random picks among the best few that are near the best
-(power of two choices), so that many nodes acting on the same stale gossip do not all
-herd onto one host, and a random pick never lands on a host that must load the model
-when another has it loaded. A task that has already been forwarded runs where it
-lands (no ping-pong).
+ahead, free slots, measured tokens/s, rpm/tpm headroom); run here when this host has
+the model and is about as good as the best; otherwise send the task to the better of
+two random picks among the best few (power of two choices), so that many nodes acting
+on the same stale gossip do not all herd onto one host. A task that has already been
+forwarded runs where it lands (no ping-pong).
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
-
-from meshlb.mesh.residency import DEFAULT_MODEL_GB, Residency, cold_start_s, model_size_gb
+from dataclasses import dataclass
 
 # A host whose generation speed is unknown yet (it has not run anything) is assumed
 # as fast as the median host that has been measured — so a new or idle host gets
@@ -34,8 +28,6 @@ MIN_GAIN_S = 0.25
 MIN_GAIN_FRACTION = 0.2
 MAX_HOPS = 1
 BEST_FEW = 3
-# The random pick is among the best few whose estimate is within this of the best.
-NEAR_BEST_FRACTION = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,8 +43,6 @@ class Candidate:
     rpm_headroom: int | None = None
     tpm_headroom: int | None = None
     is_local: bool = False
-    # What the host has loaded (None: it gossips no residency; loads are not priced).
-    residency: Residency | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,12 +50,6 @@ class TaskNeeds:
     model: str
     est_tokens: int
     hops: int = 0
-    # The model's memory size (None: learned from the candidates, else a default).
-    size_gb: float | None = None
-    # Conversation affinity: the host that served this conversation's earlier turn,
-    # and the prompt evaluation (seconds) its prompt cache would save there.
-    prefer: str | None = None
-    prefer_saving_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,54 +81,21 @@ def assumed_rate(candidates: Sequence[Candidate]) -> float:
 def expected_completion_s(
     c: Candidate, task: TaskNeeds, unknown_rate: float = DEFAULT_TOKENS_PER_S
 ) -> float:
-    """Seconds until `task` would finish on `c`: wait for a slot, load the model if it
-    is not loaded there (and pay for what that evicts), then run; minus what the
-    prompt cache saves on the conversation's earlier host."""
+    """Seconds until `task` would finish on `c`: wait for a slot, then run."""
     rate = c.tokens_per_s if c.tokens_per_s > 0 else unknown_rate
     service_s = max(1, task.est_tokens) / rate
     slots = c.max_concurrency or UNLIMITED_SLOTS
-    size_gb = task.size_gb if task.size_gb is not None else DEFAULT_MODEL_GB
-    cold_s = cold_start_s(c.residency, task.model, size_gb, service_s, slots)
     ahead = c.queued + c.running
     wait_s = 0.0 if ahead < slots else (ahead - slots + 1) / slots * service_s
     if (c.rpm_headroom is not None and c.rpm_headroom <= 0) or (
         c.tpm_headroom is not None and c.tpm_headroom < task.est_tokens
     ):
         wait_s += BUDGET_EXHAUSTED_PENALTY_S
-    saving_s = task.prefer_saving_s if task.prefer == c.node_id else 0.0
-    return max(0.0, wait_s + cold_s + service_s - saving_s)
-
-
-def with_size(task: TaskNeeds, candidates: Sequence[Candidate]) -> TaskNeeds:
-    """`task` with its model's size filled in from what the candidates have loaded."""
-    if task.size_gb is not None:
-        return task
-    size = model_size_gb([c.residency for c in candidates], task.model)
-    return replace(task, size_gb=size)
-
-
-def with_assumed_load_rate(candidates: Sequence[Candidate]) -> list[Candidate]:
-    """Hosts that have not measured a load yet are assumed to load as fast as the
-    median host that has (as with tokens/s): else an unmeasured empty host looks slower
-    than a measured one that must evict, and the measured one thrashes."""
-    known = sorted(
-        c.residency.load_gbps for c in candidates if c.residency and c.residency.load_gbps
-    )
-    if not known:
-        return list(candidates)
-    median = known[len(known) // 2]
-    return [
-        replace(c, residency=replace(c.residency, load_gbps=median))
-        if c.residency is not None and not c.residency.load_gbps
-        else c
-        for c in candidates
-    ]
+    return wait_s + service_s
 
 
 def place(task: TaskNeeds, candidates: Sequence[Candidate], rng: random.Random) -> Decision:
     """Decide where `task` runs. `candidates` are live hosts, this node among them."""
-    task = with_size(task, candidates)
-    candidates = with_assumed_load_rate(candidates)
     local = next((c for c in candidates if c.is_local), None)
     local_has = local is not None and task.model in local.models
     unknown = assumed_rate(candidates)
@@ -160,8 +111,7 @@ def place(task: TaskNeeds, candidates: Sequence[Candidate], rng: random.Random) 
     )
     if not remotes:
         return RunHere(local_eta) if local_eta is not None else NoHost()
-    near = remotes[0][0] + max(MIN_GAIN_S, remotes[0][0] * NEAR_BEST_FRACTION)
-    best_few = [r for r in remotes[:BEST_FEW] if r[0] <= near]
+    best_few = remotes[:BEST_FEW]
     picks = rng.sample(best_few, k=min(2, len(best_few)))
     eta, node_id = min(picks)
     if local_eta is None:
