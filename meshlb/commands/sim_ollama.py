@@ -14,6 +14,7 @@ import trio
 
 from meshlb.backend.sim_config import DEFAULT_MODELS, SimOllamaConfig, parse_models
 from meshlb.backend.sim_parse import parse_keep_alive
+from meshlb.ports import first_os_error
 
 
 @click.command("sim-ollama")
@@ -184,23 +185,11 @@ def sim_ollama_command(
     try:
         trio.run(_main, config, host, port)
     except (OSError, BaseExceptionGroup) as e:
-        os_error = _find_os_error(e)
+        os_error = first_os_error(e)
         if os_error is None:
             raise
         click.echo(f"meshlb sim-ollama: cannot listen on {host}:{port}: {os_error}", err=True)
         sys.exit(1)
-
-
-def _find_os_error(e: BaseException) -> OSError | None:
-    """The OSError (e.g. port in use) inside trio's exception groups, if that is what failed."""
-    if isinstance(e, OSError):
-        return e
-    if isinstance(e, BaseExceptionGroup):
-        for inner in e.exceptions:
-            found = _find_os_error(inner)
-            if found is not None:
-                return found
-    return None
 
 
 async def _main(config: SimOllamaConfig, host: str, port: int) -> None:
