@@ -5,11 +5,12 @@ from __future__ import annotations
 import click
 
 from meshlb import __version__
-from meshlb.commands.client import peers_command, stats_command, submit_command
+from meshlb.commands.client import peers_command, stats_command
 from meshlb.commands.demo import demo_command
 from meshlb.commands.models import cp_command, pull_command, rm_command
 from meshlb.commands.node import node_command
 from meshlb.commands.sim_ollama import sim_ollama_command
+from meshlb.commands.submit import submit_command
 from meshlb.commands.top import top_command
 
 

@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 from rich.console import Console
 
 from meshlb.commands.client import member_load_cells, peers_table
-from meshlb.commands.top import KeyReader, Snapshot, render
+from meshlb.commands.top import KeyReader
+from meshlb.commands.top_render import Snapshot, render
 from meshlb.commands.views import (
     abbreviate,
     fit_list,
