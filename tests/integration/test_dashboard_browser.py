@@ -141,9 +141,6 @@ def member_states(driver: Any) -> dict[str, str]:
     return {r.get_attribute("data-node"): r.get_attribute("data-state") for r in rows}
 
 
-# One rerun: in a full CI run this test failed once (passing alone, 34 s) and the
-# cause was not found before the session ended; the rerun is reported by pytest.
-@pytest.mark.flaky(reruns=1)
 def test_dashboard_shows_a_mesh_under_load_and_a_node_dying(browser: Any) -> None:
     out = artifacts_dir()
     print(f"\ndashboard screenshots in {out}")
@@ -210,5 +207,8 @@ def test_dashboard_shows_a_mesh_under_load_and_a_node_dying(browser: Any) -> Non
             time.sleep(3)
             browser.save_screenshot(str(out / "dashboard-load-one-dead.png"))
         assert rps.find_elements(By.CSS_SELECTOR, "polyline")
-    errors = [e for e in browser.get_log("browser") if e.get("level") == "SEVERE"]
+        # Read the console while the mesh is still up: once it is torn down, the
+        # page's next poll of its (stopped) node is refused, and that is no defect.
+        errors = [e for e in browser.get_log("browser") if e.get("level") == "SEVERE"]
+        browser.get("about:blank")
     assert not errors, f"the page logged errors: {errors}"
