@@ -17,14 +17,23 @@ from meshlb.api.app import build_app
 from meshlb.backend.catalog import ModelCatalog
 from meshlb.backend.ollama import OllamaBackend
 from meshlb.config import NodeSettings, parse_host_port
-from meshlb.events import Telemetry
+from meshlb.events import EventLog, Telemetry
 from meshlb.gossip.config import GossipConfig
 from meshlb.gossip.driver import GossipDriver
 from meshlb.http_server import serve_app
 from meshlb.mesh.announce import announce_loop, local_meta
-from meshlb.mesh.mailer import PeerMailer
+from meshlb.mesh.mailer import HttpTransport, PeerMailer
 from meshlb.mesh.meta import encode_meta
 from meshlb.mesh.node_view import NodeMeshView
+from meshlb.mesh.ownership_driver import (
+    Executor,
+    OwnershipConfig,
+    OwnershipDriver,
+    OwnershipPorts,
+    ViewPlacer,
+)
+from meshlb.mesh.ownership_wire import NetworkCommand
+from meshlb.mesh.placement import Candidate
 from meshlb.node_context import NodeContext
 from meshlb.ports import check_ports_free
 from meshlb.sched.driver import LocalScheduler
@@ -53,6 +62,14 @@ def build_context(settings: NodeSettings) -> NodeContext:
     scheduler = LocalScheduler(limits)
     journal = Journal(settings.data_dir) if settings.data_dir is not None else None
     rate = RateAverage()
+    later = _Later()
+    config = OwnershipConfig(settings.node_id, settings.replication, settings.dead_quorum_after_s)
+    events = EventLog(settings.node_id)
+
+    def ownership(executor: Executor) -> OwnershipDriver:
+        ports = OwnershipPorts(executor, later, later, later, events)
+        return OwnershipDriver(config, ports)
+
     tasks = TaskService(
         settings.node_id,
         scheduler,
@@ -61,10 +78,9 @@ def build_context(settings: NodeSettings) -> NodeContext:
         settings.task_retention_s,
         settings.default_num_predict,
         rate,
-        replication=settings.replication,
-        dead_quorum_after_s=settings.dead_quorum_after_s,
+        mesh=ownership,
     )
-    return NodeContext(
+    later.ctx = ctx = NodeContext(
         settings=settings,
         backend=backend,
         catalog=ModelCatalog(backend, refresh_s=settings.models_refresh_s),
@@ -73,6 +89,28 @@ def build_context(settings: NodeSettings) -> NodeContext:
         generation_rate=rate,
         telemetry=Telemetry(tasks.mesh.events),
     )
+    return ctx
+
+
+class _Later:
+    """The ownership driver's view, placer and outbox, read from the context built
+    just after the task service (the service and its driver refer to each other, and
+    the mailer starts with the node). The composition root's one forward reference."""
+
+    ctx: NodeContext
+
+    def local_candidate(self) -> Candidate:
+        return self.ctx.placement.local_candidate()
+
+    def peer_candidates(self) -> list[Candidate]:
+        return self.ctx.placement.peer_candidates()
+
+    def choose(self, model: str, est_tokens: int, *, here: bool) -> str | None:
+        return ViewPlacer(self.ctx.placement, self.ctx.rng).choose(model, est_tokens, here=here)
+
+    def send(self, cmd: NetworkCommand) -> None:
+        if self.ctx.mailer is not None:
+            self.ctx.mailer.send(cmd)
 
 
 def build_gossip(ctx: NodeContext) -> GossipDriver:
@@ -197,13 +235,10 @@ async def run_node(
             ctx.gossip = gossip
             nursery.start_soon(announce_loop, ctx, gossip)
             view = NodeMeshView(ctx)
-            mailer = PeerMailer(
-                ctx.node_id, ctx.boot, ctx.peer_client, view.address_of, settings.cluster_key
-            )
+            transport = HttpTransport(ctx.peer_client, view.address_of, settings.cluster_key)
+            mailer = PeerMailer(ctx.node_id, ctx.boot, transport)
             await nursery.start(mailer.run)
             ctx.mailer = mailer
-            ctx.tasks.mesh.sender = mailer
-            ctx.tasks.mesh.view = view
             nursery.start_soon(ctx.tasks.mesh.follow_gossip, membership_events)
             await nursery.start(serve_app, build_app(ctx), host, port, shutdown)
             nursery.start_soon(join_then_recover, ctx, gossip)

@@ -11,6 +11,7 @@ import secrets
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import httpx
 
@@ -21,6 +22,7 @@ from meshlb.events import Telemetry
 from meshlb.mesh.auth import ReplayGuard
 from meshlb.mesh.candidates import RecentlySent
 from meshlb.mesh.mailer import PeerMailer
+from meshlb.mesh.placement_service import PlacementService
 from meshlb.mesh.view import MembershipSource
 from meshlb.sched.driver import LocalScheduler
 from meshlb.tasks.model import new_task_id
@@ -69,6 +71,13 @@ class NodeContext:
     draining: bool = False
     # Recent events, request histograms and the sampled series (dashboard, /metrics).
     telemetry: Telemetry = field(default_factory=Telemetry)
+
+    @cached_property
+    def placement(self) -> PlacementService:
+        """Where work runs, over this node's gossip view (built on first use)."""
+        from meshlb.mesh.node_view import NodeMeshView
+
+        return PlacementService(self.node_id, NodeMeshView(self), self.rng, self.recently_sent)
 
     @property
     def node_id(self) -> str:

@@ -43,9 +43,10 @@ from meshlb.api.relay import LocalTask, RelayResponse
 from meshlb.api.work_errors import refused_to_error, require_model_in_mesh
 from meshlb.backend.catalog import canonical_model
 from meshlb.backend.ollama import BackendError
-from meshlb.mesh.candidates import candidates_from_peers, http_addr_of, incarnation_of
+from meshlb.mesh.candidates import http_addr_of
 from meshlb.mesh.forward import HOPS_HEADER, PeerUnavailable, open_on_peer
-from meshlb.mesh.placement import RunHere, SendTo, TaskNeeds, place
+from meshlb.mesh.placement import NoHost, RunHere
+from meshlb.mesh.placement_service import Reason
 from meshlb.node_context import NodeContext, new_task_id
 from meshlb.sched.driver import Refused
 from meshlb.tokens import estimate_tokens
@@ -126,39 +127,35 @@ async def place_in_mesh(
     remaining_s: float = math.inf,
 ) -> tuple[httpx.Response, str] | None:
     """Open the request on a better peer and return (its response, its id), or None
-    to run it here.
+    to run it here. The placement service decides; a peer that cannot take the
+    request is left out and the service asked again.
 
     Raises 404 when no member has the model, 503 when every one that has it is down or
     failed; a forwarded request (hops ≥ 1) runs here or is refused, never sent on.
     """
-    wanted = canonical_model(model)
     await ctx.catalog.knows(model)
-    peers = current_peers(ctx)
-    candidates = candidates_from_peers(peers, ctx.node_id, ctx.recently_sent)
-    failed: list[str] = sorted(exclude)
+    failed = set(exclude)
     while True:
-        usable = [
-            c for c in candidates if c.node_id not in failed and (c.is_local or wanted in c.models)
-        ]
-        decision = place(TaskNeeds(wanted, est_tokens, hops), usable, ctx.rng)
+        placed = ctx.placement.place(model, est_tokens, hops=hops, exclude=frozenset(failed))
+        decision = placed.decision
         if isinstance(decision, RunHere):
             ctx.telemetry.log.kept(ctx.node_id, model, decision.eta_s, hops)
             return None
-        if not isinstance(decision, SendTo):
-            if hops:
+        if isinstance(decision, NoHost):
+            if placed.reason is Reason.NO_SECOND_HOP:
                 raise ApiError(
                     503, f"node {ctx.node_id} cannot run model '{model}' now", retry_after(1)
                 )
-            if failed:
+            if placed.reason is Reason.EXCLUDED:
                 raise ApiError(
                     503,
                     f"every node that has model '{model}' is unreachable "
-                    f"right now ({', '.join(failed)})",
+                    f"right now ({', '.join(sorted(failed))})",
                     retry_after(2),
                 )
             await require_model_in_mesh(ctx, model)
             return None
-        peer_url = "http://" + (http_addr_of(peers, decision.node_id) or "")
+        peer_url = "http://" + (http_addr_of(current_peers(ctx), decision.node_id) or "")
         try:
             upstream = await open_on_peer(
                 ctx.peer_client,
@@ -176,17 +173,17 @@ async def place_in_mesh(
                 peer=decision.node_id,
                 reason=str(e),
             )
-            failed.append(decision.node_id)
+            failed.add(decision.node_id)
             continue
         ctx.counters["forwarded"] += 1
-        ctx.recently_sent.note(decision.node_id, incarnation_of(peers, decision.node_id))
+        ctx.placement.sent(decision.node_id)
         log.info(
             "request forwarded",
             peer=decision.node_id,
             model=model,
             eta_s=decision.eta_s,
             local_eta_s=decision.local_eta_s,
-            why="model not runnable here" if decision.local_eta_s is None else "sooner there",
+            why=placed.reason.value,
         )
         ctx.telemetry.log.forwarded(decision.node_id, model, decision.eta_s, decision.local_eta_s)
         return upstream, decision.node_id

@@ -29,8 +29,7 @@ from meshlb.api.idempotency import KeyArbiter, merge_task_rows
 from meshlb.api.mesh_routes import alive_peer_urls, current_peers
 from meshlb.api.peer_auth import require_peer
 from meshlb.api.work_errors import refused_to_error, require_model_in_mesh
-from meshlb.backend.catalog import canonical_model
-from meshlb.mesh.candidates import http_addr_of, incarnation_of
+from meshlb.mesh.candidates import http_addr_of
 from meshlb.mesh.forward import HOPS_HEADER
 from meshlb.mesh.lookup import ask_peers, find_on_peers, gather_from_peers
 from meshlb.node_context import NodeContext
@@ -86,14 +85,17 @@ def choose_owner(
     ctx: NodeContext, kind: str, model: str, request: dict[str, Any], *, here: bool = True
 ) -> str | None:
     """The peer placement prefers for a new async task, or None to keep it here
-    (the same policy as Ollama-API requests: expected completion, power of two).
+    (the same service as Ollama-API requests: expected completion, power of two).
     `here=False`: this node is full, so the best peer, or None if there is none.
     A node that cannot run the model itself (its Ollama lacks it or is down) always
     names a peer, or refuses with 503: it never queues work it cannot run."""
-    wanted = canonical_model(model)
     local_can = ctx.catalog.reachable and ctx.catalog.has(model)
     est = estimate_tokens({**request, "model": model}, kind, ctx.settings.default_num_predict)
-    to = ctx.tasks.mesh.best_peer(wanted, est, here=here and local_can)
+    exclude = frozenset() if here and local_can else frozenset({ctx.node_id})
+    to = ctx.placement.place(model, est, exclude=exclude).peer
+    # Only a peer the ownership core counts as live can be handed a task.
+    if to is not None and to not in ctx.tasks.mesh.core.live:
+        to = None
     if to is None and not local_can:
         raise ApiError(
             503,
@@ -101,7 +103,7 @@ def choose_owner(
             retry_after(2),
         )
     if to is not None:
-        ctx.recently_sent.note(to, incarnation_of(current_peers(ctx), to))
+        ctx.placement.sent(to)
     return to
 
 
