@@ -1,299 +1,274 @@
-"""Proxy overhead: the same workload straight to sim-ollama and through a meshlb node.
+"""Proxy overhead: the same workload straight to the backend and through a meshlb node.
 
-Both paths are measured side by side in one run (this machine is shared and noisy;
-only ratios and differences within one run mean anything):
-  A. non-streamed tiny generate, closed loop at concurrency 1/16/64: req/s, p50/p99;
-  B. non-streamed tiny generate, open loop at an offered 200 req/s: p50/p99;
-  C. streamed generate of 64 tokens at 1/16/200 concurrent streams: time to first
-     token, inter-token gap, total; the node's CPU seconds per 1000 relayed chunks;
-  D. the node's resident memory idle and with 200 open streams.
-Prints a table and writes bench/results/proxy_overhead.json.
+Every target is measured in one run, scenario by scenario in turn (this machine is
+shared and noisy: only ratios and differences within one run mean anything):
+  - an instant stand-in Ollama (bench/instant_backend.py, ~70 µs a request) for the
+    overhead rows, since sim-ollama's own ~0.8 ms would hide the node's cost;
+  - tiny non-streamed /api/chat at c=1 and c=16 (wrk if installed, else aiohttp):
+    req/s, added p50/p99, node CPU per request from /proc/<pid>/stat;
+  - 50 and 200 streams x 32 chunks started at once (aiohttp): first-chunk p50/p99,
+    node CPU per relayed chunk, peak RSS with 200 open streams; 8 steady streams x
+    128 chunks for CPU per chunk without a burst;
+  - 16 clients posting small /api/embed requests: req/s and node CPU per request;
+  - sim-ollama rows (c=1, c=16) for realism.
+With two or more cores the node(s) run on core 0, the backend and the load generators
+on core 1. `--ab REV` also runs the node of git revision REV (a worktree in /tmp) beside
+this checkout's, so before/after ratios come from the same run. `--runs N` takes the
+median of N runs. Prints a table and writes bench/results/proxy_overhead*.json.
 
-    python bench/proxy_overhead.py            # full run (~2 min)
-    python bench/proxy_overhead.py --quick    # smoke run (~20 s)
+    python bench/proxy_overhead.py --ab fcbe39f --runs 3   # full A/B (~6 min)
+    python bench/proxy_overhead.py --quick                 # smoke run (< 60 s)
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import statistics
+import subprocess
 import sys
-import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-import httpx
-import psutil
-import trio
 from rich.console import Console
 from rich.table import Table
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.procs import meshlb_node, sim_ollama
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+from _proxy_load import WRK, burst, closed_loop, rss_mib  # noqa: E402
+
+from tests.procs import (  # noqa: E402
+    Proc,
+    free_gossip_port,
+    free_port,
+    sim_ollama,
+    spawn,
+    spawn_retrying,
+)
 
 MODEL = "llama3.2:1b"
-TINY = {"model": MODEL, "prompt": "hi", "stream": False, "options": {"num_predict": 1}}
+TINY_CHAT = {
+    "model": MODEL,
+    "messages": [{"role": "user", "content": "hi"}],
+    "stream": False,
+    "options": {"num_predict": 1},
+}
+TINY_GEN = {"model": MODEL, "prompt": "hi", "stream": False, "options": {"num_predict": 1}}
+EMBED = {"model": "nomic-embed-text", "input": "a short sentence to embed"}
+TWO_CORES = (os.cpu_count() or 1) >= 2
+NODE_CPUS = "0" if TWO_CORES else None
+LOAD_CPUS = "1" if TWO_CORES else None
 
 
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+def stream_body(chunks: int) -> dict[str, Any]:
+    return {**TINY_CHAT, "stream": True, "options": {"num_predict": chunks}}
 
 
-@dataclass
-class Row:
-    scenario: str
-    target: str
-    concurrency: int
-    requests: int = 0
-    errors: int = 0
-    rps: float = 0.0
-    p50_ms: float = 0.0
-    p99_ms: float = 0.0
-    extra: dict[str, float] = field(default_factory=dict)
+def pinned(argv: list[str], cpus: str | None) -> list[str]:
+    return ["taskset", "-c", cpus, *argv] if cpus else argv
 
 
-async def closed_loop(url: str, concurrency: int, duration_s: float) -> Row:
-    latencies: list[float] = []
-    errors = 0
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(limits=limits, timeout=30) as client:
-        stop_at = time.perf_counter() + duration_s
-
-        async def worker() -> None:
-            nonlocal errors
-            while time.perf_counter() < stop_at:
-                t0 = time.perf_counter()
-                r = await client.post(f"{url}/api/generate", json=TINY)
-                if r.status_code != 200:
-                    errors += 1
-                latencies.append(time.perf_counter() - t0)
-
-        started = time.perf_counter()
-        async with trio.open_nursery() as nursery:
-            for _ in range(concurrency):
-                nursery.start_soon(worker)
-        elapsed = time.perf_counter() - started
-    return Row(
-        "A closed-loop tiny",
-        url,
-        concurrency,
-        len(latencies),
-        errors,
-        len(latencies) / elapsed,
-        pct(latencies, 0.5) * 1e3,
-        pct(latencies, 0.99) * 1e3,
-    )
-
-
-async def open_loop(url: str, rate: float, duration_s: float) -> Row:
-    latencies: list[float] = []
-    errors = 0
-    async with httpx.AsyncClient(limits=httpx.Limits(max_connections=256), timeout=30) as client:
-
-        async def one() -> None:
-            nonlocal errors
-            t0 = time.perf_counter()
-            r = await client.post(f"{url}/api/generate", json=TINY)
-            if r.status_code != 200:
-                errors += 1
-            latencies.append(time.perf_counter() - t0)
-
-        started = trio.current_time()
-        count = int(rate * duration_s)
-        async with trio.open_nursery() as nursery:
-            for i in range(count):
-                await trio.sleep_until(started + i / rate)
-                nursery.start_soon(one)
-        elapsed = trio.current_time() - started
-    return Row(
-        "B open-loop 200 req/s",
-        url,
-        int(rate),
-        len(latencies),
-        errors,
-        len(latencies) / elapsed,
-        pct(latencies, 0.5) * 1e3,
-        pct(latencies, 0.99) * 1e3,
-    )
-
-
-async def streams(
-    url: str, count: int, tokens: int, node_pid: int | None, rss_probe: list[float]
-) -> Row:
-    ttft: list[float] = []
-    gaps: list[float] = []
-    totals: list[float] = []
-    chunks = 0
-    errors = 0
-    body = {"model": MODEL, "prompt": "stream", "options": {"num_predict": tokens}}
-    limits = httpx.Limits(max_connections=count, max_keepalive_connections=count)
-    proc = psutil.Process(node_pid) if node_pid else None
-    cpu0 = sum(proc.cpu_times()[:2]) if proc else 0.0
-    async with httpx.AsyncClient(limits=limits, timeout=120) as client:
-
-        async def one() -> None:
-            nonlocal chunks, errors
-            t0 = time.perf_counter()
-            last = None
-            async with client.stream("POST", f"{url}/api/generate", json=body) as r:
-                if r.status_code != 200:
-                    errors += 1
-                async for chunk in r.aiter_raw():
-                    now = time.perf_counter()
-                    if last is None:
-                        ttft.append(now - t0)
-                    else:
-                        gaps.append(now - last)
-                    last = now
-                    chunks += chunk.count(b"\n")
-            totals.append(time.perf_counter() - t0)
-
-        async def probe_rss() -> None:
-            await trio.sleep(tokens / 20 / 2)  # halfway through the streams
-            if proc:
-                rss_probe.append(proc.memory_info().rss / 2**20)
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(probe_rss)
-            for _ in range(count):
-                nursery.start_soon(one)
-    cpu_s = (sum(proc.cpu_times()[:2]) - cpu0) if proc else 0.0
-    extra = {
-        "ttft_p50_ms": pct(ttft, 0.5) * 1e3,
-        "ttft_p99_ms": pct(ttft, 0.99) * 1e3,
-        "gap_p50_ms": pct(gaps, 0.5) * 1e3,
-        "gap_p99_ms": pct(gaps, 0.99) * 1e3,
-        "total_p50_s": pct(totals, 0.5),
-        "chunks": float(chunks),
-    }
-    if proc:
-        extra["node_cpu_s_per_1000_chunks"] = cpu_s / max(1, chunks) * 1000
-    return Row("C streamed 64 tokens", url, count, len(totals), errors, extra=extra)
-
-
-async def run(args: argparse.Namespace) -> dict[str, object]:
-    results: list[Row] = []
-    dur = 2.0 if args.quick else 6.0
-    with (
-        sim_ollama(tokens_per_second=1e6, parallel=512) as fast_sim,
-        meshlb_node(
-            fast_sim.url,
-            "--max-concurrency",
-            "512",
-            "--max-queue",
-            "100000",
-            "--log-level",
-            "warning",
-            node_id="bench",
-        ) as node,
-    ):
-        targets = {"direct": fast_sim.url, "node": node.url}
-        for conc in (1, 4) if args.quick else (1, 16, 64):
-            for name, url in targets.items():
-                row = await closed_loop(url, conc, dur)
-                row.target = name
-                results.append(row)
-        for name, url in targets.items():
-            row = await open_loop(url, 50 if args.quick else 200, dur)
-            row.target = name
-            results.append(row)
-    memory: dict[str, float] = {}
-    tps = 20.0
-    with (
-        sim_ollama(tokens_per_second=tps, parallel=512) as sim,
-        meshlb_node(
-            sim.url,
-            "--max-concurrency",
-            "512",
-            "--max-queue",
-            "100000",
-            "--log-level",
-            "warning",
-            node_id="bench-stream",
-        ) as node,
-    ):
-        pid = node.popen.pid
-        memory["node_rss_idle_mb"] = psutil.Process(pid).memory_info().rss / 2**20
-        tokens = 16 if args.quick else 64
-        for count in (1, 16) if args.quick else (1, 16, 200):
-            for name, url in (("direct", sim.url), ("node", node.url)):
-                probe: list[float] = []
-                row = await streams(url, count, tokens, pid if name == "node" else None, probe)
-                row.target = name
-                results.append(row)
-                if probe and name == "node":
-                    memory[f"node_rss_{count}_streams_mb"] = probe[0]
-    return {"rows": [asdict(r) for r in results], "memory": memory}
-
-
-def print_table(data: dict[str, object]) -> None:
-    console = Console(width=220)
-    table = Table(title="proxy overhead: direct to sim-ollama vs through one meshlb node")
-    for col in (
-        "scenario",
-        "target",
-        "conc",
-        "req",
-        "err",
-        "req/s",
-        "p50 ms",
-        "p99 ms",
-        "ttft p50",
-        "gap p50",
-        "gap p99",
-        "node CPU s/1000 chunks",
-    ):
-        table.add_column(col)
-    for r in data["rows"]:  # type: ignore[attr-defined]
-        e = r["extra"]
-        table.add_row(
-            r["scenario"],
-            r["target"],
-            str(r["concurrency"]),
-            str(r["requests"]),
-            str(r["errors"]),
-            f"{r['rps']:.0f}" if r["rps"] else "",
-            f"{r['p50_ms']:.2f}" if r["p50_ms"] else "",
-            f"{r['p99_ms']:.2f}" if r["p99_ms"] else "",
-            f"{e.get('ttft_p50_ms', 0):.1f}" if e else "",
-            f"{e.get('gap_p50_ms', 0):.1f}" if e else "",
-            f"{e.get('gap_p99_ms', 0):.1f}" if e else "",
-            f"{e['node_cpu_s_per_1000_chunks']:.3f}" if "node_cpu_s_per_1000_chunks" in e else "",
+def worktree_of(rev: str) -> Path:
+    """A checkout of `rev` in /tmp (made once, reused)."""
+    sha = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--short", rev],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    path = Path(f"/tmp/meshlb-ab-{sha}")
+    if not (path / "meshlb").is_dir():
+        subprocess.run(
+            ["git", "-C", str(REPO), "worktree", "add", "--detach", str(path), sha],
+            check=True,
+            capture_output=True,
         )
-    console.print(table)
-    console.print("overhead (node - direct):")
-    rows = data["rows"]  # type: ignore[assignment]
-    for r in rows:
-        if r["target"] != "node" or not r["p50_ms"]:
+    return path
+
+
+@contextlib.contextmanager
+def node_of(source: Path, backend_url: str, node_id: str) -> Iterator[Proc]:
+    """A node whose code is imported from `source` (-P: not from the working directory)."""
+    env = {"PYTHONPATH": str(source)}
+
+    def make_args() -> tuple[list[str], str]:
+        port = free_port()
+        argv = [sys.executable, "-P", "-m", "meshlb", "node", "--node-id", node_id,
+                "--http", f"127.0.0.1:{port}", "--gossip", f"127.0.0.1:{free_gossip_port()}",
+                "--ollama", backend_url, "--max-concurrency", "512", "--max-queue", "100000",
+                "--log-level", "warning"]  # fmt: skip
+        return pinned(argv, NODE_CPUS), f"http://127.0.0.1:{port}"
+
+    with spawn_retrying(make_args, env=env) as proc:
+        check = [sys.executable, "-P", "-c", "import meshlb; print(meshlb.__file__)"]
+        where = subprocess.run(check, env={**os.environ, **env}, capture_output=True, text=True)
+        assert where.stdout.startswith(str(source)), f"{node_id} imports {where.stdout}"
+        yield proc
+
+
+@contextlib.contextmanager
+def instant_backend(interval_ms: float) -> Iterator[Proc]:
+    port = free_port()
+    argv = [sys.executable, str(REPO / "bench" / "instant_backend.py"), "--port", str(port),
+            "--chunk-interval-ms", str(interval_ms)]  # fmt: skip
+    with spawn(pinned(argv, LOAD_CPUS), f"http://127.0.0.1:{port}", "/api/version") as proc:
+        yield proc
+
+
+def one_run(targets: dict[str, tuple[str, int | None]], quick: bool) -> dict[str, dict[str, float]]:
+    """Every scenario against every target in turn: {target: {metric: value}}."""
+    dur = 1.0 if quick else 5.0
+    out: dict[str, dict[str, float]] = {name: {} for name in targets}
+    for name, (_, pid) in targets.items():
+        if pid:
+            out[name]["rss_idle_mib"] = rss_mib(pid)
+    loops = [("chat_c1", "/api/chat", TINY_CHAT, 1), ("chat_c16", "/api/chat", TINY_CHAT, 16),
+             ("embed_c16", "/api/embed", EMBED, 16)]  # fmt: skip
+    for key, path, body, conc in loops:
+        for name, (url, pid) in targets.items():
+            r = closed_loop(url + path, body, conc, dur, pid, LOAD_CPUS)
+            m = out[name]
+            m[f"{key}_rps"], m[f"{key}_p50_ms"], m[f"{key}_p99_ms"] = r.rps, r.p50_ms, r.p99_ms
+            m[f"{key}_errors"] = r.errors
+            if pid:
+                m[f"{key}_cpu_ms_per_req"] = r.cpu_ms_per_req
+    bursts = [("burst50", 50, 32), ("burst200", 200, 32), ("steady8", 8, 32 if quick else 128)]
+    for key, count, chunks in bursts:
+        for name, (url, pid) in targets.items():
+            b = burst(url + "/api/chat", stream_body(chunks), count, pid)
+            m = out[name]
+            m[f"{key}_first_p50_ms"], m[f"{key}_first_p99_ms"] = b.first_p50_ms, b.first_p99_ms
+            m[f"{key}_errors"], m[f"{key}_chunks"] = b.errors, b.chunks
+            if pid:
+                m[f"{key}_cpu_us_per_chunk"] = b.cpu_us_per_chunk
+                m[f"{key}_peak_rss_mib"] = b.peak_rss_mib
+    return out
+
+
+def sim_run(targets: dict[str, tuple[str, int | None]], quick: bool) -> dict[str, dict[str, float]]:
+    dur = 1.0 if quick else 4.0
+    out: dict[str, dict[str, float]] = {name: {} for name in targets}
+    for conc in (1,) if quick else (1, 16):
+        for name, (url, pid) in targets.items():
+            r = closed_loop(url + "/api/generate", TINY_GEN, conc, dur, pid, LOAD_CPUS)
+            out[name][f"sim_c{conc}_rps"], out[name][f"sim_c{conc}_p50_ms"] = r.rps, r.p50_ms
+            if pid:
+                out[name][f"sim_c{conc}_cpu_ms_per_req"] = r.cpu_ms_per_req
+    return out
+
+
+def merge_median(runs: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
+    merged: dict[str, dict[str, float]] = {}
+    for target in runs[0]:
+        keys = runs[0][target]
+        merged[target] = {k: statistics.median(r[target][k] for r in runs) for k in keys}
+    return merged
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    sources = {"node": Path(args.node_src) if args.node_src else REPO}
+    if args.ab:
+        sources["base"] = worktree_of(args.ab)
+    if TWO_CORES:
+        os.sched_setaffinity(0, {1})  # this process is a load generator
+    runs: list[dict[str, dict[str, float]]] = []
+    with contextlib.ExitStack() as stack:
+        backend = stack.enter_context(instant_backend(10.0))
+        targets: dict[str, tuple[str, int | None]] = {"direct": (backend.url, None)}
+        for name, src in sources.items():
+            p = stack.enter_context(node_of(src, backend.url, f"bench-{name}"))
+            targets[name] = (p.url, p.popen.pid)
+        for _ in range(args.runs):
+            runs.append(one_run(targets, args.quick))
+    result = merge_median(runs)
+    with contextlib.ExitStack() as stack:
+        sim = stack.enter_context(sim_ollama(tokens_per_second=1e6, parallel=512))
+        targets = {"direct": (sim.url, None)}
+        for name, src in sources.items():
+            p = stack.enter_context(node_of(src, sim.url, f"bench-sim-{name}"))
+            targets[name] = (p.url, p.popen.pid)
+        sim_rows = merge_median([sim_run(targets, args.quick) for _ in range(args.runs)])
+    for target, metrics in sim_rows.items():
+        result[target].update(metrics)
+    return {"targets": result, "runs": runs, "load_generator": WRK or "aiohttp"}
+
+
+# (label, metric, how: "v" value | "add" minus direct, format, goal sentence)
+ROWS = [
+    ("tiny chat c=1: req/s", "chat_c1_rps", "v", "{:.0f}", ">= 4x base"),
+    ("  added p50 ms", "chat_c1_p50_ms", "add", "{:+.2f}", "<= 1 ms"),
+    ("  added p99 ms", "chat_c1_p99_ms", "add", "{:+.2f}", "<= 3 ms"),
+    ("  node CPU ms/req", "chat_c1_cpu_ms_per_req", "v", "{:.2f}", "<= 1/4 base (~1 ms)"),
+    ("tiny chat c=16: req/s", "chat_c16_rps", "v", "{:.0f}", ">= 4x base"),
+    ("  added p50 ms", "chat_c16_p50_ms", "add", "{:+.2f}", ""),
+    ("  node CPU ms/req", "chat_c16_cpu_ms_per_req", "v", "{:.2f}", "<= 1/4 base (~1 ms)"),
+    ("50 streams: first chunk p50 ms", "burst50_first_p50_ms", "v", "{:.1f}", ""),
+    ("  vs direct", "burst50_first_p50_ms", "add", "{:+.1f}", "<= +25 ms"),
+    ("  first chunk p99 ms", "burst50_first_p99_ms", "v", "{:.1f}", ""),
+    ("  vs direct", "burst50_first_p99_ms", "add", "{:+.1f}", "<= +25 ms"),
+    ("  node CPU us/chunk", "burst50_cpu_us_per_chunk", "v", "{:.0f}", "<= 100 us"),
+    ("200 streams: first chunk p50 ms", "burst200_first_p50_ms", "v", "{:.1f}", ""),
+    ("  vs direct", "burst200_first_p50_ms", "add", "{:+.1f}", "<= +100 ms"),
+    ("  first chunk p99 ms", "burst200_first_p99_ms", "v", "{:.1f}", ""),
+    ("  vs direct", "burst200_first_p99_ms", "add", "{:+.1f}", "<= +100 ms"),
+    ("  node CPU us/chunk", "burst200_cpu_us_per_chunk", "v", "{:.0f}", ""),
+    ("8 steady streams: node CPU us/chunk", "steady8_cpu_us_per_chunk", "v", "{:.0f}", "<= 100"),
+    ("embed 16 clients: req/s", "embed_c16_rps", "v", "{:.0f}", ""),
+    ("  node CPU ms/req", "embed_c16_cpu_ms_per_req", "v", "{:.2f}", "<= 1/4 base (~1 ms)"),
+    ("idle RSS MiB", "rss_idle_mib", "v", "{:.0f}", "<= 75"),
+    ("RSS with 200 open streams MiB", "burst200_peak_rss_mib", "v", "{:.0f}", "<= 150"),
+    ("sim-ollama c=1: req/s", "sim_c1_rps", "v", "{:.0f}", ""),
+    ("  added p50 ms", "sim_c1_p50_ms", "add", "{:+.2f}", ""),
+    ("  node CPU ms/req", "sim_c1_cpu_ms_per_req", "v", "{:.2f}", ""),
+    ("sim-ollama c=16: req/s", "sim_c16_rps", "v", "{:.0f}", ""),
+    ("  node CPU ms/req", "sim_c16_cpu_ms_per_req", "v", "{:.2f}", ""),
+]
+
+
+def print_table(data: dict[str, Any]) -> None:
+    t: dict[str, dict[str, float]] = data["targets"]
+    names = list(t)
+    table = Table(title=f"proxy overhead ({data['load_generator']}; medians of {data['n_runs']})")
+    table.add_column("")
+    for name in names:
+        table.add_column(name, justify="right")
+    if "base" in t:
+        table.add_column("node/base", justify="right")
+    table.add_column("goal")
+    for label, key, how, fmt, goal in ROWS:
+        if key not in t.get("node", {}):
             continue
-        d = next(
-            x
-            for x in rows
-            if x["target"] == "direct"
-            and x["scenario"] == r["scenario"]
-            and x["concurrency"] == r["concurrency"]
-        )
-        console.print(
-            f"  {r['scenario']} c={r['concurrency']}: "
-            f"p50 +{r['p50_ms'] - d['p50_ms']:.2f} ms, "
-            f"p99 +{r['p99_ms'] - d['p99_ms']:.2f} ms, "
-            f"req/s {r['rps'] / d['rps']:.2f}x of direct"
-        )
-    console.print(f"memory: {data['memory']}")
+        cells, values = [], {}
+        for name in names:
+            v = t[name].get(key)
+            if v is not None and how == "add":
+                v = None if name == "direct" else v - t["direct"][key]
+            values[name] = v
+            cells.append("" if v is None else fmt.format(v))
+        if "base" in t:
+            node, base = values.get("node"), values.get("base")
+            cells.append(f"{node / base:.2f}" if node and base else "")
+        table.add_row(label, *cells, goal)
+    Console(width=160).print(table)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="short smoke run")
-    parser.add_argument("--out", default="bench/results/proxy_overhead.json")
+    parser.add_argument("--quick", action="store_true", help="short smoke run (< 60 s)")
+    parser.add_argument("--ab", metavar="REV", help="also run the node of git revision REV")
+    parser.add_argument("--node-src", help="checkout the 'node' target runs [this one]")
+    parser.add_argument("--runs", type=int, default=1, help="median of this many runs")
+    parser.add_argument("--out", help="JSON path [bench/results/proxy_overhead*.json]")
     args = parser.parse_args()
-    data = trio.run(run, args)
-    data["quick"] = args.quick
+    data = measure(args)
+    data.update(quick=args.quick, ab=args.ab, n_runs=args.runs)
     print_table(data)
-    out = Path(args.out)
+    suffix = "_quick" if args.quick else ("_ab" if args.ab else "")
+    out = Path(args.out or REPO / "bench" / "results" / f"proxy_overhead{suffix}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(data, indent=2))
     print(f"wrote {out}")
