@@ -4,6 +4,11 @@ Every node places work from what its peers gossip, without asking them, so this 
 what travels in every alive message. It must stay small (gossip packets are at most
 1400 bytes; memberlist caps meta at 512): short msgpack keys, and a model list that is
 cut, with a flag, when it would not fit.
+
+Residency (which models the host's Ollama has loaded, their size, expiry and the
+requests for each here; the host's model memory and measured load rate) travels in
+the same budget: each loaded model is an index into the model list (loaded models go
+first, so a cut drops only models that are not loaded) and three small numbers.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ from dataclasses import dataclass, field
 
 import msgpack
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from meshlb.mesh.residency import Resident
 
 MAX_META_BYTES = 512
 
@@ -55,6 +62,10 @@ class NodeMeta:
     # the mesh can tell "every host with it is down", 503, from "no host has it", 404)
     # but nothing is placed there.
     ollama_up: bool = True
+    # Models loaded on this host's Ollama (None: unknown, e.g. /api/ps not read yet).
+    resident: tuple[Resident, ...] | None = None
+    memory_gb: float | None = None  # model memory (--memory-gb, or the most seen loaded)
+    load_gbps: float | None = None  # measured load rate (None: not measured yet)
 
 
 class _LoadWire(BaseModel):
@@ -87,6 +98,10 @@ class _MetaWire(BaseModel):
     lo: _LoadWire = Field(default_factory=lambda: _LoadWire())
     mv: _MovesWire = Field(default_factory=lambda: _MovesWire())
     u: bool = True
+    # [index into m, size in 0.1 GB, expires_at (unix s), requests here] per loaded model
+    rs: list[tuple[int, int, int, int]] | None = None
+    mg: int | None = Field(None, ge=0)  # memory, 0.1 GB
+    lr: int | None = Field(None, ge=0)  # load rate, MB/s
 
 
 MAX_GOSSIPED_INT = (1 << 32) - 1
@@ -97,11 +112,47 @@ def _u(value: int | None) -> int | None:
     return None if value is None else max(0, min(int(value), MAX_GOSSIPED_INT))
 
 
+def _dg(gb: float | None) -> int | None:
+    return None if gb is None else _u(round(gb * 10))
+
+
+def _resident_wire(
+    meta: NodeMeta, models: tuple[str, ...]
+) -> list[tuple[int, int, int, int]] | None:
+    if meta.resident is None:
+        return None
+    index = {m: i for i, m in enumerate(models)}
+    return [
+        (
+            index[r.model],
+            _dg(r.size_gb) or 0,
+            _u(int(min(r.expires_at, 1e10))) or 0,
+            _u(r.active) or 0,
+        )
+        for r in meta.resident
+        if r.model in index
+    ]
+
+
+def ordered_models(meta: NodeMeta) -> tuple[str, ...]:
+    """Loaded models first (a cut keeps them), then the rest in their order."""
+    loaded = tuple(dict.fromkeys(r.model for r in meta.resident or ()))
+    return loaded + tuple(m for m in meta.models if m not in loaded)
+
+
 def _pack(meta: NodeMeta, models: tuple[str, ...], truncated: bool) -> bytes:
     load = meta.load
+    extra: dict[str, object] = {}
+    if meta.resident is not None:
+        extra["rs"] = _resident_wire(meta, models)
+    if meta.memory_gb is not None:
+        extra["mg"] = _dg(meta.memory_gb)
+    if meta.load_gbps is not None:
+        extra["lr"] = _u(round(meta.load_gbps * 1000))
     return bytes(
         msgpack.packb(
             {
+                **extra,
                 "v": 1,
                 "h": meta.http_addr,
                 "m": list(models),
@@ -131,7 +182,7 @@ def _pack(meta: NodeMeta, models: tuple[str, ...], truncated: bool) -> bytes:
 
 def encode_meta(meta: NodeMeta, limit: int = MAX_META_BYTES) -> bytes:
     """msgpack bytes of at most `limit`; drops models from the end (flagged) to fit."""
-    models = meta.models
+    models = ordered_models(meta)
     data = _pack(meta, models, meta.models_truncated)
     while len(data) > limit and models:
         models = models[:-1]
@@ -153,6 +204,13 @@ def decode_meta(data: bytes) -> NodeMeta | None:
     except (ValueError, ValidationError, msgpack.UnpackException, TypeError):
         return None
     lo = wire.lo
+    resident = None
+    if wire.rs is not None:
+        resident = tuple(
+            Resident(wire.m[i], size / 10, max(0, active), float(expires))
+            for i, size, expires, active in wire.rs
+            if 0 <= i < len(wire.m) and size >= 0
+        )
     return NodeMeta(
         http_addr=wire.h,
         models=tuple(wire.m),
@@ -170,4 +228,7 @@ def decode_meta(data: bytes) -> NodeMeta | None:
             tpm_limit=lo.tl,
             tokens_per_s=lo.tps,
         ),
+        resident=resident,
+        memory_gb=None if wire.mg is None else wire.mg / 10,
+        load_gbps=None if wire.lr is None else wire.lr / 1000,
     )

@@ -1,0 +1,249 @@
+"""Residency-aware placement: a load, and what it evicts, priced in seconds."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from meshlb.mesh.affinity import ConversationMap, chat_turn, saving_s
+from meshlb.mesh.meta import MAX_META_BYTES, NodeMeta, decode_meta, encode_meta
+from meshlb.mesh.placement import (
+    Candidate,
+    RunHere,
+    SendTo,
+    TaskNeeds,
+    expected_completion_s,
+    place,
+)
+from meshlb.mesh.residency import (
+    BUSY_EVICT_FACTOR,
+    IDLE_EVICT_FRACTION,
+    LOAD_FIXED_S,
+    LOAD_HYSTERESIS,
+    Residency,
+    Resident,
+    cold_start_s,
+    load_s,
+    victims,
+    with_assumed_rate,
+)
+from meshlb.mesh.residency_placement import SentModels, is_unload, residency_of, with_sent
+
+A, B, C = "a:latest", "b:latest", "c:latest"
+
+
+def host(
+    node_id: str,
+    loaded: tuple[Resident, ...] = (),
+    memory_gb: float | None = 8.0,
+    queued: int = 0,
+    running: int = 0,
+    local: bool = False,
+    gbps: float | None = 2.0,
+) -> Candidate:
+    return Candidate(
+        node_id,
+        frozenset({A, B, C}),
+        queued,
+        running,
+        4,
+        50.0,
+        is_local=local,
+        residency=Residency(loaded, memory_gb, gbps),
+    )
+
+
+# (case, host residency, model, size, expected extra seconds before the task can run)
+RES_2GB = 2.0
+PRICES = [
+    ("loaded: no load", (Resident(A, 4.0),), A, 4.0, 0.0),
+    ("cold, fits: the load with hysteresis", (Resident(B, 2.0),), A, 4.0,
+     LOAD_HYSTERESIS * (LOAD_FIXED_S + 4.0 / 2.0)),
+    ("cold, evicts an idle model: + a fraction of its reload", (Resident(B, 6.0),), A, 4.0,
+     LOAD_HYSTERESIS * (LOAD_FIXED_S + 2.0) + IDLE_EVICT_FRACTION * (LOAD_FIXED_S + 3.0)),
+    ("cold, evicts a busy model: + its queue drains (twice) + its reload",
+     (Resident(B, 6.0, active=8),), A, 4.0,
+     LOAD_HYSTERESIS * (LOAD_FIXED_S + 2.0) + BUSY_EVICT_FACTOR * 8 / 4 * 2.0
+     + LOAD_HYSTERESIS * (LOAD_FIXED_S + 3.0)),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("case", "loaded", "model", "size", "extra_s"), PRICES)
+def test_cold_start_prices(
+    case: str, loaded: tuple[Resident, ...], model: str, size: float, extra_s: float
+) -> None:
+    res = Residency(loaded, 8.0, 2.0)
+    assert cold_start_s(res, model, size, service_s=2.0, slots=4) == pytest.approx(extra_s), case
+
+
+def test_a_model_larger_than_the_memory_pays_for_offload_and_a_full_host_evicts_by_count() -> None:
+    from meshlb.mesh.residency import MAX_LOADED, OFFLOAD_SLOWDOWN
+
+    small = Residency((Resident(B, 2.0),), 8.0, 2.0)
+    assert cold_start_s(Residency((Resident(A, 12.0),), 8.0), A, 12.0, 2.0, 4) == (
+        pytest.approx((OFFLOAD_SLOWDOWN - 1) * 2.0)
+    )
+    assert cold_start_s(small, A, 12.0, 2.0, 4) > cold_start_s(small, A, 4.0, 2.0, 4) + 8
+    full = Residency(tuple(Resident(f"m{i}", 1.0, expires_at=i) for i in range(MAX_LOADED)), 80.0)
+    assert [v.model for v in victims(full, 1.0)] == ["m0"]
+
+
+def test_only_measured_loads_are_priced_and_unknown_memory_evicts_nothing() -> None:
+    assert cold_start_s(None, A, 4.0, 2.0, 4) == 0.0
+    assert victims(Residency((Resident(B, 60.0),), None, None), 4.0) == []
+    assert load_s(Residency(), 4.0) == 0.0  # never timed: a host that loads instantly
+    assert load_s(Residency(load_gbps=2000.0), 4.0) == 0.0  # timed as instant
+    assert cold_start_s(Residency((Resident(B, 6.0),), 8.0), A, 4.0, 2.0, 4) == 0.0
+    _, untimed, unknown = with_assumed_rate([Residency(load_gbps=2.0), Residency(), None])
+    assert untimed is not None and untimed.load_gbps == 2.0 and unknown is None
+    assert with_assumed_rate([Residency(), None]) == [Residency(), None]
+
+
+def test_evicting_the_only_copy_of_an_idle_model_costs_its_whole_reload() -> None:
+    res = Residency((Resident(B, 6.0),), 8.0, 2.0)
+    shared = cold_start_s(res, A, 4.0, 2.0, 4)
+    sole = cold_start_s(res, A, 4.0, 2.0, 4, sole={B})
+    reload_s = LOAD_FIXED_S + 3.0
+    assert sole - shared == pytest.approx((LOAD_HYSTERESIS - IDLE_EVICT_FRACTION) * reload_s)
+
+
+def test_idle_victims_go_first_least_recently_used_first() -> None:
+    res = Residency(
+        (
+            Resident(A, 3.0, active=1),
+            Resident(B, 3.0, expires_at=200),
+            Resident(C, 2.0, expires_at=100),
+        ),
+        8.0,
+    )
+    assert [v.model for v in victims(res, 2.0)] == [C]
+    assert [v.model for v in victims(res, 5.0)] == [C, B]
+    assert [v.model for v in victims(res, 8.0)] == [C, B, A]
+
+
+# (case, hosts, expected node) — the task: model A, 100 tokens (2 s of service), 4 GB.
+PLACES = [
+    ("loaded peer beats a cold local host",
+     [host("here", local=True), host("p", (Resident(A, 4.0),))], "p"),
+    ("cold host with free memory beats one that evicts busy work",
+     [host("busy", (Resident(B, 6.0, active=4),)), host("free", (Resident(B, 2.0),))], "free"),
+    ("evicting idle work beats evicting busy work",
+     [host("busy", (Resident(B, 6.0, active=4),)), host("idle", (Resident(B, 6.0),))], "idle"),
+    ("a short queue where it is loaded beats a load (hysteresis)",
+     [host("warm", (Resident(A, 4.0),), queued=4, running=4), host("cold")], "warm"),
+    ("a queue longer than the load spreads it to a second host",
+     [host("warm", (Resident(A, 4.0, active=20),), queued=16, running=4), host("cold")],
+     "cold"),
+    ("a cold host here does not beat a warm peer with a short queue",
+     [host("here", local=True), host("p", (Resident(A, 4.0, active=3),), running=3)], "p"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("case", "hosts", "expected"), PLACES)
+def test_placement_by_residency(case: str, hosts: list[Candidate], expected: str) -> None:
+    for seed in range(20):  # the power of two choices never picks the dearer one
+        d = place(TaskNeeds(A, 100, size_gb=4.0), hosts, random.Random(seed))
+        node = d.node_id if isinstance(d, SendTo) else "here" if isinstance(d, RunHere) else None
+        assert node == expected, case
+
+
+def test_size_is_learned_from_a_host_that_has_it_loaded() -> None:
+    hosts = [host("p", (Resident(A, 12.0),), memory_gb=16.0), host("q", memory_gb=16.0)]
+    d = place(TaskNeeds(A, 100), hosts, random.Random(1))
+    assert isinstance(d, SendTo) and d.node_id == "p"
+    q_eta = expected_completion_s(hosts[1], TaskNeeds(A, 100, size_gb=12.0))
+    assert q_eta == pytest.approx(2.0 + LOAD_HYSTERESIS * (LOAD_FIXED_S + 6.0))
+
+
+def test_nodes_that_must_start_a_load_pick_the_same_host() -> None:
+    """Entry nodes that cannot yet see each other's loads (gossip lags) start the same
+    cold model on the same host, wherever they are and whatever their coin says."""
+    names = ("a", "b", "c", "d")
+    picks = set()
+    for here in names:
+        hosts = [host(n, (Resident(B, 2.0),), local=n == here) for n in names]
+        for seed in range(5):
+            d = place(TaskNeeds(A, 100, size_gb=4.0), hosts, random.Random(seed))
+            node = d.node_id if isinstance(d, SendTo) else here if isinstance(d, RunHere) else ""
+            picks.add(node)
+    assert len(picks) == 1
+
+
+def test_conversation_host_wins_unless_its_wait_exceeds_the_saving() -> None:
+    both = (Resident(A, 4.0),)
+    hosts = [host("here", both, local=True), host("conv", both, running=4)]
+    near = place(TaskNeeds(A, 100, prefer="conv", prefer_saving_s=5.0), hosts, random.Random(1))
+    assert isinstance(near, SendTo) and near.node_id == "conv"
+    busy = [host("here", both, local=True), host("conv", both, queued=40, running=4)]
+    far = place(TaskNeeds(A, 100, prefer="conv", prefer_saving_s=5.0), busy, random.Random(1))
+    assert isinstance(far, RunHere)
+
+
+def test_chat_turn_keys_chain_turns() -> None:
+    t1 = [{"role": "user", "content": "hi"}]
+    t2 = [*t1, {"role": "assistant", "content": "hello"}, {"role": "user", "content": "more"}]
+    first, second = chat_turn(A, {"messages": t1}), chat_turn(A, {"messages": t2})
+    assert first is not None and first.previous is None
+    assert second is not None and second.previous == first.key and second.previous_chars > 0
+    other = chat_turn(B, {"messages": t2})
+    assert other is not None and other.previous != first.key  # per model
+    assert chat_turn(A, {"prompt": "x"}) is None
+    assert saving_s(4000, 50.0) == pytest.approx(1.0) and saving_s(4000, 0.0) == 0.0
+
+
+def test_conversation_map_is_bounded_least_recent_out() -> None:
+    m = ConversationMap(capacity=2)
+    m.put("k1", "a")
+    m.put("k2", "b")
+    assert m.get("k1") == "a"  # k1 is now the most recent
+    m.put("k3", "c")
+    assert (m.get("k1"), m.get("k2"), m.get("k3"), len(m)) == ("a", None, "c", 2)
+
+
+def test_meta_round_trip_with_residency_fits_and_loaded_models_survive_a_cut() -> None:
+    resident = (Resident(B, 4.7, 3, 1_700_000_000.0),)
+    meta = NodeMeta("10.0.0.1:11435", (B, A), resident=resident, memory_gb=24.0, load_gbps=1.5)
+    assert decode_meta(encode_meta(meta)) == meta
+    models = tuple(f"some-rather-long-model-name-{i}:q4_K_M" for i in range(40))
+    big = NodeMeta("h:1", models, resident=(Resident(models[-1], 9.0),), memory_gb=8.0)
+    decoded = decode_meta(encode_meta(big))
+    assert len(encode_meta(big)) <= MAX_META_BYTES
+    assert decoded is not None and decoded.models_truncated
+    assert decoded.resident == (Resident(models[-1], 9.0, 0, 4294967295.0),)
+    unknown = decode_meta(encode_meta(NodeMeta("h:1", (A,))))
+    assert unknown is not None and unknown.resident is None and unknown.memory_gb is None
+
+
+def test_gossiped_residency_expires_unless_busy_and_sent_work_counts_as_loaded() -> None:
+    meta = NodeMeta(
+        "h:1", (A, B), resident=(Resident(A, 2.0, 0, 100.0), Resident(B, 2.0, 1, 100.0))
+    )
+    res = residency_of(meta, now=150.0)
+    assert res is not None and [r.model for r in res.loaded] == [B]
+    sent = SentModels()
+    sent.note("p", 7, A, 6.0)
+    sent.note("p", 7, A, 6.0)
+    seen = with_sent(res, sent.pending("p", 7))
+    assert seen is not None and seen.resident(A) == Resident(A, 6.0, 2)
+    assert seen.used_gb() == 8.0  # what was sent takes its memory
+    assert sent.pending("p", 8) == []  # a newer update supersedes it
+    assert residency_of(NodeMeta("h:1", (A,)), 0.0) is None
+
+
+@pytest.mark.parametrize(
+    ("payload", "unload"),
+    [
+        ({"model": A, "keep_alive": 0}, True),
+        ({"model": A, "keep_alive": "0s"}, True),
+        ({"model": A, "messages": [], "keep_alive": "0"}, True),
+        ({"model": A, "prompt": "hi", "keep_alive": 0}, False),
+        ({"model": A}, False),
+        ({"model": A, "keep_alive": "10m"}, False),
+        ({"model": A, "input": "x", "keep_alive": 0}, False),
+    ],
+)
+def test_unload_is_keep_alive_zero_with_nothing_to_run(
+    payload: dict[str, object], unload: bool
+) -> None:
+    assert is_unload(payload) is unload
