@@ -138,6 +138,14 @@ class NodeSettings(BaseModel):
     models_refresh_s: float = field(
         10.0, "Seconds between re-reads of the local Ollama's model list.", gt=0
     )
+    # None: learned as the most memory the local Ollama was seen holding models in, once
+    # an eviction showed that is all it has (until then no limit is assumed).
+    memory_gb: float | None = field(
+        None,
+        "GB of memory for models on this host (gossiped so placement knows what a load "
+        "evicts) [default: learned from the local Ollama's evictions].",
+        gt=0,
+    )
 
     @field_validator("http", "gossip")
     @classmethod

@@ -4,18 +4,40 @@ Why a cache: every request is checked against it (404 for an unknown model) and 
 list is gossiped to peers, so it must be cheap to read. It is refreshed on a timer and,
 at most once per `min_miss_refresh_s`, when a request names a model it does not know
 (so a model pulled a second ago works without waiting for the timer).
+
+`LocalResidency` does the same for `/api/ps` (which models are loaded, their size and
+expiry): read on a timer and, at most every `min_interval_s`, after an answer (a
+request may have loaded or evicted a model). It reads only what real Ollama reports:
+`/api/ps` entries and the `load_duration` of answers (its load rate is measured from
+cold loads: the loaded size over load_duration; a model that appeared and answered
+with load_duration ~0 shows a host that loads instantly).
 """
 
 from __future__ import annotations
 
+import math
+import re
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import structlog
 import trio
 
 from meshlb.backend.ollama import BackendError, OllamaBackend
+from meshlb.mesh.residency import INSTANT_GBPS
 
 log = structlog.get_logger()
+GB = 1_000_000_000
+# A load_duration above this is a cold load (below: the model was loaded already).
+COLD_LOAD_S = 0.1
+# A model gone more than this before its expiry was evicted (not expired).
+EXPIRY_SLACK_S = 5.0
+_LOAD_DURATION_RE = re.compile(rb'"load_duration"\s*:\s*(\d{1,20})')
+_FRACTION_RE = re.compile(r"(\.\d{6})\d+")
 
 
 def canonical_model(name: str) -> str:
@@ -38,6 +60,7 @@ class ModelCatalog:
         self.last_error: str | None = None
         # False until Ollama answered once: before that, which models it has is unknown.
         self.ever_read = False
+        self.residency = LocalResidency(backend)
 
     @property
     def names(self) -> list[str]:
@@ -83,3 +106,139 @@ class ModelCatalog:
         while True:
             await self.refresh()
             await trio.sleep(self._refresh_s)
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedModel:
+    """One `/api/ps` entry: a model loaded on the local Ollama."""
+
+    name: str  # canonical
+    size_bytes: int
+    expires_at: float  # unix seconds (inf when Ollama shows none)
+
+
+def parse_expiry(text: object) -> float:
+    """Go's RFC 3339 time (nanoseconds, `Z` or an offset) as unix seconds; inf if not."""
+    if not isinstance(text, str) or not text:
+        return math.inf
+    try:
+        return datetime.fromisoformat(
+            _FRACTION_RE.sub(r"\1", text.replace("Z", "+00:00"))
+        ).timestamp()
+    except ValueError:
+        return math.inf
+
+
+def parse_ps(doc: object) -> list[LoadedModel]:
+    """The loaded models of an `/api/ps` answer (malformed entries are skipped)."""
+    models = doc.get("models") if isinstance(doc, dict) else None
+    out = []
+    for m in models if isinstance(models, list) else []:
+        if not isinstance(m, dict) or not (m.get("name") or m.get("model")):
+            continue
+        size = m.get("size")
+        out.append(
+            LoadedModel(
+                canonical_model(str(m.get("name") or m.get("model"))),
+                size if isinstance(size, int) and size >= 0 else 0,
+                parse_expiry(m.get("expires_at")),
+            )
+        )
+    return out
+
+
+def load_duration_s(tail: bytes) -> float | None:
+    """`load_duration` (seconds) from the end of an Ollama answer, if it has one."""
+    found = _LOAD_DURATION_RE.findall(tail)
+    return int(found[-1]) / 1e9 if found else None
+
+
+class LocalResidency:
+    """What the local Ollama has loaded, the most it was seen holding, its load rate,
+    and the requests for each model this node has in hand (queued or running)."""
+
+    def __init__(
+        self,
+        backend: OllamaBackend,
+        refresh_s: float = 5.0,
+        min_interval_s: float = 0.5,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self._backend = backend
+        self._refresh_s = refresh_s
+        self._min_interval_s = min_interval_s
+        self._wall = wall
+        self.loaded: dict[str, LoadedModel] = {}
+        self.known = False  # /api/ps answered at least once
+        self.max_seen_bytes = 0
+        self.load_gbps: float | None = None
+        self.active: Counter[str] = Counter()
+        self.evicted_seen = False
+        self._timed: dict[str, float] = {}  # load_duration of answers since the last read
+        self._dirty = False
+        self._last_read_at = -math.inf
+
+    def begin(self, model: str) -> None:
+        self.active[canonical_model(model)] += 1
+
+    def end(self, model: str, tail: bytes = b"") -> None:
+        """An answer for `model` ended: count it out, learn the load rate from its
+        load_duration, and have `/api/ps` read again soon."""
+        name = canonical_model(model)
+        self.active[name] -= 1
+        if self.active[name] <= 0:
+            del self.active[name]
+        self._dirty = True
+        took_s = load_duration_s(tail) if tail else None
+        if took_s is not None:
+            self._timed[name] = took_s  # its size comes with the next /api/ps read
+
+    def observe_load(self, size_bytes: int, took_s: float) -> None:
+        rate = size_bytes / GB / took_s
+        self.load_gbps = rate if self.load_gbps is None else 0.7 * self.load_gbps + 0.3 * rate
+
+    def apply(self, models: list[LoadedModel], now: float | None = None) -> None:
+        """A fresh `/api/ps`. A model that vanished before its expiry while another
+        appeared was evicted for it: memory is full at the most seen loaded at once,
+        which is then the learned memory (until then none is assumed)."""
+        wall = self._wall() if now is None else now
+        new = {m.name: m for m in models}
+        appeared = set(new) - set(self.loaded)
+        gone = [m for n, m in self.loaded.items() if n not in new]
+        if self.known and appeared and any(m.expires_at > wall + EXPIRY_SLACK_S for m in gone):
+            self.evicted_seen = True
+        for name, took_s in self._timed.items():
+            m = new.get(name)
+            if m is None or not m.size_bytes:
+                continue
+            if took_s > COLD_LOAD_S:
+                self.observe_load(m.size_bytes, took_s)
+            elif name in appeared and self.known:  # loaded for that answer in ~0 s
+                self.load_gbps = INSTANT_GBPS
+        self._timed.clear()
+        self.max_seen_bytes = max(self.max_seen_bytes, sum(m.size_bytes for m in models))
+        self.loaded, self.known = new, True
+
+    def learned_memory_gb(self) -> float | None:
+        """The most seen loaded at once, once an eviction showed memory is that full."""
+        if not self.evicted_seen or not self.max_seen_bytes:
+            return None
+        return self.max_seen_bytes / GB
+
+    async def read(self) -> None:
+        """Re-read `/api/ps`; on failure keep what was known."""
+        self._last_read_at = trio.current_time()
+        self._dirty = False
+        try:
+            doc = await self._backend.get_json("/api/ps")
+        except BackendError:
+            return
+        self.apply(parse_ps(doc))
+
+    async def run(self) -> None:
+        """Forever: read after answers (at most every min_interval_s) and on the timer."""
+        while True:
+            since = trio.current_time() - self._last_read_at
+            if self._dirty or since >= self._refresh_s:
+                await self.read()
+            await trio.sleep(self._min_interval_s)

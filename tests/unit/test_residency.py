@@ -6,6 +6,14 @@ import random
 
 import pytest
 
+from meshlb.backend.catalog import (
+    LoadedModel,
+    LocalResidency,
+    load_duration_s,
+    parse_expiry,
+    parse_ps,
+)
+from meshlb.backend.ollama import OllamaBackend
 from meshlb.mesh.affinity import ConversationMap, chat_turn, saving_s
 from meshlb.mesh.meta import MAX_META_BYTES, NodeMeta, decode_meta, encode_meta
 from meshlb.mesh.placement import (
@@ -247,3 +255,63 @@ def test_unload_is_keep_alive_zero_with_nothing_to_run(
     payload: dict[str, object], unload: bool
 ) -> None:
     assert is_unload(payload) is unload
+
+
+def test_ps_parsing_and_load_duration_read_real_ollama_forms() -> None:
+    doc = {
+        "models": [
+            {
+                "name": "llama3.2",
+                "size": 2_000_000_000,
+                "expires_at": "2024-06-04T14:38:31.837539234-07:00",
+            },
+            {"model": "qwen2.5:7b", "size": 4_700_000_000, "expires_at": "2318-01-01T00:00:00Z"},
+            "junk",
+        ]
+    }
+    out = parse_ps(doc)
+    assert out[0] == LoadedModel("llama3.2:latest", 2_000_000_000, pytest.approx(1717537111.837539))
+    assert out[1].name == "qwen2.5:7b" and out[1].expires_at > 1e10
+    assert parse_ps({"models": None}) == [] and parse_expiry("nope") == float("inf")
+    assert load_duration_s(b'..."load_duration":1500000000,"eval_count":3}') == 1.5
+    assert load_duration_s(b'{"done":true}') is None
+
+
+def reader() -> LocalResidency:
+    return LocalResidency(OllamaBackend("http://127.0.0.1:1"), wall=lambda: 1000.0)
+
+
+def test_local_residency_times_loads_from_answers_and_the_next_ps_read() -> None:
+    res = reader()
+    res.apply([])
+    assert res.known and res.load_gbps is None
+    res.begin(A)
+    assert res.active[A] == 1
+    res.end(A, b'"load_duration":1000000000}')  # 1 s; its size comes with /api/ps
+    assert A not in res.active and res.load_gbps is None
+    res.apply([LoadedModel(A, 2_000_000_000, 1300.0)])
+    assert res.load_gbps == pytest.approx(2.0)  # 2 GB in 1 s
+    res.end(A, b'"load_duration":20000000}')  # 20 ms on a loaded model: nothing learned
+    res.apply([LoadedModel(A, 2_000_000_000, 1300.0)])
+    assert res.load_gbps == pytest.approx(2.0)
+
+
+def test_a_model_loaded_for_an_answer_in_no_time_marks_the_host_instant() -> None:
+    res = reader()
+    res.apply([])
+    res.end(A, b'"load_duration":300000}')
+    res.apply([LoadedModel(A, 2_000_000_000, 1300.0)])
+    assert res.load_gbps is not None and load_s(Residency(load_gbps=res.load_gbps), 2.0) == 0
+
+
+def test_memory_is_learned_only_once_an_eviction_shows_it_is_full() -> None:
+    res = reader()
+    res.apply([LoadedModel(A, 2_000_000_000, 1300.0), LoadedModel(B, 3_000_000_000, 1300.0)])
+    res.apply([LoadedModel(A, 2_000_000_000, 1300.0)])  # B expired? no: nothing replaced it
+    assert res.learned_memory_gb() is None  # no limit seen: a host may hold anything
+    res.apply([LoadedModel(C, 1_000_000_000, 1300.0)])  # A gone 300 s early for C
+    assert res.learned_memory_gb() == 5.0  # the most seen at once
+    expired = reader()
+    expired.apply([LoadedModel(A, 2_000_000_000, 990.0)])
+    expired.apply([LoadedModel(B, 2_000_000_000, 1300.0)])  # A was past its expiry
+    assert expired.learned_memory_gb() is None
