@@ -280,9 +280,11 @@ class Metrics:
     prompt_eval_ns: int
     eval_count: int
     eval_ns: int
+    # Prompt tokens served from a slot's cache (part of prompt_eval_count, as in Ollama).
+    prompt_eval_cached_count: int = 0
 
     def fields(self) -> dict[str, int]:
-        return {
+        out = {
             "total_duration": self.total_ns,
             "load_duration": self.load_ns,
             "prompt_eval_count": self.prompt_eval_count,
@@ -290,6 +292,9 @@ class Metrics:
             "eval_count": self.eval_count,
             "eval_duration": self.eval_ns,
         }
+        if self.prompt_eval_cached_count:  # Ollama omits it when zero (omitempty)
+            out["prompt_eval_cached_count"] = self.prompt_eval_cached_count
+        return out
 
 
 def error_body(message: str) -> bytes:

@@ -187,7 +187,7 @@ class GenJob:
         async with state.runner(
             self.spec, self.keep_alive_s, prompt=self.prompt, num_ctx=self.num_ctx
         ) as lease:
-            _, evaluated = evaluated_tokens(self.prompt, lease.grant.cached_chars)
+            total, evaluated = evaluated_tokens(self.prompt, lease.grant.cached_chars)
             first_at = trio.current_time() + evaluated / cfg.prompt_tps
             tokens = self.completion.tokens
             tps = cfg.tokens_per_second
@@ -207,11 +207,11 @@ class GenJob:
                     if self.die_after is not None and i + 1 >= self.die_after:
                         state.stats["died_mid_stream"] += 1
                         raise SimulatedDeath("connection cut by die_mid_stream_rate")
-                m = self._metrics(state, lease.grant, evaluated)
+                m = self._metrics(state, lease.grant, total, evaluated)
                 body = r.tail(self.completion, m, time.time())
             else:
                 await trio.sleep_until(first_at + len(tokens) / tps)
-                m = self._metrics(state, lease.grant, evaluated)
+                m = self._metrics(state, lease.grant, total, evaluated)
                 body = r.whole(self.completion, m, time.time())
                 await _start(send, JSON_UTF8, len(body))
             self.finished = True
@@ -220,15 +220,16 @@ class GenJob:
             state.stats["prompt_tokens_evaluated"] += evaluated
             await send({"type": "http.response.body", "body": body, "more_body": False})
 
-    def _metrics(self, state: SimState, grant: Grant, evaluated: int) -> Metrics:
+    def _metrics(self, state: SimState, grant: Grant, total: int, evaluated: int) -> Metrics:
         cfg = state.config
         return _metrics(
             self.arrival,
             grant.runner_at,
-            evaluated,
+            total,
             len(self.completion.tokens),
             cfg.prompt_tps,
             cfg.tokens_per_second,
+            cached=total - evaluated,
         )
 
 
@@ -239,18 +240,24 @@ def _metrics(
     eval_count: int,
     prompt_tps: float,
     tps: float,
+    cached: int = 0,
 ) -> Metrics:
     """Durations in ns: load = from arrival until the runner was ready for the request
     (scheduling wait + load, as Ollama measures it; a wait for a slot is not in it), the
-    eval durations are the nominal model speed, total is measured, so total >= parts."""
+    eval durations are the nominal model speed, total is measured, so total >= parts.
+
+    As Ollama (0.33+) reports a prompt-cache hit: `prompt_eval_count` is the whole
+    prompt, the cached part is `prompt_eval_cached_count`, and `prompt_eval_duration`
+    covers only what was evaluated."""
     now = trio.current_time()
     return Metrics(
         total_ns=int((now - arrival) * 1e9),
         load_ns=int((loaded_at - arrival) * 1e9),
         prompt_eval_count=prompt_tokens,
-        prompt_eval_ns=int(prompt_tokens / prompt_tps * 1e9),
+        prompt_eval_ns=int((prompt_tokens - cached) / prompt_tps * 1e9),
         eval_count=eval_count,
         eval_ns=int(eval_count / tps * 1e9),
+        prompt_eval_cached_count=cached,
     )
 
 

@@ -63,6 +63,8 @@ class _Final(BaseModel):
     load_duration: int
     prompt_eval_count: int
     prompt_eval_duration: int
+    # Ollama 0.33+: the part of prompt_eval_count read from the prompt cache (omitempty)
+    prompt_eval_cached_count: int | None = None
     eval_count: int
     eval_duration: int
 
