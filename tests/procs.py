@@ -228,3 +228,30 @@ def alive_ids(node: Proc) -> set[str]:
     """Ids of the members `node` sees alive."""
     peers = httpx.get(f"{node.url}/v1/peers", timeout=2).json()
     return {p["id"] for p in peers if p["state"] == "alive"}
+
+
+@contextlib.contextmanager
+def small_memory_mesh(prefix: str) -> Iterator[tuple[list[Proc], list[Proc]]]:
+    """3 joined nodes whose sims hold one of two 2 GB models (alpha, beta) at a time
+    (3 GB of VRAM, loads at 2 GB/s): (sims, nodes); the residency test and benchmark
+    share it."""
+    with contextlib.ExitStack() as stack:
+        sims = [
+            stack.enter_context(
+                sim_ollama(
+                    "--vram-gb", "3", "--load-gbps", "2", models="alpha=2,beta=2",
+                    tokens_per_second=400,
+                )
+            )
+            for _ in range(3)
+        ]  # fmt: skip
+        first = stack.enter_context(meshlb_node(sims[0].url, node_id=f"{prefix}0"))
+        seed = ["--join", f"127.0.0.1:{first.extra['gossip_port']}"]
+        yield (
+            sims,
+            [first]
+            + [
+                stack.enter_context(meshlb_node(sims[i].url, *seed, node_id=f"{prefix}{i}"))
+                for i in (1, 2)
+            ],
+        )

@@ -1,0 +1,313 @@
+"""The residency benchmark's fleet: hosts with Ollama's memory model, in virtual time.
+
+Each host is the simulator's own memory core (`meshlb.backend.sim_memory.ModelMemory`:
+VRAM, load time, keep_alive, LRU eviction of idle runners, parallel slots with a
+prompt-prefix cache). meshlb's policy is the SHIPPED code: every host's metadata is
+built as a node builds it, encoded and decoded as gossip carries it (`encode_meta` /
+`decode_meta`, refreshed once per announce interval), turned into candidates by
+`meshlb.mesh.candidates.candidate`, given residency by
+`meshlb.mesh.residency_placement.priced`, sized and given its conversation host by
+`task_needs`, and chosen by `meshlb.mesh.placement.place`; the entry node's
+`RecentlySent` and `SentModels` count what it sent since a peer's last update.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from meshlb.backend.sim_memory import Ask, MemoryConfig, ModelMemory
+from meshlb.mesh.affinity import ConversationMap
+from meshlb.mesh.candidates import RecentlySent, candidate
+from meshlb.mesh.meta import Load, NodeMeta, decode_meta, encode_meta
+from meshlb.mesh.placement import Candidate, RunHere, SendTo, TaskNeeds, place
+from meshlb.mesh.residency import Residency, Resident
+from meshlb.mesh.residency_placement import SentModels, priced, task_needs
+
+GB = 1_000_000_000
+HOST_GB = (8, 8, 12, 16, 24, 24)
+HOST_TPS = (30.0, 30.0, 40.0, 50.0, 60.0, 60.0)  # tokens/s per request
+MODELS = (  # by popularity rank (Zipf)
+    ("m:4.7b", 4.7),
+    ("m:2b", 2.0),
+    ("m:9b", 9.0),
+    ("m:1.5b", 1.5),
+    ("m:14b", 14.0),
+    ("m:5b", 5.0),
+)
+SLOTS = 4
+LOAD_GBPS = 1.0
+LOAD_FIXED_S = 0.5
+PROMPT_FACTOR = 20.0  # prompt evaluation is this much faster than generation
+ANNOUNCE_S = 1.0
+CHARS_PER_TOKEN = 4
+
+
+@dataclass
+class Req:
+    rid: int
+    at: float
+    model: str
+    prompt: str
+    out_tokens: int
+    entry: int
+    messages: list[dict[str, str]] | None = None
+    conv: int = -1
+    host: int = -1
+    done: float = 0.0
+    evaluated: int = 0
+
+
+@dataclass
+class Conversation:
+    cid: int
+    model: str
+    entry: int
+    turns_left: int
+    messages: list[dict[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class Host:
+    idx: int
+    mem: ModelMemory
+    tps: float
+    memory_gb: float
+    waiting: dict[int, Req] = field(default_factory=dict)
+    running: dict[int, Req] = field(default_factory=dict)
+    active: dict[str, int] = field(default_factory=dict)
+    loading: set[str] = field(default_factory=set)
+    load_s: float = 0.0
+    measured: bool = False
+    meta: bytes = b""
+    incarnation: int = 0
+    timer_at: float = float("inf")
+
+    def outstanding(self) -> int:
+        return len(self.waiting) + len(self.running)
+
+
+@dataclass
+class Entry:
+    """What one entry node remembers between requests."""
+
+    sent: RecentlySent = field(default_factory=RecentlySent)
+    sent_models: SentModels = field(default_factory=SentModels)
+    conversations: ConversationMap = field(default_factory=ConversationMap)
+
+
+class Fleet:
+    """The fleet in virtual time, placing each arrival by one policy."""
+
+    def __init__(self, policy: str, seed: int, affinity: bool = True) -> None:
+        self.policy = policy
+        self.affinity = affinity
+        self.rng = random.Random(seed)
+        self.hosts = [
+            Host(i, ModelMemory(memory_config(gb)), HOST_TPS[i], float(gb))
+            for i, gb in enumerate(HOST_GB)
+        ]
+        self.sizes = dict(MODELS)
+        self.entries = [Entry() for _ in self.hosts]
+        self.events: list[tuple[float, int, str, Any]] = []
+        self.seq = 0
+        self.rr = 0
+        self.done: list[Req] = []
+        self.placements: list[tuple[int, int, str]] = []  # (rid, host, "here"/"sent")
+        self.convs: dict[int, Conversation] = {}
+        for h in self.hosts:
+            self.announce(h, 0.0)
+
+    # ---- the event loop ----
+
+    def push(self, at: float, kind: str, data: Any) -> None:
+        self.seq += 1
+        heapq.heappush(self.events, (at, self.seq, kind, data))
+
+    def run(self, reqs: list[Req], convs: list[tuple[float, Conversation]]) -> None:
+        for r in reqs:
+            self.push(r.at, "arrive", r)
+        for at, c in convs:
+            self.convs[c.cid] = c
+            self.push(at, "turn", c.cid)
+        self.push(ANNOUNCE_S, "announce", None)
+        while self.events:
+            now, _, kind, data = heapq.heappop(self.events)
+            if kind == "arrive":
+                self.arrive(data, now)
+            elif kind == "turn":
+                self.next_turn(data, now)
+            elif kind == "finish":
+                self.finish(data, now)
+            elif kind == "timer":
+                h = self.hosts[data]
+                if now >= h.timer_at:
+                    h.timer_at = float("inf")
+                    h.mem.advance(now)
+                    self.after(h, now)
+            elif kind == "announce" and self.events:
+                for h in self.hosts:
+                    self.announce(h, now)
+                self.push(now + ANNOUNCE_S, "announce", None)
+
+    def next_turn(self, cid: int, now: float) -> None:
+        c = self.convs[cid]
+        user = f"{cid:05d}/{c.turns_left}|" + "u" * self.rng.randint(200, 800)
+        c.messages = [*c.messages, {"role": "user", "content": user}]
+        prompt = "".join(m["content"] for m in c.messages)
+        rid = 10_000_000 + cid * 10 + c.turns_left
+        out = self.rng.randint(50, 200)
+        req = Req(rid, now, c.model, prompt, out, c.entry, list(c.messages), cid)
+        c.turns_left -= 1
+        self.arrive(req, now)
+
+    def arrive(self, r: Req, now: float) -> None:
+        r.at = now
+        r.host = self.choose(r, now)
+        h = self.hosts[r.host]
+        h.waiting[r.rid] = r
+        h.active[r.model] = h.active.get(r.model, 0) + 1
+        h.mem.submit(Ask(r.rid, r.model, int(self.sizes[r.model] * GB), prompt=r.prompt), now)
+        self.after(h, now)
+
+    def after(self, h: Host, now: float) -> None:
+        """Start what the memory core granted; note loads; set its next timer."""
+        for rid in list(h.waiting):
+            g = h.mem.grant(rid)
+            if g is None:
+                continue
+            r = h.waiting.pop(rid)
+            h.running[rid] = r
+            cached = min(g.cached_chars, len(r.prompt))
+            r.evaluated = max(1, (len(r.prompt) - cached) // CHARS_PER_TOKEN)
+            service = r.evaluated / (h.tps * PROMPT_FACTOR) + r.out_tokens / h.tps
+            self.push(g.started_at + service, "finish", (h.idx, rid))
+        loading = {x.model for x in h.mem.loaded(now) if x.loading}
+        for model in loading - h.loading:
+            h.load_s += LOAD_FIXED_S + self.sizes[model] / LOAD_GBPS
+            h.measured = True
+        h.loading = loading
+        t = h.mem.next_deadline()
+        if t < h.timer_at:
+            h.timer_at = t
+            self.push(t, "timer", h.idx)
+
+    def finish(self, data: tuple[int, int], now: float) -> None:
+        h = self.hosts[data[0]]
+        r = h.running.pop(data[1])
+        h.active[r.model] -= 1
+        reply = "a" * (r.out_tokens * CHARS_PER_TOKEN)
+        h.mem.finish(r.rid, now, processed=r.prompt + reply)
+        r.done = now
+        self.done.append(r)
+        self.after(h, now)
+        if r.conv >= 0:
+            c = self.convs[r.conv]
+            c.messages = [*c.messages, {"role": "assistant", "content": reply}]
+            if c.turns_left > 0:
+                self.push(now + self.rng.uniform(5, 20), "turn", r.conv)
+
+    # ---- what nodes gossip ----
+
+    def residency(self, h: Host, now: float) -> Residency:
+        loaded = tuple(
+            Resident(x.model, x.size / GB, h.active.get(x.model, 0), x.expires_at)
+            for x in h.mem.loaded(now)
+        )
+        return Residency(loaded, h.memory_gb, LOAD_GBPS if h.measured else None)
+
+    def announce(self, h: Host, now: float) -> None:
+        res = self.residency(h, now)
+        meta = NodeMeta(
+            f"10.0.0.{h.idx}:11435",
+            tuple(m for m, _ in MODELS),
+            Load(len(h.waiting), len(h.running), SLOTS * 3, tokens_per_s=h.tps),
+            resident=res.loaded,
+            memory_gb=res.memory_gb,
+            load_gbps=res.load_gbps,
+        )
+        data = encode_meta(meta)
+        if data != h.meta:
+            h.meta = data
+            h.incarnation += 1
+
+    # ---- policies ----
+
+    def choose(self, r: Req, now: float) -> int:
+        hosts = self.hosts
+        if self.policy == "round_robin":
+            self.rr += 1
+            return self.rr % len(hosts)
+        if self.policy == "least_conn":
+            return min(hosts, key=lambda h: (h.outstanding(), self.rng.random())).idx
+        if self.policy == "residency_first":
+            warm = [h for h in hosts if r.model in gossiped_models(h.meta)]
+            pool = warm or hosts
+            return min(pool, key=lambda h: (h.outstanding(), self.rng.random())).idx
+        return self.place_meshlb(r, now)
+
+    def candidates(self, entry: int, now: float) -> list[Candidate]:
+        metas = {str(h.idx): meta_of(h.meta) for h in self.hosts}
+        sent = self.entries[entry].sent
+        out = []
+        for h in self.hosts:
+            c = candidate(str(h.idx), metas[str(h.idx)], h.idx == entry)
+            extra = sent.pending(str(h.idx), h.incarnation)
+            out.append(replace(c, queued=c.queued + extra) if extra else c)
+        fresh = self.hosts[entry]  # the entry node knows its own load now, not as gossiped
+        out = [
+            replace(c, queued=len(fresh.waiting), running=len(fresh.running)) if c.is_local else c
+            for c in out
+        ]
+        incarnations = {str(h.idx): h.incarnation for h in self.hosts}
+        local = self.residency(fresh, now)
+        return priced(out, metas, incarnations, self.entries[entry].sent_models, local, now)
+
+    def place_meshlb(self, r: Req, now: float) -> int:
+        cands = self.candidates(r.entry, now)
+        entry = self.entries[r.entry]
+        payload = {"model": r.model, "messages": r.messages} if r.messages else None
+        convs = entry.conversations if self.affinity else None
+        est = r.out_tokens + len(r.prompt) // CHARS_PER_TOKEN // int(PROMPT_FACTOR)
+        # the size on disk, as the entry node's catalog has it from /api/tags
+        known_gb = self.sizes[r.model]
+        needs, turn = task_needs(TaskNeeds(r.model, est), cands, payload, convs, known_gb)
+        d = place(needs, cands, self.rng)
+        if isinstance(d, SendTo):
+            to = int(d.node_id)
+            inc = self.hosts[to].incarnation
+            entry.sent.note(d.node_id, inc)
+            entry.sent_models.note(d.node_id, inc, r.model, needs.size_gb or 0.0)
+        else:
+            assert isinstance(d, RunHere), d
+            to = r.entry
+        if turn is not None and convs is not None:
+            convs.put(turn.key, str(to))
+            if to != r.entry:  # the serving node records what it ran, too
+                self.entries[to].conversations.put(turn.key, str(to))
+        self.placements.append((r.rid, to, "sent" if to != r.entry else "here"))
+        return to
+
+
+def memory_config(gb: int) -> MemoryConfig:
+    return MemoryConfig(
+        vram_bytes=gb * GB,
+        max_loaded=3,
+        load_bytes_per_s=LOAD_GBPS * GB,
+        load_fixed_s=LOAD_FIXED_S,
+        keep_alive_s=300.0,
+        parallel=SLOTS,
+    )
+
+
+def meta_of(data: bytes) -> NodeMeta:
+    meta = decode_meta(data)
+    assert meta is not None
+    return meta
+
+
+def gossiped_models(data: bytes) -> set[str]:
+    """What residency-first sees: the models /api/ps listed at the last read."""
+    return {r.model for r in meta_of(data).resident or ()}

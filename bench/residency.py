@@ -1,0 +1,231 @@
+"""Residency benchmark: placement that knows where models are loaded (issue 11).
+
+A discrete-event model of a heterogeneous fleet in virtual time (`_residency_fleet`:
+each host is the simulator's memory core, meshlb's policy is the shipped placement
+code fed by gossip as a node encodes and decodes it).
+
+Fleet: 6 hosts with 8, 8, 12, 16, 24, 24 GB (faster the bigger), 4 slots per model,
+loads at 1 GB/s + 0.5 s, keep_alive 5 min, at most 3 models each. Workload A: 3 000
+requests over 6 models of 1.5-14 GB with Zipf popularity (s = 1.1), in bursts (3x the
+mean rate for 20 s of every 60 s), each entering at a random node. Workload B: 200
+conversations x 4 turns (each client talks to one node; 5-20 s between turns), Zipf
+over the same models; meshlb with and without conversation affinity (`--background N`
+adds N single requests over the same span, reported, not part of the goals).
+
+Policies: meshlb; round-robin; least-connections (fewest requests in hand, live);
+residency-first (a host that has the model loaded, per /api/ps as gossiped once a
+second, least loaded first; else the least loaded host: what ollama-herd does). The
+baselines are given live connection counts, as a central proxy has them.
+
+    python bench/residency.py                  # full run, seed 11 (~1 min)
+    python bench/residency.py --seeds 11,12,13 # one table per seed, goals for each
+    python bench/residency.py --quick          # smaller run + a real-process smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench._residency_fleet import CHARS_PER_TOKEN, MODELS, Conversation, Fleet, Req
+from meshlb.sched.stats import percentile
+
+ZIPF_S = 1.1
+POLICIES = ("meshlb", "round_robin", "least_conn", "residency_first")
+
+
+def zipf_weights(n: int) -> list[float]:
+    return [1.0 / (k + 1) ** ZIPF_S for k in range(n)]
+
+
+def burst_arrivals(rng: random.Random, n: int, mean_rate: float) -> list[float]:
+    """Arrival times: 3x the base rate for 20 s of every 60 s (mean `mean_rate`)."""
+    base = mean_rate / (20 / 60 * 3 + 40 / 60 * 1)
+    t, out = 0.0, []
+    while len(out) < n:
+        rate = base * (3.0 if t % 60 < 20 else 1.0)
+        t += rng.expovariate(rate)
+        out.append(t)
+    return out
+
+
+def single_requests(rng: random.Random, n: int, rate: float, first_id: int = 0) -> list[Req]:
+    weights = zipf_weights(len(MODELS))
+    out = []
+    for i, at in enumerate(burst_arrivals(rng, n, rate)):
+        model = rng.choices(MODELS, weights)[0][0]
+        tokens = rng.randint(100, 800)
+        rid = first_id + i
+        prompt = f"{rid:09d}|" + "p" * (tokens * CHARS_PER_TOKEN - 10)
+        out.append(Req(rid, at, model, prompt, rng.randint(32, 256), rng.randrange(6)))
+    return out
+
+
+def workload_a(seed: int, n: int) -> list[Req]:
+    return single_requests(random.Random(seed), n, rate=3.0)
+
+
+def workload_b(
+    seed: int, convs: int, background: int
+) -> tuple[list[Req], list[tuple[float, Conversation]]]:
+    rng = random.Random(seed + 1)
+    weights = zipf_weights(len(MODELS))
+    span = convs * 1.5
+    starts = []
+    for i in range(convs):
+        model = rng.choices(MODELS, weights)[0][0]
+        starts.append((rng.uniform(0, span), Conversation(i, model, rng.randrange(6), 4)))
+    bg = single_requests(rng, background, rate=background / (span + 60), first_id=5_000_000)
+    return (bg if background else []), starts
+
+
+def summarize(fleet: Fleet) -> dict[str, Any]:
+    done = fleet.done
+    lat = sorted(r.done - r.at for r in done)
+    conv = [r for r in done if r.conv >= 0]
+    loads = sum(h.mem.loads for h in fleet.hosts)
+    first = min(r.at for r in done)
+    return {
+        "requests": len(done),
+        "loads": loads,
+        "loads_per_1000": round(loads / len(done) * 1000, 1),
+        "gpu_s_loading": round(sum(h.load_s for h in fleet.hosts), 1),
+        "p50_s": round(percentile(lat, 0.5), 2),
+        "p99_s": round(percentile(lat, 0.99), 2),
+        "makespan_s": round(max(r.done for r in done) - first, 1),
+        "prompt_tokens": sum(r.evaluated for r in done),
+        "conv_prompt_tokens": sum(r.evaluated for r in conv),
+        "conv_p99_s": round(percentile(sorted(r.done - r.at for r in conv) or [0.0], 0.99), 2),
+        "loads_by_host": [h.mem.loads for h in fleet.hosts],
+        "forwarded": sum(1 for _, _, how in fleet.placements if how == "sent"),
+    }
+
+
+def run_seed(seed: int, n: int, convs: int, background: int) -> dict[str, Any]:
+    a: dict[str, Any] = {}
+    for policy in POLICIES:
+        fleet = Fleet(policy, seed)
+        fleet.run(workload_a(seed, n), [])
+        a[policy] = summarize(fleet)
+    b: dict[str, Any] = {}
+    for name, policy, aff in (
+        ("meshlb", "meshlb", True),
+        ("meshlb_no_affinity", "meshlb", False),
+        ("least_conn", "least_conn", True),
+        ("residency_first", "residency_first", True),
+    ):
+        fleet = Fleet(policy, seed, affinity=aff)
+        reqs, starts = workload_b(seed, convs, background)
+        fleet.run(reqs, starts)
+        b[name] = summarize(fleet)
+    return {"seed": seed, "single": a, "multi_turn": b, "goals": goals(a, b)}
+
+
+def goals(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    m, lc, rf = a["meshlb"], a["least_conn"], a["residency_first"]
+    mb, na = b["meshlb"], b["meshlb_no_affinity"]
+
+    def ratio(x: float, y: float) -> float:
+        return round(x / y, 2) if y else float("inf")
+
+    g: dict[str, Any] = {
+        "loads_vs_least_conn": ratio(lc["loads"], m["loads"]),
+        "loads_vs_residency_first": ratio(rf["loads"], m["loads"]),
+        "p99_vs_least_conn": ratio(lc["p99_s"], m["p99_s"]),
+        "p99_vs_residency_first": ratio(rf["p99_s"], m["p99_s"]),
+        "conv_prompt_tokens_saved": round(
+            1 - mb["conv_prompt_tokens"] / na["conv_prompt_tokens"], 3
+        ),
+        "conv_p99_vs_no_affinity": ratio(mb["conv_p99_s"], na["conv_p99_s"]),
+    }
+    g["met"] = {
+        "loads >= 5x fewer than least-connections": g["loads_vs_least_conn"] >= 5,
+        "loads >= 1.5x fewer than residency-first": g["loads_vs_residency_first"] >= 1.5,
+        "p99 >= 2x better than least-connections": g["p99_vs_least_conn"] >= 2,
+        "p99 no worse than residency-first": g["p99_vs_residency_first"] >= 1.0,
+        "multi-turn prompt tokens >= 40% fewer than without affinity": (
+            g["conv_prompt_tokens_saved"] >= 0.4
+        ),
+        "multi-turn p99 within 10% of without affinity": g["conv_p99_vs_no_affinity"] <= 1.1,
+    }
+    return g
+
+
+def show(console: Console, run: dict[str, Any], n: int, convs: int) -> None:
+    cols = ("loads_per_1000", "gpu_s_loading", "p50_s", "p99_s", "makespan_s", "prompt_tokens")
+    for key, title in (
+        ("single", f"seed {run['seed']} A: {n} requests, Zipf 1.1, bursts"),
+        ("multi_turn", f"seed {run['seed']} B: {convs} conversations x 4 turns"),
+    ):
+        t = Table(title=title)
+        t.add_column("policy")
+        extra_cols = ("loads", "conv_p99_s") if key == "multi_turn" else ("loads",)
+        for c in (*cols, *extra_cols):
+            t.add_column(c, justify="right")
+        for policy, row in run[key].items():
+            t.add_row(policy, *(str(row[c]) for c in (*cols, *extra_cols)))
+        console.print(t)
+    for goal, ok in run["goals"]["met"].items():
+        console.print(f"{'MET   ' if ok else 'MISSED'}  {goal}")
+    console.print({k: v for k, v in run["goals"].items() if k != "met"})
+
+
+def smoke() -> dict[str, Any]:
+    """Real processes: 3 nodes, 3 sims holding one of two 2 GB models at a time, 40
+    requests alternating models round the nodes; cold loads counted from load_duration."""
+    import httpx
+
+    from tests.procs import alive_ids, small_memory_mesh, wait_until
+
+    with small_memory_mesh("s") as (_sims, nodes):
+        wait_until(lambda: all(len(alive_ids(x)) == 3 for x in nodes), 20, "3 nodes joined")
+        cold = 0
+        t0 = time.monotonic()
+        for i in range(40):
+            body = {
+                "model": ("alpha", "beta")[i % 2],
+                "prompt": "hi",
+                "stream": False,
+                "options": {"num_predict": 8},
+            }
+            answer = httpx.post(f"{nodes[i % 3].url}/api/generate", json=body, timeout=30).json()
+            cold += answer.get("load_duration", 0) > 100_000_000
+        return {"requests": 40, "cold_loads": cold, "wall_s": round(time.monotonic() - t0, 1)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--seeds", default="11", help="comma-separated seeds")
+    ap.add_argument("--background", type=int, default=0)
+    ap.add_argument("--no-smoke", action="store_true", help="--quick without the real processes")
+    args = ap.parse_args()
+    n, convs = (600, 40) if args.quick else (3000, 200)
+    console = Console()
+    started = time.monotonic()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    runs = [run_seed(seed, n, convs, args.background) for seed in seeds]
+    for run in runs:
+        show(console, run, n, convs)
+    results: dict[str, Any] = {"requests": n, "conversations": convs, "runs": runs}
+    results["background"] = args.background
+    if args.quick and not args.no_smoke:
+        results["smoke"] = smoke()
+        console.print({"smoke": results["smoke"]})
+    results["wall_s"] = round(time.monotonic() - started, 1)
+    out = Path(__file__).parent / "results" / f"residency{'.quick' if args.quick else ''}.json"
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    console.print(f"wrote {out} ({results['wall_s']} s)")
+
+
+if __name__ == "__main__":
+    main()
