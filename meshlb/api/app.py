@@ -19,6 +19,7 @@ from meshlb.api.errors import (
     handle_unexpected,
     is_connection_gone,
 )
+from meshlb.api.fast_path import FastPath
 from meshlb.api.internal_routes import internal_routes
 from meshlb.api.mesh_routes import mesh_routes
 from meshlb.api.metrics import count_requests
@@ -74,8 +75,9 @@ def refuse_ambiguous_framing(app: ASGIApp) -> ASGIApp:
 
 
 def build_app(ctx: NodeContext) -> ASGIApp:
-    """All routes of a node over one context."""
-    return refuse_ambiguous_framing(count_requests(ctx, build_routes(ctx)))
+    """All routes of a node over one context: the inference paths on the fast path,
+    the rest through Starlette."""
+    return refuse_ambiguous_framing(FastPath(ctx, count_requests(ctx, build_routes(ctx))))
 
 
 def build_routes(ctx: NodeContext) -> Starlette:

@@ -10,7 +10,8 @@ never sees a silent truncation.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Protocol
 
 import httpx
 import structlog
@@ -19,9 +20,29 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from meshlb.api.errors import ApiError, error_response, stream_error_chunk
 from meshlb.backend.ollama import describe_http_error
+from meshlb.http_client import UpstreamError
 from meshlb.mesh.forward import PASSED_HEADERS
 
 log = structlog.get_logger()
+# Inference hops come from `meshlb.http_client`; model management relays use httpx.
+BROKEN = (UpstreamError, httpx.HTTPError)
+
+
+class PeerAnswer(Protocol):
+    """A peer's response with its body still to read (UpstreamResponse, httpx.Response)."""
+
+    @property
+    def status_code(self) -> int: ...
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+    def aiter_raw(self) -> AsyncIterator[bytes]: ...
+    async def aclose(self) -> None: ...
+
+
+def reason_of(error: UpstreamError | httpx.HTTPError) -> str:
+    if isinstance(error, UpstreamError):
+        return error.reason
+    return describe_http_error(error)
 
 
 class _ClientGone(Exception):
@@ -36,7 +57,7 @@ class ForwardedResponse:
 
     def __init__(
         self,
-        upstream: httpx.Response,
+        upstream: PeerAnswer,
         peer: str = "",
         retry: Callable[[], Awaitable[ASGIApp]] | None = None,
         path: str = "",
@@ -84,8 +105,8 @@ class ForwardedResponse:
                 nursery.start_soon(self._watch_disconnect, receive, waiting)
                 try:
                     result = (await anext(self._chunks, b""), None)
-                except httpx.HTTPError as e:
-                    result = (b"", describe_http_error(e))
+                except BROKEN as e:
+                    result = (b"", reason_of(e))
                 nursery.cancel_scope.cancel()
         if waiting.cancelled_caught:
             raise _ClientGone
@@ -102,14 +123,14 @@ class ForwardedResponse:
         await send({"type": "http.response.start", "status": up.status_code, "headers": headers})
         try:
             if failure is not None:
-                raise httpx.ReadError(failure)
+                raise UpstreamError(failure)
             if first:
                 await send({"type": "http.response.body", "body": first, "more_body": True})
             async for chunk in self._chunks:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        except httpx.HTTPError as e:
-            reason = f"the node running this request failed mid-answer ({describe_http_error(e)})"
-            log.warning("peer failed mid-stream", peer=str(up.url), reason=reason)
+        except BROKEN as e:
+            reason = f"the node running this request failed mid-answer ({reason_of(e)})"
+            log.warning("peer failed mid-stream", peer=self.peer, reason=reason)
             await send(
                 {
                     "type": "http.response.body",

@@ -1,118 +1,37 @@
 """The drop-in Ollama API: the same paths, bodies, streaming and errors as Ollama.
 
 Inference paths become tasks (validated, queued by priority, run when the host has
-room, relayed by `RelayResponse`). Metadata paths (tags, ps, version, show) are answered
+room, relayed by `RelayResponse`): `meshlb.api.fast_path` serves them, and places them
+in the mesh with `place_in_mesh` here. Metadata paths (tags, ps, version, show) are answered
 from the model catalog or passed to Ollama directly: they cost Ollama nothing.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import math
 from typing import Any
 
-import httpx
 import structlog
-import trio
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route as StarletteRoute
-from starlette.types import ASGIApp
 
 from meshlb import __version__
-from meshlb.api.body import (
-    OLLAMA_TASK_ROUTES,
-    PRIORITY_HEADER,
-    TIMEOUT_HEADER,
-    Route,
-    parse_hops,
-    parse_json_object,
-    parse_priority,
-    parse_timeout,
-    read_body,
-    require_model,
-)
 from meshlb.api.errors import ApiError, retry_after
-from meshlb.api.forwarded import ForwardedResponse
 from meshlb.api.mesh_docs import ps_handler, show_handler
 from meshlb.api.mesh_routes import current_peers
 from meshlb.api.model_routes import model_routes
-from meshlb.api.peer_auth import require_peer
-from meshlb.api.relay import LocalTask, RelayResponse
-from meshlb.api.work_errors import refused_to_error, require_model_in_mesh
+from meshlb.api.work_errors import require_model_in_mesh
 from meshlb.backend.catalog import canonical_model
 from meshlb.backend.ollama import BackendError
+from meshlb.http_client import HttpPool, UpstreamResponse
 from meshlb.mesh.candidates import http_addr_of
-from meshlb.mesh.forward import HOPS_HEADER, PeerUnavailable, open_on_peer
+from meshlb.mesh.forward import PeerUnavailable, open_on_peer
 from meshlb.mesh.placement import NoHost, RunHere
 from meshlb.mesh.placement_service import Reason
-from meshlb.node_context import NodeContext, new_task_id
-from meshlb.sched.driver import Refused
-from meshlb.tokens import estimate_tokens
+from meshlb.node_context import NodeContext
 
 log = structlog.get_logger()
-
-
-def check_stream_field(payload: dict[str, Any]) -> None:
-    stream = payload.get("stream")
-    if stream is not None and not isinstance(stream, bool):
-        raise ApiError(400, f"field 'stream' must be true or false, not {json.dumps(stream)}")
-
-
-def make_task_handler(ctx: NodeContext, route: Route) -> Any:
-    """A Starlette endpoint that turns one request on `route.path` into a local task."""
-
-    async def handler(request: Request) -> Any:
-        if ctx.draining:
-            raise ApiError(
-                503, "this node is shutting down; send the request to another node", retry_after(1)
-            )
-        priority = parse_priority(request.headers.get(PRIORITY_HEADER))
-        timeout_s = parse_timeout(
-            request.headers.get(TIMEOUT_HEADER), ctx.settings.request_timeout_s
-        )
-        deadline_at = math.inf if timeout_s is None else trio.current_time() + timeout_s
-        body = await read_body(request, ctx.settings.max_body_bytes)
-        payload = parse_json_object(body)
-        model = require_model(payload)
-        check_stream_field(payload)
-        est_tokens = estimate_tokens(payload, route.kind, ctx.settings.default_num_predict)
-        hops = parse_hops(request.headers.get(HOPS_HEADER))
-        if hops:
-            require_peer(ctx, request, body)
-
-        async def respond(exclude: frozenset[str]) -> ASGIApp:
-            """Forward to the best peer (not one in `exclude`), else queue here."""
-            remaining_s = deadline_at - trio.current_time()
-            if remaining_s <= 0:
-                raise ApiError(
-                    504, f"the request did not finish within its timeout of {timeout_s:g} s"
-                )
-            opened = await place_in_mesh(
-                ctx, route.path, body, model, est_tokens, priority, hops, exclude, remaining_s
-            )
-            if opened is not None:
-                upstream, peer = opened
-                return ForwardedResponse(
-                    upstream, peer, lambda: respond(exclude | {peer}), route.path
-                )
-            task_id = new_task_id()
-            try:
-                ctx.scheduler.submit(task_id, priority, est_tokens)
-            except Refused as refused:
-                # Full here: a peer with room takes it; 503 only if every one is full.
-                if hops == 0 and ctx.node_id not in exclude:
-                    with contextlib.suppress(ApiError):
-                        return await respond(exclude | {ctx.node_id})
-                raise refused_to_error(refused) from None
-            ctx.counters["accepted"] += 1
-            task = LocalTask(task_id, route.path, body, model, deadline_at, timeout_s)
-            return RelayResponse(ctx, task)
-
-        return await respond(frozenset())
-
-    return handler
 
 
 async def place_in_mesh(
@@ -125,7 +44,9 @@ async def place_in_mesh(
     hops: int,
     exclude: frozenset[str] = frozenset(),
     remaining_s: float = math.inf,
-) -> tuple[httpx.Response, str] | None:
+    *,
+    peers: HttpPool,
+) -> tuple[UpstreamResponse, str] | None:
     """Open the request on a better peer and return (its response, its id), or None
     to run it here. The placement service decides; a peer that cannot take the
     request is left out and the service asked again.
@@ -158,7 +79,7 @@ async def place_in_mesh(
         peer_url = "http://" + (http_addr_of(current_peers(ctx), decision.node_id) or "")
         try:
             upstream = await open_on_peer(
-                ctx.peer_client,
+                peers,
                 peer_url,
                 path,
                 body,
@@ -269,12 +190,9 @@ def version_handler(ctx: NodeContext) -> Any:
 
 
 def ollama_routes(ctx: NodeContext) -> list[StarletteRoute]:
-    """Every Ollama-compatible route of a node."""
+    """Every Ollama-compatible route of a node but the inference paths, which
+    `meshlb.api.fast_path` serves ahead of Starlette."""
     routes = [
-        StarletteRoute(r.path, make_task_handler(ctx, r), methods=["POST"])
-        for r in OLLAMA_TASK_ROUTES
-    ]
-    routes += [
         StarletteRoute("/api/tags", tags_handler(ctx), methods=["GET"]),
         StarletteRoute("/api/ps", ps_handler(ctx), methods=["GET"]),
         StarletteRoute("/api/version", version_handler(ctx), methods=["GET"]),

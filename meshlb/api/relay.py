@@ -17,13 +17,13 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import httpx
 import structlog
 import trio
 from starlette.types import Message, Receive, Scope, Send
 
 from meshlb.api.errors import error_object, stream_error_chunk
-from meshlb.backend.ollama import BackendError, describe_http_error
+from meshlb.backend.ollama import BackendError
+from meshlb.http_client import UpstreamError, UpstreamResponse
 from meshlb.tokens import generation_rate_from_tail, tokens_from_tail
 
 if TYPE_CHECKING:
@@ -99,7 +99,7 @@ class RelayResponse:
                 scope.cancel()
                 return
 
-    async def _open_upstream(self) -> tuple[httpx.Response, float]:
+    async def _open_upstream(self) -> tuple[UpstreamResponse, float]:
         """Start the request at Ollama once the scheduler allows it; requeue while it is busy."""
         sched = self.ctx.scheduler
         waited_s = await sched.wait_turn(self.task.task_id)
@@ -161,7 +161,7 @@ class RelayResponse:
             with trio.CancelScope(shield=True):
                 await upstream.aclose()
 
-    async def _relay(self, send: Send, upstream: httpx.Response, waited_s: float) -> None:
+    async def _relay(self, send: Send, upstream: UpstreamResponse, waited_s: float) -> None:
         headers = self._headers(waited_s, upstream.headers.get("content-type", "application/json"))
         if "content-encoding" in upstream.headers:
             headers.append((b"content-encoding", upstream.headers["content-encoding"].encode()))
@@ -171,8 +171,8 @@ class RelayResponse:
             # framing (each socket write is a syscall; this is the hot path).
             try:
                 body = await upstream.aread()
-            except httpx.HTTPError as e:
-                raise BackendError(self.ctx.backend.base_url, describe_http_error(e)) from e
+            except UpstreamError as e:
+                raise BackendError(self.ctx.backend.base_url, e.reason) from e
             self._tail = body[-TAIL_BYTES:]
             headers.append((b"content-length", str(len(body)).encode()))
             await send(
@@ -188,8 +188,8 @@ class RelayResponse:
             async for chunk in upstream.aiter_raw():
                 self._tail = (self._tail + chunk)[-TAIL_BYTES:]
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        except httpx.HTTPError as e:
-            reason = describe_http_error(e)
+        except UpstreamError as e:
+            reason = e.reason
             log.warning("ollama failed mid-answer", task=self.task.task_id, reason=reason)
             self.ctx.counters["backend_failures"] += 1
             # Never a silent truncation: end the stream with an Ollama-style error object.

@@ -12,9 +12,7 @@ from __future__ import annotations
 import math
 import time
 
-import httpx
-
-from meshlb.backend.ollama import describe_http_error
+from meshlb.http_client import HttpPool, Origin, UpstreamError, UpstreamResponse
 from meshlb.mesh.auth import AUTH_HEADER, sign
 
 HOPS_HEADER = "x-meshlb-hops"
@@ -35,8 +33,15 @@ class PeerUnavailable(Exception):
     """The peer could not take the request; nothing was sent to the client yet."""
 
 
+def peer_pool() -> HttpPool:
+    """The keep-alive pool for node-to-node requests: idle connections expire after
+    2 s, well before a node's own 5 s idle close (http_server), so a pooled connection
+    is never reused just as the peer closes it."""
+    return HttpPool(connect_timeout_s=2.0, max_idle_per_origin=32, idle_expiry_s=2.0)
+
+
 async def open_on_peer(
-    client: httpx.AsyncClient,
+    pool: HttpPool,
     peer_url: str,
     path: str,
     body: bytes,
@@ -44,7 +49,7 @@ async def open_on_peer(
     hops: int,
     cluster_key: str | None,
     remaining_s: float = math.inf,
-) -> httpx.Response:
+) -> UpstreamResponse:
     """Start the request on the peer; raise PeerUnavailable when it should go elsewhere."""
     headers = {
         "content-type": "application/json",
@@ -55,11 +60,11 @@ async def open_on_peer(
         headers[TIMEOUT_HEADER] = f"{max(0.001, remaining_s):.3f}"
     if cluster_key is not None:
         headers[AUTH_HEADER] = sign(cluster_key, "POST", path, body, time.time(), headers)
-    request = client.build_request("POST", f"{peer_url}{path}", content=body, headers=headers)
+    fields = [(k.encode(), v.encode()) for k, v in headers.items()]
     try:
-        response = await client.send(request, stream=True)
-    except httpx.HTTPError as e:
-        raise PeerUnavailable(f"{peer_url} {describe_http_error(e)}") from e
+        response = await pool.request(Origin.of(peer_url), "POST", path, fields, body)
+    except UpstreamError as e:
+        raise PeerUnavailable(f"{peer_url} {e.reason}") from e
     if response.status_code in RETRY_ELSEWHERE:
         await response.aclose()
         raise PeerUnavailable(f"{peer_url} answered {response.status_code}")
