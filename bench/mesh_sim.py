@@ -1,4 +1,6 @@
-"""Whole-mesh benchmark in virtual time (gossip + schedulers + placement + ownership).
+"""Whole-mesh benchmark in virtual time, on the shipped drivers (gossip, scheduler,
+task service, ownership; `meshlb.testing.mesh_sim`), each policy a strategy injected
+into the shipped placement service.
 
   A. placement: a heterogeneous mesh (8 nodes, 2 slots each at 10-80 tokens/s per
      slot, i.e. speeds 1x-8x; model m-a on nodes 0-5, m-b on nodes 2-7) under Poisson
@@ -11,14 +13,15 @@
      restarts 30 s later, empty): tasks accepted vs succeeded, lost, results recorded
      twice, duplicate executions, and the time from crash to re-queue vs the time
      gossip took to declare the node dead everywhere;
-  C. scale: wall-clock time of 10 virtual minutes at N = 8 and N = 50.
+  C. scale: wall-clock time of 10 virtual minutes at N = 8 and N = 50 (every node a
+     full composition of Trio drivers; the clock jumps when all of them wait).
 Targets: at 120 % makespan <= 1.10 x bound and p99 wait >= 1.5x better than
 round-robin and least-connections; 0 lost and 0 recorded twice under crashes;
 re-queue <= dead-detection + 1 s. Writes bench/results/mesh_sim.json
 (mesh_sim.quick.json with --quick).
 
-    python bench/mesh_sim.py            # full run (~30 s)
-    python bench/mesh_sim.py --quick    # smoke run (~5 s)
+    python bench/mesh_sim.py            # full run
+    python bench/mesh_sim.py --quick    # smoke run
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from meshlb.gossip.events import MemberDied
 from meshlb.sched.stats import percentile
 from meshlb.testing.mesh_check import SimTask, poisson_workload
-from meshlb.testing.mesh_sim import MeshSim, NodeSpec
+from meshlb.testing.mesh_sim import MeshSim, NodeSpec, simulate
 
 BASE_TPS = 10.0
 SLOTS = 2
@@ -87,10 +90,13 @@ def waits(sim: MeshSim) -> dict[str, dict[str, float]]:
 def run_placement(policy: str, load: float, duration_s: float, seed: int) -> dict[str, Any]:
     specs = hetero_specs()
     tasks = workload(specs, load, duration_s, seed)
-    sim = MeshSim(specs, seed=seed, policy=policy)
-    sim.submit(tasks)
+
+    async def scenario(sim: MeshSim) -> None:
+        sim.submit(tasks)
+        await sim.drain(limit_s=20 * duration_s)
+
     t0 = time.perf_counter()
-    sim.drain(limit_s=20 * duration_s)
+    sim = simulate(specs, scenario, seed=seed, policy=policy)
     wall = time.perf_counter() - t0
     work = sum(t.tokens for t in tasks)
     bound = max(work / capacity(specs), tasks[-1].arrive_at)
@@ -108,7 +114,7 @@ def run_placement(policy: str, load: float, duration_s: float, seed: int) -> dic
 
 def detection_all_s(sim: MeshSim, node_id: str, crashed_at: float) -> float:
     """Crash -> the last live member declares the node dead (before it restarts)."""
-    times = [t for t, _, e in sim.gossip.log if isinstance(e, MemberDied)
+    times = [t for t, _, e in sim.gossip_log if isinstance(e, MemberDied)
              and e.node == node_id and crashed_at <= t < crashed_at + RESTART_AFTER_S]  # fmt: skip
     return max(times) - crashed_at if times else float("inf")
 
@@ -129,13 +135,16 @@ def requeue_delays(sim: MeshSim) -> list[tuple[float, float]]:
 
 def run_failover(duration_s: float, seed: int) -> dict[str, Any]:
     specs = hetero_specs()
-    sim = MeshSim(specs, seed=seed)
-    sim.submit(workload(specs, FAILOVER_LOAD, duration_s, seed))
-    for k in range(int(duration_s // 60)):
-        victim = (5 * k + 3) % len(specs)
-        sim.at(60.0 * (k + 1), lambda v=victim: sim.crash(v))  # type: ignore[misc]
-        sim.at(60.0 * (k + 1) + RESTART_AFTER_S, lambda v=victim: sim.restart(v))  # type: ignore[misc]
-    sim.drain(limit_s=10 * duration_s)
+
+    async def scenario(sim: MeshSim) -> None:
+        sim.submit(workload(specs, FAILOVER_LOAD, duration_s, seed))
+        for k in range(int(duration_s // 60)):
+            victim = (5 * k + 3) % len(specs)
+            sim.at(60.0 * (k + 1), lambda v=victim: sim.crash(v))  # type: ignore[misc]
+            sim.at(60.0 * (k + 1) + RESTART_AFTER_S, lambda v=victim: sim.restart(v))  # type: ignore[misc]
+        await sim.drain(limit_s=10 * duration_s)
+
+    sim = simulate(specs, scenario, seed=seed)
     violations = sim.check()
     ledger = sim.ledger
     succeeded = sum(1 for runs in ledger.outcomes.values()
@@ -159,12 +168,17 @@ def run_failover(duration_s: float, seed: int) -> dict[str, Any]:
 
 def run_scale(n: int, duration_s: float, seed: int) -> dict[str, Any]:
     specs = hetero_specs(n)
-    sim = MeshSim(specs, seed=seed)
     tasks = workload(specs, 0.9, duration_s, seed)
-    sim.submit(tasks)
+    ended: list[float] = []
+
+    async def scenario(sim: MeshSim) -> None:
+        sim.submit(tasks)
+        await sim.drain(limit_s=duration_s)
+        ended.append(sim.now)
+
     t0 = time.perf_counter()
-    sim.drain(limit_s=duration_s)
-    return {"n": n, "virtual_s": sim.now, "tasks": len(tasks),
+    sim = simulate(specs, scenario, seed=seed)
+    return {"n": n, "virtual_s": ended[0], "tasks": len(tasks),
             "wall_s": time.perf_counter() - t0, "violations": len(sim.check())}  # fmt: skip
 
 

@@ -1,10 +1,10 @@
-"""Trio driver: one UDP socket (probes and gossip) and one TCP listener (push-pull) on
-the same port number, as memberlist does, around the pure `Membership` core.
+"""Trio driver of the pure `Membership` core over a `GossipTransport`: datagrams for
+probes and gossip, request/reply streams for push-pull (`meshlb.drivers.udp` in a node:
+UDP and TCP on one port, as memberlist does; `meshlb.testing.memnet_trio` in the
+simulator).
 
 Loop: receive -> core -> send -> sleep until `core.next_deadline()`. Time is
-`trio.current_time()`, so a `MockClock` drives it in tests. Push-pull frames are a
-4-byte big-endian length + the (sealed) msgpack frame, one request and one reply per
-connection.
+`trio.current_time()`, so a `MockClock` drives it in tests.
 
 No single input may stop the driver: whatever goes wrong while handling one datagram,
 one push-pull stream or one outgoing packet is counted under a reason of
@@ -14,17 +14,17 @@ one push-pull stream or one outgoing packet is counted under a reason of
 
 from __future__ import annotations
 
-import math
 import os
 import random
-import socket as stdsocket
-import struct
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import trio
 
+from meshlb.drivers.transport import GossipTransport
+from meshlb.drivers.udp import FrameTooLarge, UdpTransport
+from meshlb.drivers.wakeup import Wakeup, deadline_loop
 from meshlb.gossip import drops
 from meshlb.gossip.config import GossipConfig
 from meshlb.gossip.crypto import Keyring
@@ -32,15 +32,10 @@ from meshlb.gossip.events import Event
 from meshlb.gossip.membership import Membership
 from meshlb.gossip.messages import Addr, PushPull
 from meshlb.gossip.table import MemberView
-from meshlb.gossip.wire import MAX_STREAM_BYTES
 
 STREAM_TIMEOUT_S = 5.0
-_LEN = struct.Struct(">I")
-
-
-class FrameTooLarge(ValueError):
-    """A push-pull frame header announcing more than MAX_STREAM_BYTES."""
-
+# With no deadline at all, the timer loop still looks again after this long.
+IDLE_TICK_S = 3600.0
 
 # How a failed push-pull stream is counted: a drop reason, or None for the network
 # simply failing (a dead peer, a reset), which is only a `stream_errors` stat.
@@ -67,29 +62,13 @@ def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"[:200]
 
 
-async def _read_exactly(stream: trio.abc.ReceiveStream, n: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = await stream.receive_some(n - len(buf))
-        if not chunk:
-            raise EOFError("stream closed mid-frame")
-        buf += chunk
-    return bytes(buf)
-
-
-async def read_frame(stream: trio.abc.ReceiveStream) -> bytes:
-    (n,) = _LEN.unpack(await _read_exactly(stream, 4))
-    if n > MAX_STREAM_BYTES:
-        raise FrameTooLarge(f"frame of {n} bytes is over the limit")
-    return await _read_exactly(stream, n)
-
-
-async def write_frame(stream: trio.abc.SendStream, data: bytes) -> None:
-    await stream.send_all(_LEN.pack(len(data)) + data)
-
-
 class GossipDriver:
-    """Runs one gossip member over UDP/TCP; what node.py uses."""
+    """Runs one gossip member over a transport; what node.py and the simulator use.
+
+    `bind` is where the default transport (UDP + TCP) binds; pass `transport` to run
+    on another (then `bind` is unused). `rng`, `nonces` and `boot_epoch_us` are the
+    core's randomness and replay epoch: from the OS and the wall clock in a node,
+    seeded in a simulation."""
 
     def __init__(
         self,
@@ -101,20 +80,26 @@ class GossipDriver:
         meta: bytes,
         cluster_key: str | None,
         logger: Any,
+        *,
+        transport: GossipTransport | None = None,
+        rng: random.Random | None = None,
+        nonces: Callable[[int], bytes] = os.urandom,
+        boot_epoch_us: int | None = None,
     ) -> None:
         self.config = config
         self.node_id = node_id
-        self.bind = bind
         self.advertise = advertise
         self.seeds = list(seeds)
         self._meta = meta
         self._keyring = Keyring.from_secret(cluster_key) if cluster_key else None
         self.log = logger
-        self._rng = random.Random(int.from_bytes(os.urandom(8), "big"))
+        self._transport = transport if transport is not None else UdpTransport(bind)
+        self._rng = rng or random.Random(int.from_bytes(os.urandom(8), "big"))
+        self._nonces = nonces  # AES-GCM nonces: from the OS, never from a seeded PRNG
+        self._boot_epoch_us = boot_epoch_us
         self._core: Membership | None = None
-        self._sock: trio.socket.SocketType | None = None
         self._nursery: trio.Nursery | None = None
-        self._kick = trio.Event()
+        self._kick = Wakeup()
         self._flushed = trio.Event()  # set (and replaced) after every flush
         self._subscribers: list[trio.MemorySendChannel[Event]] = []
         self._stats = dict.fromkeys(
@@ -146,7 +131,7 @@ class GossipDriver:
         self._meta = meta
         if self._core is not None:
             self._core.update_meta(meta, trio.current_time())
-            self._kick.set()
+            self._kick.kick()
 
     async def leave(self, timeout_s: float = 3.0) -> None:
         """Gossip our leave and wait (up to timeout_s) until it has been sent enough."""
@@ -154,7 +139,7 @@ class GossipDriver:
         if core is None:
             return
         core.leave(trio.current_time())
-        self._kick.set()
+        self._kick.kick()
         with trio.move_on_after(timeout_s):
             while core.broadcast_pending(self.node_id):
                 flushed = self._flushed
@@ -184,87 +169,66 @@ class GossipDriver:
     # ---- running ---------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        sock, listeners = await self._bind()
-        port = sock.getsockname()[1]
+        transport = self._transport
+        port = (await transport.open())[1]
         if self.advertise[1] == 0:
             self.advertise = (self.advertise[0], port)
-        self._sock = sock
         now = trio.current_time()
+        epoch = self._boot_epoch_us
         self._core = core = Membership(
             self.config, self.node_id, self.advertise, self._meta, self._rng, now, self._keyring,
-            nonces=os.urandom,  # AES-GCM nonces: from the OS, never from a seeded PRNG
-            boot_epoch_us=time.time_ns() // 1000,  # replay sequence: above our previous life
+            nonces=self._nonces,
+            # replay sequence: above our previous life
+            boot_epoch_us=time.time_ns() // 1000 if epoch is None else epoch,
         )  # fmt: skip
         core.join(self.seeds, now)
-        self.log.info("gossip started", node=self.node_id, bind=self.bind, advertise=self.advertise,
+        self.log.info("gossip started", node=self.node_id, advertise=self.advertise,
                       seeds=self.seeds, encrypted=self._keyring is not None)  # fmt: skip
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                await nursery.start(trio.serve_listeners, self._serve_push_pull, listeners)
-                nursery.start_soon(self._receive_loop, sock)
-                nursery.start_soon(self._timer_loop)
+                nursery.start_soon(transport.serve, self._serve_push_pull, self._stream_failed,
+                                   STREAM_TIMEOUT_S)  # fmt: skip
+                nursery.start_soon(self._receive_loop)
+                nursery.start_soon(deadline_loop, self._kick, self._timer_step)
                 task_status.started()
         finally:
-            sock.close()
+            transport.close()
 
-    async def _bind(self) -> tuple[trio.socket.SocketType, list[trio.SocketListener]]:
-        """UDP and TCP on the same port. With port 0 the OS picks the UDP port, and the
-        TCP port of that number may be taken: then try another (a few times)."""
-        for attempt in range(20):
-            sock = trio.socket.socket(stdsocket.AF_INET, stdsocket.SOCK_DGRAM)
-            try:
-                await sock.bind(self.bind)
-                port = sock.getsockname()[1]
-                return sock, await trio.open_tcp_listeners(port, host=self.bind[0])
-            except OSError:
-                sock.close()
-                if self.bind[1] != 0 or attempt == 19:
-                    raise
-        raise AssertionError("unreachable")
+    async def _timer_step(self, now: float) -> float:
+        core = self._core
+        assert core is not None
+        try:
+            core.tick(now)
+        except Exception as e:  # a core bug must not stop gossip; back off a little
+            self._stats["tick_errors"] += 1
+            self._warn("gossip timer failed", "tick_error", e)
+            await trio.sleep(self.config.probe_timeout_s)
+        await self._flush()
+        deadline = core.next_deadline()
+        return deadline if deadline != float("inf") else trio.current_time() + IDLE_TICK_S
 
-    async def _timer_loop(self) -> None:
+    async def _receive_loop(self) -> None:
         core = self._core
         assert core is not None
         while True:
-            deadline = core.next_deadline()
-            if not math.isfinite(deadline):
-                deadline = trio.current_time() + 3600
-            with trio.move_on_at(deadline):
-                await self._kick.wait()
-            self._kick = trio.Event()
-            try:
-                core.tick(trio.current_time())
-            except Exception as e:  # a core bug must not stop gossip; back off a little
-                self._stats["tick_errors"] += 1
-                self._warn("gossip timer failed", "tick_error", e)
-                await trio.sleep(self.config.probe_timeout_s)
-            await self._flush()
-
-    async def _receive_loop(self, sock: trio.socket.SocketType) -> None:
-        core = self._core
-        assert core is not None
-        while True:
-            try:
-                data, src = await sock.recvfrom(65536)
-            except OSError:  # e.g. ICMP port unreachable surfaced on some platforms
-                continue
+            data, src = await self._transport.receive()
             self._stats["packets_in"] += 1
             self._stats["bytes_in"] += len(data)
             try:
-                core.receive(data, (src[0], src[1]), trio.current_time())
+                core.receive(data, src, trio.current_time())
             except Exception as e:  # a bug on one datagram must not stop the node
                 self._drop(drops.HANDLER_ERROR, e, src)
             await self._flush()
-            self._kick.set()
+            self._kick.kick()
 
     async def _flush(self) -> None:
-        core, sock = self._core, self._sock
-        assert core is not None and sock is not None
+        core = self._core
+        assert core is not None
         for dg in core.datagrams_to_send():
             try:
                 data = core.encode(dg)
-                await sock.sendto(data, dg.addr)
+                await self._transport.send(data, dg.addr)
             except Exception as e:  # OSError, or ValueError/UnicodeError on a bad address
                 self._stats["send_errors"] += 1
                 self._drop(drops.SEND_ERROR, e, dg.addr)
@@ -280,48 +244,34 @@ class GossipDriver:
         self._flushed = trio.Event()
 
     async def _push_pull(self, addr: Addr, message: PushPull) -> None:
-        """Our push-pull request to `addr` and its answer, over one TCP connection."""
+        """Our push-pull request to `addr` and its answer, over one stream."""
         core = self._core
         assert core is not None
         self._stats["streams_out"] += 1
         try:
             frame = core.encode_push_pull(message)
-            with trio.fail_after(STREAM_TIMEOUT_S):
-                stream = await trio.open_tcp_stream(*addr)
-                async with stream:
-                    await write_frame(stream, frame)
-                    reply = await read_frame(stream)
+            reply = await self._transport.exchange(addr, frame, STREAM_TIMEOUT_S)
             core.receive_push_pull(reply, addr, trio.current_time())
         except Exception as e:
             self._stream_failed(e, addr)
         await self._flush()
-        self._kick.set()
+        self._kick.kick()
 
-    async def _serve_push_pull(self, stream: trio.SocketStream) -> None:
-        """A peer's push-pull request: merge it, answer with our state, close."""
+    async def _serve_push_pull(self, request: bytes, peer: Addr) -> bytes | None:
+        """A peer's push-pull request: merge it, answer with our state."""
         core = self._core
         assert core is not None
         self._stats["streams_in"] += 1
-        peer: object = "?"
-        try:
-            name = stream.socket.getpeername()
-            peer = (name[0], name[1])
-            with trio.fail_after(STREAM_TIMEOUT_S):
-                request = await read_frame(stream)
-                reply = core.handle_push_pull(request, (name[0], name[1]), trio.current_time())
-                if reply is not None:
-                    await write_frame(stream, core.encode_push_pull(reply))
-        except Exception as e:
-            self._stream_failed(e, peer)
-        finally:
-            await stream.aclose()
+        reply = core.handle_push_pull(request, peer, trio.current_time())
         await self._flush()
-        self._kick.set()
+        self._kick.kick()
+        return None if reply is None else core.encode_push_pull(reply)
 
     # ---- dropping ------------------------------------------------------------------
 
     def _stream_failed(self, error: Exception, peer: object) -> None:
         self._stats["stream_errors"] += 1
+        self._kick.kick()
         reason = stream_failure_reason(error)
         if reason is not None:
             self._drop(reason, error, peer)

@@ -4,42 +4,48 @@ The core (`meshlb.mesh.ownership`) decides who owns, replicates, runs and record
 async task; this driver only moves bytes and time around it (DESIGN.md: receive ->
 feed the core -> flush its outbox -> sleep until its next deadline):
 
-- events come from the local task service (accepted, started, finished, run lost),
-  from gossip (joined, suspected, died, left, restarted with a new boot id), from
-  peers' HTTP batches (`meshlb.api.internal_routes`), and from the clock;
-- commands go to the local task service (run, unqueue, record a result) or to peers
-  through the mailer, which batches them per peer over HTTP.
+- events come from the local executor (accepted, started, finished), from gossip
+  (joined, suspected, died, left, restarted with a new boot id), from peers' batches
+  (`receive`, whatever carried them: HTTP in a node, `MemoryNetwork` in the
+  simulator), and from the clock;
+- commands go to the `Executor` (run, unqueue, record a result) or to peers through
+  the `Outbox` (the mailer, which batches them per peer over a request transport).
 
-Every call into the core is synchronous, so the core is never entered concurrently;
+Its ports are all it knows of the node (`OwnershipPorts`): an executor, the
+placement service (the mesh as stealing reads it; where a taken-over task runs), an
+outbox, an event log and a clock. Every
+call into the core is synchronous, so the core is never entered concurrently;
 commands that send are fire-and-forget because the core re-sends until acked.
 """
 
 from __future__ import annotations
 
 import math
-import random
-from collections import Counter
-from typing import Any, Protocol
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
 
 import structlog
 import trio
 
 from meshlb.backend.catalog import canonical_model
+from meshlb.drivers.wakeup import Wakeup, deadline_loop
 from meshlb.events import EventLog
 from meshlb.gossip.events import Event as GossipEvent
 from meshlb.mesh import ownership_msgs as m
 from meshlb.mesh.meta import decode_meta
 from meshlb.mesh.ownership import Ownership
-from meshlb.mesh.ownership_wire import Batch, NetworkCommand, StealAsk, is_network_command
+from meshlb.mesh.ownership_driver_counters import DriverCounters
+from meshlb.mesh.ownership_wire import Batch
 from meshlb.mesh.peer_events import PeerEvents
-from meshlb.mesh.placement import Candidate, SendTo, TaskNeeds, place
+from meshlb.mesh.placement import Candidate
+from meshlb.mesh.placement_service import Placement
 from meshlb.mesh.replication import TaskCopy
 from meshlb.mesh.stealing import Waiting
 from meshlb.tasks.model import TaskRecord
 
 log = structlog.get_logger()
 
-# How often an idle node looks for work to steal (also right after a run ends).
 IDLE_CHECK_S = 1.0
 # Reasons a task arrives here without this node having been chosen for it by
 # placement: it goes through placement again (the heir may lack the model).
@@ -63,47 +69,73 @@ class Executor(Protocol):
     def free_slots(self) -> int: ...
 
 
-class MeshView(Protocol):
-    """What placement and stealing read: this node and its alive peers, as gossiped."""
+class MeshPlacement(Protocol):
+    """The node's one placement service (`PlacementService`): this node and its alive
+    peers as stealing reads them, and where a task this node owns without having been
+    placed here (taken over, adopted, its model missing, leaving) should run."""
 
     def local_candidate(self) -> Candidate: ...
     def peer_candidates(self) -> list[Candidate]: ...
+    def place(
+        self, model: str, est_tokens: int, *, hops: int = 0, exclude: frozenset[str] = ...
+    ) -> Placement: ...
 
 
-class Sender(Protocol):
-    def send(self, cmd: NetworkCommand) -> None: ...
+class Outbox(Protocol):
+    """Fire-and-forget delivery of one command to the node it names (the mailer)."""
+
+    def send(self, cmd: m.Send) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class OwnershipConfig:
+    node_id: str
+    replication: int = 2
+    dead_quorum_after_s: float | None = None
+    # How often an idle node looks for work to steal (None: never; the simulator's
+    # baselines run without stealing).
+    idle_check_s: float | None = IDLE_CHECK_S
+
+
+@dataclass(frozen=True, slots=True)
+class OwnershipPorts:
+    """Everything the driver uses of the node, given once at construction."""
+
+    executor: Executor
+    placement: MeshPlacement
+    outbox: Outbox
+    events: EventLog
+    clock: Callable[[], float] = trio.current_time
+    # Sees every command the core emits (the simulator's exactly-once ledger).
+    observe: Callable[[float, m.Command], None] | None = None
 
 
 class OwnershipDriver:
     """Owns one `Ownership` core; not thread-safe, like everything on one Trio loop."""
 
-    def __init__(
-        self,
-        node_id: str,
-        replication: int,
-        executor: Executor,
-        rng: random.Random | None = None,
-        dead_quorum_after_s: float | None = None,
-    ) -> None:
-        self.node_id = node_id
-        self.core = Ownership(node_id, None, replication, dead_quorum_after_s=dead_quorum_after_s)
-        self.executor = executor
-        self.rng = rng or random.Random()
-        self.sender: Sender | None = None
-        self.view: MeshView | None = None
-        self.counters: Counter[str] = Counter()
-        self.peers = PeerEvents(node_id, boot_from_meta)
-        self._wake = trio.Event()
+    def __init__(self, config: OwnershipConfig, ports: OwnershipPorts) -> None:
+        self.node_id = config.node_id
+        self.config = config
+        self.core = Ownership(
+            config.node_id, None, config.replication,
+            dead_quorum_after_s=config.dead_quorum_after_s,
+        )  # fmt: skip
+        self.ports = ports
+        self.events = ports.events
+        self.counters = DriverCounters()
+        self.peers = PeerEvents(config.node_id, boot_from_meta)
+        self._wakeup = Wakeup()
         self._settled: dict[str, trio.Event] = {}
         self._offer_reasons: dict[str, str] = {}  # task id -> why a peer offered it
-        self.events = EventLog(node_id)  # for the dashboard (NodeContext.telemetry.log)
+        idle = config.idle_check_s
+        self._next_idle = math.inf if idle is None else ports.clock() + idle
 
     # ---- feeding the core ----------------------------------------------------------
 
     def feed(self, event: m.Event) -> None:
         """Apply one event and carry out what the core answers."""
-        self._apply(self.core.handle(event, trio.current_time()))
-        self._wake.set()  # the core's next deadline may be earlier now
+        self._apply(self.core.handle(event, self.ports.clock()))
+        self._wakeup.kick()  # the core's next deadline may be earlier now
 
     def accept(self, record: TaskRecord, forward_to: str | None) -> None:
         self.events.task_accepted(record.id, record.model, self.node_id, forward_to)
@@ -112,16 +144,16 @@ class OwnershipDriver:
     def receive(self, batch: Batch) -> None:
         """A batch of messages from a peer (already authenticated and decoded)."""
         if (batch.sender, batch.boot) in self.peers.retired:
-            self.counters["batches_from_a_past_life"] += 1
+            self.counters.batches_from_a_past_life += 1
             log.info("batch from a restarted peer's old process dropped", peer=batch.sender)
             return
         for item in batch.items:
-            if isinstance(item, m.HandOverReceived):
+            if isinstance(item, m.HandOver):
                 if len(self._offer_reasons) > MAX_OFFER_REASONS:  # aborted offers linger
                     self._offer_reasons.pop(next(iter(self._offer_reasons)))
                 for c in item.copies:
                     self._offer_reasons[c.task_id] = item.reason
-            if isinstance(item, StealAsk):
+            if isinstance(item, m.StealAsk):
                 self.feed(self._steal_requested(item))
             else:
                 self.feed(item)
@@ -134,7 +166,7 @@ class OwnershipDriver:
         """Graceful leave: offer every queued task to the best alive peer that has its
         model (an offer that fails comes back and runs here). Returns how many."""
         offered = 0
-        for waiting in self.executor.waiting():
+        for waiting in self.ports.executor.waiting():
             to = self.best_peer(waiting.model, waiting.est_tokens, here=False)
             if to is not None:
                 self.hand_over(waiting.task_id, to)
@@ -159,37 +191,40 @@ class OwnershipDriver:
         self._settled.pop(task_id, None)
         return self.core.held_elsewhere(task_id)
 
-    def _steal_requested(self, ask: StealAsk) -> m.StealRequested:
-        local = self.view.local_candidate() if self.view is not None else None
+    def _steal_requested(self, ask: m.StealAsk) -> m.StealRequested:
+        local = self.ports.placement.local_candidate()
         return m.StealRequested(
-            by=ask.by,
+            by=ask.sender,
             n=ask.n,
             models=ask.models,
             thief_tokens_per_s=ask.tokens_per_s,
-            waiting=self.executor.waiting(),
-            local_tokens_per_s=local.tokens_per_s if local is not None else 0.0,
-            local_slots=(local.max_concurrency or 1) if local is not None else 1,
+            waiting=self.ports.executor.waiting(),
+            local_tokens_per_s=local.tokens_per_s,
+            local_slots=local.max_concurrency or 1,
         )
 
     # ---- carrying out commands -----------------------------------------------------
 
     def _apply(self, cmds: list[m.Command]) -> None:
+        observe = self.ports.observe
         for cmd in cmds:
+            if observe is not None:
+                observe(self.ports.clock(), cmd)
             if isinstance(cmd, m.RunLocally):
                 self._run_locally(cmd)
             elif isinstance(cmd, m.Unqueue):
-                self.executor.unqueue(cmd.task_id)
+                self.ports.executor.unqueue(cmd.task_id)
             elif isinstance(cmd, m.RecordFinal):
                 self._record_final(cmd)
             elif isinstance(cmd, m.DropDuplicateResult):
-                self.counters["duplicates_dropped"] += 1
+                self.counters.duplicates_dropped += 1
                 log.warning(
                     "duplicate result dropped",
                     task=cmd.task_id,
                     run=cmd.run_id,
                     kept_run=cmd.kept_run_id,
                 )
-            elif is_network_command(cmd):
+            elif isinstance(cmd, m.Send):
                 self._send(cmd)
         waiting = self._settled
         for task_id in [t for t in waiting if self.core.settled(t) or self.core.held_elsewhere(t)]:
@@ -200,12 +235,11 @@ class OwnershipDriver:
             why = cmd.reason
             if why == "handed over":
                 why = self._offer_reasons.pop(cmd.task_id, "forward")
-            self.counters[f"received_{why.replace(' ', '_')}"] += 1
+            self.counters.received.add(why)
             log.info("task now owned here", task=cmd.task_id, reason=why)
             self.events.task_owned(cmd.task_id, cmd.record.model, why)
-        local_models = self.view.local_candidate().models if self.view is not None else None
         model = canonical_model(cmd.record.model)
-        missing = local_models is not None and model not in local_models
+        missing = model not in self.ports.placement.local_candidate().models
         if cmd.reason in REPLACE_REASONS or missing:
             to = self.best_peer(model, cmd.record.est_tokens, here=not missing)
             if to is not None:
@@ -213,25 +247,20 @@ class OwnershipDriver:
                 self.events.task_sent(cmd.task_id, model, to, cmd.reason)
                 self.feed(m.PeerChosen(cmd.task_id, to))
                 return
-        self.executor.run_owned(cmd.record, cmd.reason)
+        self.ports.executor.run_owned(cmd.record, cmd.reason)
 
     def best_peer(self, model: str, est_tokens: int, *, here: bool) -> str | None:
         """The live peer placement prefers for a task of `model` (canonical), or None
         to keep it; `here=False` leaves this node out (it lacks the model, or leaves)."""
-        if self.view is None:
-            return None
-        peers = [c for c in self.view.peer_candidates() if model in c.models]
-        usable = [self.view.local_candidate(), *peers] if here else peers
-        decision = place(TaskNeeds(model, est_tokens), usable, self.rng)
-        if isinstance(decision, SendTo) and decision.node_id in self.core.live:
-            return decision.node_id
-        return None
+        exclude = frozenset() if here else frozenset({self.node_id})
+        to = self.ports.placement.place(model, est_tokens, exclude=exclude).peer
+        return to if to is not None and to in self.core.live else None
 
     def _record_final(self, cmd: m.RecordFinal) -> None:
         c = cmd.copy
-        self.executor.record_final(c.record, cmd.decided_here)
+        self.ports.executor.record_final(c.record, cmd.decided_here)
         if cmd.decided_here:
-            self.counters[f"recorded_{c.record.state}"] += 1
+            self.counters.recorded.add(c.record.state)
             log.info(
                 "task result recorded",
                 task=c.task_id,
@@ -240,17 +269,18 @@ class OwnershipDriver:
                 replicas=list(c.replicas),
             )
 
-    def _send(self, cmd: NetworkCommand) -> None:
-        if isinstance(cmd, m.HandOver):
-            self.counters[f"handed_over_{cmd.reason}"] += len(cmd.copies)
+    def _send(self, cmd: m.Send) -> None:
+        msg = cmd.msg
+        if isinstance(msg, m.HandOver):
+            self.counters.handed_over.add(msg.reason, len(msg.copies))
             log.info(
                 "offering tasks to a peer",
                 peer=cmd.to,
-                reason=cmd.reason,
-                tasks=[c.task_id for c in cmd.copies],
+                reason=msg.reason,
+                tasks=[c.task_id for c in msg.copies],
+                cause=msg.cause,
             )
-        if self.sender is not None:
-            self.sender.send(cmd)
+        self.ports.outbox.send(cmd)
 
     # ---- gossip --------------------------------------------------------------------
 
@@ -293,53 +323,50 @@ class OwnershipDriver:
 
     async def run(self) -> None:
         """Forever: fire the core's timers, and look for work to steal when idle."""
-        next_idle = trio.current_time() + IDLE_CHECK_S
-        while True:
-            due = self.core.next_deadline()
-            wake_at = min(next_idle, math.inf if due is None else due)
-            with trio.move_on_at(wake_at):
-                await self._wake.wait()
-            self._wake = trio.Event()
-            now = trio.current_time()
-            had_quorum = self.core.in_quorum()
-            self._apply(self.core.tick(now))
-            self._note_quorum_change(had_quorum)
-            if now >= next_idle:
-                next_idle = now + IDLE_CHECK_S
-                self.notice_idle()
+        await deadline_loop(self._wakeup, self._step)
+
+    def tick(self) -> None:
+        """Fire the core's timers that are due (the run loop calls it at each deadline)."""
+        had_quorum = self.core.in_quorum()
+        self._apply(self.core.tick(self.ports.clock()))
+        self._note_quorum_change(had_quorum)
+
+    async def _step(self, now: float) -> float:
+        self.tick()
+        if now >= self._next_idle:
+            assert self.config.idle_check_s is not None
+            self._next_idle = now + self.config.idle_check_s
+            self.notice_idle()
+        due = self.core.next_deadline()
+        return self._next_idle if due is None else min(due, self._next_idle)
 
     def notice_idle(self) -> None:
         """With free slots and nothing queued, ask the busiest suitable peer for work."""
-        if self.view is None or self.executor.waiting():
+        if self.ports.executor.waiting():
             return
-        free = self.executor.free_slots()
-        peers = self.view.peer_candidates()
+        free = self.ports.executor.free_slots()
+        peers = self.ports.placement.peer_candidates()
         if free <= 0 or not any(p.queued for p in peers):
             return
-        self.feed(m.IdleNoticed(free, self.view.local_candidate(), tuple(peers)))
+        self.feed(m.IdleNoticed(free, self.ports.placement.local_candidate(), tuple(peers)))
 
     def moves(self) -> tuple[int, int, int, int]:
         """(forwarded, stolen by here, taken over, duplicates dropped): the counters
         gossiped every second, without `stats`' walk over every task."""
-        c = self.core.counters
-        return (
-            self.counters["handed_over_forward"],
-            self.counters["received_steal"],
-            c.taken_over,
-            c.duplicates_dropped,
-        )
+        c, mine = self.core.counters, self.counters
+        return (mine.handed_over.forward, mine.received.steal, c.taken_over, c.duplicates_dropped)
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> dict[str, int]:
         """Counters for /v1/queue, /v1/cluster and /metrics."""
-        c = self.core.counters
+        c, mine = self.core.counters, self.counters
         return {
             "accepted": c.accepted,
-            "succeeded": self.counters["recorded_succeeded"],
-            "failed": self.counters["recorded_failed"],
-            "cancelled": self.counters["recorded_cancelled"],
-            "forwarded": self.counters["handed_over_forward"],
-            "stolen_from_here": self.counters["handed_over_steal"],
-            "stolen_by_here": self.counters["received_steal"],
+            "succeeded": mine.recorded.succeeded,
+            "failed": mine.recorded.failed,
+            "cancelled": mine.recorded.cancelled,
+            "forwarded": mine.handed_over.forward,
+            "stolen_from_here": mine.handed_over.steal,
+            "stolen_by_here": mine.received.steal,
             "received": c.received,
             "taken_over": c.taken_over,
             "taken_back": c.taken_back,

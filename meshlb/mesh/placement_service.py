@@ -24,7 +24,7 @@ again with the failed peer excluded.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Protocol
@@ -89,6 +89,11 @@ class MeshMembers(Protocol):
         ...
 
 
+# How a decision is taken among the usable candidates: `placement.place` in a node;
+# the simulator injects the baselines it compares meshlb with (round-robin, ...).
+Strategy = Callable[[TaskNeeds, Sequence[Candidate], random.Random], Decision]
+
+
 class PlacementService:
     """Decides where work runs; remembers what it sent where (anti-herding)."""
 
@@ -98,8 +103,10 @@ class PlacementService:
         members: MeshMembers,
         rng: random.Random,
         sent: RecentlySent | None = None,
+        strategy: Strategy = place,
     ) -> None:
         self.node_id = node_id
+        self._strategy = strategy
         self._members = members
         self._rng = rng
         self._sent = sent if sent is not None else RecentlySent()
@@ -137,7 +144,7 @@ class PlacementService:
         pool = [self.local_candidate(), *self.peer_candidates()]
         able = {c.node_id for c in pool if wanted in c.models}
         usable = [c for c in pool if c.node_id not in exclude and (c.is_local or c.node_id in able)]
-        decision = place(TaskNeeds(wanted, est_tokens, hops), usable, self._rng)
+        decision = self._strategy(TaskNeeds(wanted, est_tokens, hops), usable, self._rng)
         return Placement(decision, self._reason(decision, hops, able - exclude, able & exclude))
 
     def _reason(

@@ -8,13 +8,13 @@ decisions (priority, aging, concurrency, rpm/tpm) live in `meshlb.sched.schedule
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import structlog
 import trio
 
+from meshlb.drivers.wakeup import Wakeup, deadline_loop
 from meshlb.sched.limits import Limits
 from meshlb.sched.scheduler import Rejected, Scheduler, SchedulerStats
 
@@ -46,10 +46,10 @@ class LocalScheduler:
         # Tasks with no waiting caller: a callback runs when they start (async tasks,
         # so 10 000 queued tasks cost queue entries, not 10 000 sleeping Trio tasks).
         self._on_start: dict[str, Callable[[float], None]] = {}
-        self._kick = trio.Event()
+        self._kick = Wakeup()
 
     def _wake_loop(self) -> None:
-        self._kick.set()
+        self._kick.kick()
 
     def submit(
         self,
@@ -139,9 +139,8 @@ class LocalScheduler:
 
     async def run(self) -> None:
         """Forever: start what the core allows, then sleep until its deadline or a kick."""
-        while True:
-            self._dispatch_starts()
-            deadline = self.core.next_deadline()
-            with trio.move_on_at(math.inf if deadline is None else deadline):
-                await self._kick.wait()
-            self._kick = trio.Event()
+        await deadline_loop(self._kick, self._step)
+
+    async def _step(self, now: float) -> float | None:
+        self._dispatch_starts()
+        return self.core.next_deadline()

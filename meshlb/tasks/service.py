@@ -1,9 +1,11 @@
 """Async tasks on one node: accept, journal, queue, run on the local Ollama, record.
 
 Who runs a task and which result counts is decided by the ownership core, through
-`OwnershipDriver` (`self.mesh`): this service tells it what happened here (accepted,
-started, finished) and carries out what it decides (run a task it now owns, unqueue
-one that moved, record a final result). A started task gets a worker (a Trio task,
+its driver (`self.mesh`): this service tells it what happened here
+(accepted, started, finished) and carries out what it decides as its executor (run a
+task it now owns, unqueue one that moved, record a final result). The two refer to
+each other, so the node passes a factory (`mesh`) that builds the driver around this
+service; the service never chooses the driver's ports. A started task gets a worker (a Trio task,
 `meshlb.tasks.worker`) that calls Ollama non-streamed. Invariants:
 - a task is journaled, and held by a second node when there is one (bounded wait),
   before the client hears 202, so neither a SIGKILL nor a lost host loses it;
@@ -14,8 +16,8 @@ one that moved, record a final result). A started task gets a worker (a Trio tas
 from __future__ import annotations
 
 import heapq
-import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,22 +25,21 @@ import structlog
 import trio
 
 from meshlb.backend.catalog import canonical_model
-from meshlb.backend.ollama import OllamaBackend
-from meshlb.mesh.ownership_driver import OwnershipDriver
+from meshlb.drivers.wakeup import Wakeup, deadline_loop
+from meshlb.mesh.ownership_driver import Executor, OwnershipDriver
 from meshlb.mesh.replication import snapshot
 from meshlb.mesh.stealing import Waiting
 from meshlb.sched.driver import LocalScheduler, Refused
+from meshlb.tasks.ids import new_task_id
 from meshlb.tasks.journal import Journal
-from meshlb.tasks.model import TaskRecord, new_task_id
+from meshlb.tasks.model import TaskRecord
 from meshlb.tasks.store import TaskStore
-from meshlb.tasks.worker import TaskWorker
+from meshlb.tasks.worker import Backend, TaskRuns
 from meshlb.tokens import RateAverage, estimate_tokens
 
 log = structlog.get_logger()
 
 EXPIRY_INTERVAL_S = 30.0
-# How long a new task may wait for a second node to hold it before 202 is sent anyway
-# (the journal still has it; a peer that slow is probably dying).
 # How long a new task may take to reach a second holder before the submission is
 # refused with 503 (without --data-dir a 202 promises that a second node holds it).
 SETTLE_TIMEOUT_S = 5.0
@@ -56,21 +57,22 @@ class TaskSpec:
     idempotency_key: str | None
 
 
-class TaskService(TaskWorker):
+class TaskService:
     """The async task API of one node, over its scheduler and its Ollama."""
 
     def __init__(
         self,
         node_id: str,
         scheduler: LocalScheduler,
-        backend: OllamaBackend,
+        backend: Backend,
         journal: Journal | None,
         retention_s: float,
         default_num_predict: int,
         generation_rate: RateAverage | None = None,
         *,
-        replication: int = 2,
-        dead_quorum_after_s: float | None = None,
+        mesh: Callable[[Executor], OwnershipDriver],
+        wall_clock: Callable[[], float] = time.time,
+        new_id: Callable[[], str] = new_task_id,
     ) -> None:
         self.node_id = node_id
         self.scheduler = scheduler
@@ -82,16 +84,16 @@ class TaskService(TaskWorker):
         # Tasks this node owns and queues or runs: its own working records (the
         # core's copies are immutable snapshots, replicated as they change).
         self._local: dict[str, TaskRecord] = {}
-        self.mesh = OwnershipDriver(
-            node_id, replication, self, dead_quorum_after_s=dead_quorum_after_s
-        )
+        self.wall_clock = wall_clock
+        self.new_id = new_id
+        self.mesh = mesh(self)
+        self.runs = TaskRuns(node_id, scheduler, backend, self.generation_rate, self.mesh,
+                             wall_clock, self._local)  # fmt: skip
         self._final_events: dict[str, trio.Event] = {}
-        self._scopes: dict[str, trio.CancelScope] = {}
-        self._cancel_requested: set[str] = set()
         self._nursery: trio.Nursery | None = None
         # Queued tasks have no Trio task of their own; their timeouts live in one heap.
         self._deadlines: list[tuple[float, str]] = []
-        self._deadline_added = trio.Event()
+        self._deadline_added = Wakeup()
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -100,7 +102,7 @@ class TaskService(TaskWorker):
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._expire_loop)
-            nursery.start_soon(self._deadline_loop)
+            nursery.start_soon(deadline_loop, self._deadline_added, self._expire_queued)
             nursery.start_soon(self.mesh.run)
             task_status.started()
 
@@ -127,7 +129,7 @@ class TaskService(TaskWorker):
     async def _expire_loop(self) -> None:
         while True:
             await trio.sleep(EXPIRY_INTERVAL_S)
-            now = time.time()
+            now = self.wall_clock()
             dropped = self.store.expire(now)
             if self.journal is not None and dropped:
                 await self.journal.delete_finished_before(now - self.store.retention_s)
@@ -150,13 +152,13 @@ class TaskService(TaskWorker):
                 return existing, False, True
         request = {**spec.request, "model": spec.model, "stream": False}
         record = TaskRecord(
-            id=new_task_id(),
+            id=self.new_id(),
             kind=spec.kind,
             model=spec.model,
             request=request,
             priority=spec.priority,
             origin=self.node_id,
-            created_at=time.time(),
+            created_at=self.wall_clock(),
             timeout_s=spec.timeout_s,
             idempotency_key=spec.idempotency_key,
             est_tokens=estimate_tokens(request, spec.kind, self.default_num_predict),
@@ -231,12 +233,9 @@ class TaskService(TaskWorker):
         if record is None or record.final:
             return self.get(task_id)
         if self.scheduler.cancel(task_id):  # still queued: no worker to stop
-            self._finish(record, "cancelled", error="cancelled by request")
+            self.runs.finish(record, "cancelled", error="cancelled by request")
         else:
-            self._cancel_requested.add(task_id)
-            scope = self._scopes.get(task_id)
-            if scope is not None:
-                scope.cancel()
+            self.runs.request_cancel(task_id)
         return await self.wait_final(task_id, 5.0)
 
     # ---- what the ownership core asks of this node (`Executor`) -------------------
@@ -313,8 +312,8 @@ class TaskService(TaskWorker):
             if self.mesh.get(record.id) is not None:
                 # Running in the core's eyes at once, so it is never offered to a thief
                 # between this start and the worker's first step.
-                self._mark_running(record)
-            self._nursery.start_soon(self._work, record)
+                self.runs.mark_running(record)
+            self._nursery.start_soon(self.runs.work, record)
 
         self.scheduler.submit(record.id, record.priority, record.est_tokens, on_start=started)
 
@@ -329,24 +328,20 @@ class TaskService(TaskWorker):
     def _arm_deadline(self, record: TaskRecord) -> None:
         if record.deadline_at is None:
             return
-        at = trio.current_time() + (record.deadline_at - time.time())
+        at = trio.current_time() + (record.deadline_at - self.wall_clock())
         heapq.heappush(self._deadlines, (at, record.id))
-        self._deadline_added.set()
+        self._deadline_added.kick()
 
-    async def _deadline_loop(self) -> None:
+    async def _expire_queued(self, now: float) -> float | None:
         """Fail queued tasks whose timeout passed (running ones time out in their worker)."""
-        while True:
-            while self._deadlines and self._deadlines[0][0] <= trio.current_time():
-                _, task_id = heapq.heappop(self._deadlines)
-                record = self._local.get(task_id)
-                if record is not None and not record.final and self.scheduler.cancel(task_id):
-                    self._finish(
-                        record,
-                        "failed",
-                        error_status=504,
-                        error=f"task timed out after {record.timeout_s:g}s (still queued)",
-                    )
-            next_at = self._deadlines[0][0] if self._deadlines else math.inf
-            with trio.move_on_at(next_at):
-                await self._deadline_added.wait()
-            self._deadline_added = trio.Event()
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, task_id = heapq.heappop(self._deadlines)
+            record = self._local.get(task_id)
+            if record is not None and not record.final and self.scheduler.cancel(task_id):
+                self.runs.finish(
+                    record,
+                    "failed",
+                    error_status=504,
+                    error=f"task timed out after {record.timeout_s:g}s (still queued)",
+                )
+        return self._deadlines[0][0] if self._deadlines else None

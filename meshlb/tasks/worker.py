@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import json
 import math
-import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import structlog
 import trio
 
-from meshlb.backend.ollama import BackendError, OllamaBackend
+from meshlb.backend.ollama import BackendError
 from meshlb.mesh import ownership_msgs as m
-from meshlb.mesh.ownership_driver import OwnershipDriver
 from meshlb.sched.driver import LocalScheduler, Refused
 from meshlb.tasks.model import KIND_PATHS, AlreadyFinal, TaskRecord
 from meshlb.tokens import RateAverage
@@ -49,24 +48,53 @@ def result_tokens(result: Any) -> int | None:
     return sum(ints) if ints else None
 
 
-class TaskWorker:
-    """Runs started tasks; `TaskService` provides the state it works on."""
+class Backend(Protocol):
+    """The local Ollama as a worker calls it (`OllamaBackend`, or the simulator's)."""
 
-    node_id: str
-    scheduler: LocalScheduler
-    backend: OllamaBackend
-    generation_rate: RateAverage
-    mesh: OwnershipDriver
-    _local: dict[str, TaskRecord]
-    _scopes: dict[str, trio.CancelScope]
-    _cancel_requested: set[str]
+    async def post_json(self, path: str, payload: dict[str, Any], /) -> tuple[int, bytes]: ...
 
-    def _mark_running(self, record: TaskRecord) -> None:
-        now = time.time()
+
+class MeshFeed(Protocol):
+    def feed(self, event: m.Event) -> None: ...
+
+
+class TaskRuns:
+    """Runs started tasks for the task service; `local` is the service's own map of
+    the tasks this node owns and queues or runs (shared, not copied)."""
+
+    def __init__(
+        self,
+        node_id: str,
+        scheduler: LocalScheduler,
+        backend: Backend,
+        generation_rate: RateAverage,
+        mesh: MeshFeed,
+        wall_clock: Callable[[], float],
+        local: dict[str, TaskRecord],
+    ) -> None:
+        self.node_id = node_id
+        self.scheduler = scheduler
+        self.backend = backend
+        self.generation_rate = generation_rate
+        self.mesh = mesh
+        self.wall_clock = wall_clock
+        self._local = local
+        self._scopes: dict[str, trio.CancelScope] = {}
+        self._cancel_requested: set[str] = set()
+
+    def request_cancel(self, task_id: str) -> None:
+        """DELETE of a running task: its worker ends it in `cancelled`."""
+        self._cancel_requested.add(task_id)
+        scope = self._scopes.get(task_id)
+        if scope is not None:
+            scope.cancel()
+
+    def mark_running(self, record: TaskRecord) -> None:
+        now = self.wall_clock()
         record.mark_running(self.node_id, now)
         self.mesh.feed(m.TaskStarted(record.id, now))
 
-    async def _work(self, record: TaskRecord) -> None:
+    async def work(self, record: TaskRecord) -> None:
         """Run a started task (it holds a scheduler slot) to a final state."""
         if self._local.get(record.id) is not record:  # moved to a peer meanwhile
             self.scheduler.finish(record.id, 0)
@@ -74,10 +102,10 @@ class TaskWorker:
         if record.id in self._cancel_requested:  # cancelled between start and now
             self.scheduler.finish(record.id, 0)
             self._cancel_requested.discard(record.id)
-            self._finish(record, "cancelled", error="cancelled by request")
+            self.finish(record, "cancelled", error="cancelled by request")
             return
         deadline = trio.current_time() + (
-            record.deadline_at - time.time() if record.deadline_at is not None else math.inf
+            record.deadline_at - self.wall_clock() if record.deadline_at is not None else math.inf
         )
         with trio.CancelScope(deadline=deadline) as scope:
             self._scopes[record.id] = scope
@@ -86,15 +114,15 @@ class TaskWorker:
             except Exception as e:  # a bug must fail one task, not stop the node
                 log.exception("task worker failed", task=record.id)
                 self.scheduler.finish(record.id, 0)
-                self._finish(
+                self.finish(
                     record, "failed", error=f"meshlb internal error: {e!r}", error_status=500
                 )
         self._scopes.pop(record.id, None)
         if not record.final:
             if record.id in self._cancel_requested:
-                self._finish(record, "cancelled", error="cancelled by request")
+                self.finish(record, "cancelled", error="cancelled by request")
             else:
-                self._finish(
+                self.finish(
                     record,
                     "failed",
                     error_status=504,
@@ -108,12 +136,12 @@ class TaskWorker:
         while True:
             try:
                 if record.state != "running":
-                    self._mark_running(record)
+                    self.mark_running(record)
                 status, content = await self.backend.post_json(path, record.request)
             except BackendError as e:
                 self.scheduler.finish(record.id, 0)
                 if record.attempts >= MAX_BACKEND_ATTEMPTS:
-                    self._finish(record, "failed", error=f"{e}", error_status=503)
+                    self.finish(record, "failed", error=f"{e}", error_status=503)
                     return
                 log.warning(
                     "ollama unreachable, task will retry",
@@ -158,16 +186,16 @@ class TaskWorker:
         if isinstance(result, dict) and result.get("eval_count") and result.get("eval_duration"):
             self.generation_rate.observe(result["eval_count"] / (result["eval_duration"] / 1e9))
         if status == 200 and result is not None:
-            self._finish(record, "succeeded", result=result)
+            self.finish(record, "succeeded", result=result)
         else:
-            self._finish(
+            self.finish(
                 record,
                 "failed",
                 error=ollama_error_text(content, status),
                 error_status=status if status >= 400 else 502,
             )
 
-    def _finish(
+    def finish(
         self,
         record: TaskRecord,
         state: str,
@@ -177,7 +205,7 @@ class TaskWorker:
         error_status: int | None = None,
     ) -> None:
         """This node's run ended: the core decides whether it is the task's result."""
-        now = time.time()
+        now = self.wall_clock()
         try:
             record.finish(state, now, result=result, error=error, error_status=error_status)
         except AlreadyFinal:

@@ -81,9 +81,9 @@ class Ledger:
                 self.violations.append(f"{now:.3f} {cmd.copy.task_id} recorded twice: {list(runs)}")
         elif isinstance(cmd, m.DropDuplicateResult):
             self.duplicates_dropped += 1
-        elif isinstance(cmd, m.HandOver):
-            for c in cmd.copies:
-                self.moved[cmd.reason].add(c.task_id)
+        elif isinstance(cmd, m.Send) and isinstance(cmd.msg, m.HandOver):
+            for c in cmd.msg.copies:
+                self.moved[cmd.msg.reason].add(c.task_id)
         elif isinstance(cmd, m.RunLocally) and cmd.reason != "accepted":
             self.requeues.append((now, node, cmd.task_id, cmd.reason))
 

@@ -1,69 +1,62 @@
-"""Whole-mesh discrete-event simulator: gossip + scheduler + placement + ownership.
+"""The whole mesh in virtual time, running the shipped code.
 
-Each node = a `Membership` core (run by `GossipSim`), a `Scheduler`, an `Ownership`
-core and a simulated backend (`slots` parallel generations at `tokens_per_s` each).
-One heap of (time, seq, kind, ...) events, one `MemoryNetwork` (gossip datagrams and
-node-to-node stream messages share its partitions and crashes), a virtual clock and
-one seed: the same inputs always give the same run.
+Each node is a real composition (`sim_node.SimNode`: gossip driver, scheduler driver,
+task service, ownership driver and mailer) on one `MemoryNetwork`, with a stand-in
+Ollama whose service time is `trio.sleep`. Everything runs in one `trio.run` under
+`MockClock(autojump_threshold=0)`: when every task waits, the clock jumps to the next
+deadline, so ten virtual minutes of a busy mesh take seconds. One seed fixes the
+network's draws, every node's randomness and Trio's own scheduling order, so the
+same inputs give the same run.
 
-Modelling choices (why): load reaches peers through a board refreshed every
-`announce_s` (the gossiped metadata of the real node; stale by up to that much);
-node-to-node messages are dropped when the network says unreachable (the HTTP
-driver's retries are not modelled: the protocol must survive loss); a restart is
-seen by peers through a new boot id in the gossip metadata (PeerDown + PeerUp),
-so a node that restarts faster than dead-detection does not strand its tasks.
+    sim = simulate(specs, scenario, seed=1)   # scenario: async (sim) -> None
+
+The mesh boots first (every node joins node 0 and gossip converges); virtual time 0
+of the scenario is the moment it has. `sim.check()` then checks the exactly-once
+invariants (`mesh_check.Ledger`) over every accepted task.
+
+Modelling choices (why): a crash cancels the node's Trio tasks and takes its address
+off the network (what was in flight to it is lost); a restart is a fresh
+composition at the same address with a new boot id, seen by peers through gossip
+metadata (PeerRestarted), so a node that restarts faster than dead-detection does
+not strand its tasks. Placement is a `Strategy` (`sim_policies`): meshlb's own, or a
+baseline. Node-to-node batches are lost when the network says unreachable; the
+protocol must survive loss (the core re-sends).
 """
 
 from __future__ import annotations
 
-import heapq
-import itertools
+import logging
+import math
 import random
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
+import structlog
+import trio
+import trio._core._run as trio_run
+from trio.testing import MockClock
+
 from meshlb.gossip.config import GossipConfig
+from meshlb.gossip.events import Event as GossipEvent
 from meshlb.mesh import ownership_msgs as m
 from meshlb.mesh.ownership import Ownership
-from meshlb.mesh.peer_events import PeerEvents
-from meshlb.mesh.placement import Candidate, NoHost, SendTo, TaskNeeds, place
-from meshlb.mesh.stealing import Waiting
-from meshlb.sched.limits import Limits
-from meshlb.sched.scheduler import Scheduler
-from meshlb.tasks.model import TaskRecord
-from meshlb.testing.gossip_sim import GossipSim
-from meshlb.testing.memnet import LinkModel
+from meshlb.mesh.placement import NoHost
+from meshlb.testing.memnet import LinkModel, MemoryNetwork
+from meshlb.testing.memnet_trio import TrioNetwork
 from meshlb.testing.mesh_check import Ledger, SimTask
+from meshlb.testing.sim_node import NodeSpec, SimNode
+from meshlb.testing.sim_policies import POLICIES, strategy
 
-POLICIES = ("meshlb", "local", "round_robin", "random", "least_conn")
-_ARRIVE, _MSG, _DONE, _WAKE, _TICK, _CALL = range(6)
+__all__ = ["POLICIES", "MeshSim", "NodeSpec", "simulate"]
 
-
-@dataclass(frozen=True, slots=True)
-class NodeSpec:
-    tokens_per_s: float
-    slots: int
-    models: frozenset[str]
-
-
-@dataclass(slots=True)
-class SimMeshNode:
-    idx: int
-    node_id: str
-    spec: NodeSpec
-    sched: Scheduler | None = None
-    core: Ownership | None = None
-    boot: int = 0
-    runs: dict[str, int] = field(default_factory=dict)  # task id -> run generation
-    peers: PeerEvents | None = None  # gossip -> peer events, with the boot ids seen here
-    wake_at: float = float("inf")
+Scenario = Callable[["MeshSim"], Awaitable[None]]
+CONVERGE_LIMIT_S = 60.0
 
 
 class MeshSim:
-    """N meshlb nodes in virtual time. `policy` picks placement: meshlb (placement),
-    local (run where accepted), or a baseline (round_robin / random / least_conn);
-    `steal` defaults to on for meshlb and local, off for the baselines."""
+    """N meshlb nodes in virtual time. `policy` picks placement: meshlb, local (run
+    where accepted), or a baseline (round_robin / random / least_conn); `steal`
+    defaults to on for meshlb and local, off for the baselines."""
 
     def __init__(
         self,
@@ -75,312 +68,194 @@ class MeshSim:
         gossip: GossipConfig | None = None,
         link: LinkModel | None = None,
         announce_s: float = 1.0,
-        tick_s: float = 0.1,
         steal: bool | None = None,
     ) -> None:
         if policy not in POLICIES:
             raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
-        self.policy, self.replication = policy, replication
-        self.steal = steal if steal is not None else policy in ("meshlb", "local")
-        self.announce_s, self.tick_s = announce_s, tick_s
+        self.seed, self.policy = seed, policy
         self.rng = random.Random(seed * 31 + 7)
-        self.nodes = [SimMeshNode(i, f"node-{i:04d}", s) for i, s in enumerate(specs)]
-        self.gossip = GossipSim(
-            len(specs), seed=seed, config=gossip, link=link, meta_for=self._meta_for
-        )
-        self.net = self.gossip.net
+        self.net = TrioNetwork(MemoryNetwork(seed, link))
         self.ledger = Ledger()
-        self.now = 0.0
-        self.board: dict[str, Candidate] = {}
+        self.gossip_log: list[tuple[float, int, GossipEvent]] = []
         self.crashes: list[tuple[float, str, frozenset[str]]] = []
         self.last_arrival_at = 0.0
-        self._heap: list[tuple[float, int, int, Any]] = []
-        self._seq = itertools.count()
-        self._log_seen = 0
-        self._rr = itertools.count()
-        for nd in self.nodes:
-            self._boot(nd, {n.node_id for n in self.nodes})
-        for nd in self.nodes:
-            assert nd.peers is not None
-            nd.peers.boots = {n.node_id: self._meta_for(n.idx).decode() for n in self.nodes}
-        self._announce()
-        self._push(tick_s, _TICK, None)
+        self.t0 = 0.0
+        self._scopes: dict[int, trio.CancelScope] = {}
+        self._nursery: trio.Nursery | None = None
+        steal = steal if steal is not None else policy in ("meshlb", "local")
+        chosen = strategy(policy, self._load_of)
+        config = gossip or GossipConfig()
+        self.nodes = [
+            SimNode(
+                i,
+                s,
+                self.net,
+                self,
+                seed=seed,
+                replication=replication,
+                gossip=config,
+                announce_s=announce_s,
+                steal=steal,
+                strategy=chosen,
+                clock=self._now,
+            )
+            for i, s in enumerate(specs)
+        ]
+        self._by_id = {nd.node_id: nd for nd in self.nodes}
 
-    # ------------------------------------------------------------------ setup
+    # ------------------------------------------------------------------ time
 
-    def _meta_for(self, idx: int) -> bytes:
-        return f"boot-{self.nodes[idx].boot}".encode()
+    def _now(self) -> float:
+        return trio.current_time() - self.t0
 
-    def _boot(self, nd: SimMeshNode, live: set[str]) -> None:
-        nd.sched = Scheduler(Limits(max_concurrency=nd.spec.slots, max_queue=100_000))
-        nd.core = Ownership(nd.node_id, live, self.replication)
-        nd.runs.clear()
-        nd.peers = PeerEvents(nd.node_id, bytes.decode)
-        nd.wake_at = float("inf")
+    @property
+    def now(self) -> float:
+        return self._now()
 
-    def _push(self, t: float, kind: int, payload: Any) -> None:
-        heapq.heappush(self._heap, (t, next(self._seq), kind, payload))
+    async def run_until(self, t: float) -> None:
+        await trio.sleep_until(self.t0 + t)
 
-    def submit(self, tasks: Iterable[SimTask]) -> None:
-        for task in tasks:
-            self._push(task.arrive_at, _ARRIVE, task)
-            self.last_arrival_at = max(self.last_arrival_at, task.arrive_at)
+    async def run_for(self, duration_s: float) -> None:
+        await trio.sleep(duration_s)
 
-    def drain(self, limit_s: float = 600.0, step_s: float = 5.0) -> None:
+    async def drain(self, limit_s: float = 600.0, step_s: float = 5.0) -> None:
         """Run past the last arrival, then until every accepted task has a recorded
         result (or `limit_s` more), then a little longer so replication settles."""
-        self.run_until(max(self.now, self.last_arrival_at))
+        await self.run_until(max(self.now, self.last_arrival_at))
         end = self.now + limit_s
         ledger = self.ledger
         while self.now < end and len(ledger.final_at) < len(ledger.accepted):
-            self.run_for(step_s)
-        self.run_for(step_s)
+            await self.run_for(step_s)
+        await self.run_for(step_s)
 
     def at(self, t: float, fn: Callable[[], None]) -> None:
         """Run `fn` at virtual time t (fault injection)."""
-        self._push(t, _CALL, fn)
+
+        async def later() -> None:
+            await self.run_until(t)
+            fn()
+
+        self._spawn(later)
+
+    def _spawn(self, fn: Callable[[], Awaitable[Any]]) -> None:
+        assert self._nursery is not None, "the mesh runs inside simulate()"
+        self._nursery.start_soon(fn)
+
+    # ------------------------------------------------------------------ boot
+
+    async def _boot_all(self, nursery: trio.Nursery) -> None:
+        self._nursery = nursery
+        for nd in self.nodes:
+            self._start(nd, [] if nd.idx == 0 else [self.nodes[0].addr])
+        everyone = {nd.node_id for nd in self.nodes}
+        with trio.fail_after(CONVERGE_LIMIT_S):
+            # no event says "everyone knows everyone": look every 50 ms
+            while not all(nd.alive and nd.tasks.mesh.core.live == everyone for nd in self.nodes):  # noqa: ASYNC110
+                await trio.sleep(0.05)
+        self.t0 = math.ceil(trio.current_time())
+        await trio.sleep_until(self.t0)
+
+    def _start(self, nd: SimNode, seeds: list[tuple[str, int]]) -> None:
+        nd.boot(seeds)
+        scope = self._scopes[nd.idx] = trio.CancelScope()
+
+        async def process() -> None:
+            with scope:
+                await nd.run()
+                await trio.sleep_forever()
+
+        self._spawn(process)
 
     # ------------------------------------------------------------------ faults
 
     def crash(self, idx: int) -> None:
         nd = self.nodes[idx]
-        if nd.core is None:
+        if not nd.alive:
             return
-        self.crashes.append((self.now, nd.node_id, frozenset(c.task_id for c in nd.core.owned())))
-        self.gossip.crash(idx)
-        nd.core = nd.sched = None
+        owned = frozenset(c.task_id for c in nd.tasks.mesh.core.owned())
+        self.crashes.append((self.now, nd.node_id, owned))
+        nd.alive = False
+        self._scopes[idx].cancel()
+        self.net.model.crash(nd.addr)
+        self.net.forget(nd.addr)
         nd.runs.clear()
-        self.board.pop(nd.node_id, None)
 
     def restart(self, idx: int) -> None:
         nd = self.nodes[idx]
-        nd.boot += 1
-        self._boot(nd, {nd.node_id})
-        self.gossip.restart(idx)
+        self.net.model.restart(nd.addr)
+        self._start(nd, [self.nodes[i].addr for i in self.live_indices()])
 
     def partition(self, *groups: Sequence[int]) -> None:
-        self.net.partition(*[[self.gossip.nodes[i].addr for i in g] for g in groups])
+        self.net.model.partition(*[[self.nodes[i].addr for i in g] for g in groups])
 
     def heal(self) -> None:
-        self.net.heal()
+        self.net.model.heal()
 
     def live_indices(self) -> list[int]:
-        return [nd.idx for nd in self.nodes if nd.core is not None]
+        return [nd.idx for nd in self.nodes if nd.alive]
 
-    # ------------------------------------------------------------------ loop
-
-    def run_until(self, t_end: float) -> None:
-        while self._heap and self._heap[0][0] <= t_end:
-            t, _, kind, payload = heapq.heappop(self._heap)
-            self.gossip.run_until(t)
-            self.now = t
-            self._gossip_events()
-            self._dispatch(kind, payload)
-        self.gossip.run_until(t_end)
-        self.now = max(self.now, t_end)
-        self._gossip_events()
-
-    def run_for(self, duration_s: float) -> None:
-        self.run_until(self.now + duration_s)
-
-    def _dispatch(self, kind: int, payload: Any) -> None:
-        if kind == _ARRIVE:
-            assert isinstance(payload, SimTask)
-            self._arrive(payload)
-        elif kind == _MSG:
-            dst, boot, sender, msg = payload
-            nd = self.nodes[dst]
-            if nd.core is not None and nd.boot == boot:
-                self._feed(nd, self._complete(nd, sender, msg))
-        elif kind == _DONE:
-            self._done(*payload)
-        elif kind == _WAKE:
-            self._wake(self.nodes[payload])
-        elif kind == _TICK:
-            self._tick()
-        else:
-            payload()
-
-    def _tick(self) -> None:
-        step = round(self.now / self.tick_s)
-        if step % max(1, round(self.announce_s / self.tick_s)) == 0:
-            self._announce()
-            if self.steal:
-                for nd in self.nodes:
-                    self._maybe_idle(nd)
-        self._push(self.now + self.tick_s, _TICK, None)
-
-    def _gossip_events(self) -> None:
-        log = self.gossip.log
-        for _, idx, ev in log[self._log_seen :]:
-            nd = self.nodes[idx]
-            if nd.core is None or nd.peers is None:
-                continue
-            for event in nd.peers.translate(ev, nd.core.live):
-                self._feed(nd, event)
-        self._log_seen = len(log)
-
-    # ------------------------------------------------------------------ node actions
-
-    def _feed(self, nd: SimMeshNode, ev: m.Event) -> None:
-        assert nd.core is not None
-        self._apply(nd, nd.core.handle(ev, self.now))
-
-    def _apply(self, nd: SimMeshNode, cmds: list[m.Command]) -> None:
-        sched = nd.sched
-        assert sched is not None
-        for cmd in cmds:
-            self.ledger.on_command(self.now, nd.node_id, cmd)
-            if isinstance(cmd, m.RunLocally):
-                to = self._replace_target(nd, cmd)
-                if to is not None:
-                    self._feed(nd, m.PeerChosen(cmd.task_id, to))
-                else:
-                    sched.submit(cmd.task_id, cmd.record.priority, cmd.record.est_tokens, self.now)
-            elif isinstance(cmd, m.Unqueue):
-                sched.take(cmd.task_id)
-            elif isinstance(cmd, m.SendStealRequest):
-                self._send(nd, cmd.to, cmd)
-            elif (routed := m.as_event(cmd, nd.node_id)) is not None:
-                self._send(nd, routed[0], routed[1])
-        self._poll(nd)
-
-    def _send(self, nd: SimMeshNode, to: str, msg: object) -> None:
-        dst = self.nodes[int(to.rsplit("-", 1)[1])]
-        src_addr, dst_addr = self.gossip.nodes[nd.idx].addr, self.gossip.nodes[dst.idx].addr
-        at = self.net.route_stream(src_addr, dst_addr, self.now)
-        if at is not None and dst.core is not None:
-            self._push(at, _MSG, (dst.idx, dst.boot, nd.node_id, msg))
-
-    def _complete(self, nd: SimMeshNode, sender: str, msg: object) -> m.Event:
-        """A steal request becomes an event with the victim's own queue and profile."""
-        if not isinstance(msg, m.SendStealRequest):
-            return msg  # type: ignore[return-value]
-        assert nd.sched is not None and nd.core is not None
-        waiting = []
-        for q in nd.sched.queued_tasks():
-            c = nd.core.get(q.task_id)
-            if c is not None:
-                waiting.append(Waiting(q.task_id, c.record.model, c.record.est_tokens))
-        return m.StealRequested(
-            sender, msg.n, msg.models, msg.tokens_per_s, tuple(waiting),
-            nd.spec.tokens_per_s, nd.spec.slots,
-        )  # fmt: skip
-
-    def _poll(self, nd: SimMeshNode) -> None:
-        sched, core = nd.sched, nd.core
-        assert sched is not None and core is not None
-        for start in sched.poll(self.now):
-            copy = core.get(start.task_id)
-            tokens = copy.record.est_tokens if copy is not None else 1
-            nd.runs[start.task_id] = gen = nd.runs.get(start.task_id, 0) + 1
-            self.ledger.starts[start.task_id] += 1
-            self._push(self.now + max(1, tokens) / nd.spec.tokens_per_s, _DONE,
-                       (nd.idx, nd.boot, start.task_id, gen))  # fmt: skip
-            self._apply(nd, core.handle(m.TaskStarted(start.task_id, self.now), self.now))
-        self._schedule_wake(nd)
-
-    def _schedule_wake(self, nd: SimMeshNode) -> None:
-        assert nd.core is not None and nd.sched is not None
-        dues = [d for d in (nd.core.next_deadline(), nd.sched.next_deadline()) if d is not None]
-        if dues and min(dues) < nd.wake_at:
-            nd.wake_at = max(min(dues), self.now)
-            self._push(nd.wake_at, _WAKE, nd.idx)
-
-    def _wake(self, nd: SimMeshNode) -> None:
-        if nd.core is None or nd.wake_at > self.now:
-            return
-        nd.wake_at = float("inf")
-        self._apply(nd, nd.core.tick(self.now))
-
-    def _done(self, idx: int, boot: int, task_id: str, gen: int) -> None:
+    def core(self, idx: int) -> Ownership | None:
+        """Node idx's ownership core, or None while it is down."""
         nd = self.nodes[idx]
-        if nd.core is None or nd.sched is None or nd.boot != boot or nd.runs.get(task_id) != gen:
-            return
-        del nd.runs[task_id]
-        nd.sched.finish(task_id, None, self.now)
-        self.ledger.completions[task_id] += 1
-        result = {"node": nd.node_id, "gen": gen}
-        self._feed(nd, m.TaskFinished(task_id, "succeeded", self.now, result=result))
-        if self.steal:
-            self._maybe_idle(nd)
+        return nd.tasks.mesh.core if nd.alive else None
 
-    # ------------------------------------------------------------------ load and placement
+    # ------------------------------------------------------------------ workload
 
-    def candidate(self, nd: SimMeshNode, *, is_local: bool = False) -> Candidate:
-        assert nd.sched is not None
-        return Candidate(
-            nd.node_id, nd.spec.models, nd.sched.queued, nd.sched.running, nd.spec.slots,
-            nd.spec.tokens_per_s, is_local=is_local,
-        )  # fmt: skip
+    def submit(self, tasks: Iterable[SimTask]) -> None:
+        """Clients send these tasks, each at its `arrive_at`, to its entry node (a
+        random live one when it has none or it is down)."""
+        ordered = sorted(tasks, key=lambda t: (t.arrive_at, t.task_id))
+        if ordered:
+            self.last_arrival_at = max(self.last_arrival_at, ordered[-1].arrive_at)
 
-    def _announce(self) -> None:
-        """Every node publishes its load (what gossip metadata carries in a real node)."""
-        for nd in self.nodes:
-            if nd.sched is not None:
-                self.board[nd.node_id] = self.candidate(nd)
+        async def arrivals() -> None:
+            for task in ordered:
+                await self.run_until(task.arrive_at)
+                self._arrive(task)
 
-    def _view(self, nd: SimMeshNode) -> list[Candidate]:
-        """This node's picture of the mesh: itself fresh, live peers from the board."""
-        assert nd.core is not None
-        live = nd.core.live
-        peers = [c for n, c in self.board.items() if n in live and n != nd.node_id]
-        return [self.candidate(nd, is_local=True), *peers]
-
-    def _maybe_idle(self, nd: SimMeshNode) -> None:
-        if nd.sched is None or nd.core is None or nd.sched.queued or nd.runs:
-            return
-        free = nd.spec.slots - nd.sched.running
-        view = self._view(nd)
-        self._feed(nd, m.IdleNoticed(free, view[0], tuple(view[1:])))
+        self._spawn(arrivals)
 
     def _arrive(self, task: SimTask) -> None:
-        """The client sends to a random node; if that node is down it tries another."""
         live = self.live_indices()
         if not live:
             self.ledger.rejected += 1
             return
         entry = task.entry if task.entry in live else self.rng.choice(live)
         nd = self.nodes[entry]
-        decision = self._place(nd, task)
-        if decision is None:
+        placed = nd.placement.place(task.model, task.tokens)
+        if isinstance(placed.decision, NoHost):
             self.ledger.rejected += 1
             return
-        record = TaskRecord(task.task_id, "generate", task.model, {}, task.priority,
-                            nd.node_id, self.now, est_tokens=task.tokens)  # fmt: skip
-        self.ledger.accept(self.now, task)
-        to = None if decision == nd.node_id else decision
-        self._feed(nd, m.TaskAccepted(record, forward_to=to))
+        to = placed.peer
+        if to is not None:
+            nd.placement.sent(to)
 
-    def _replace_target(self, nd: SimMeshNode, cmd: m.RunLocally) -> str | None:
-        """A task this node now owns by take-over goes through placement again (the
-        heir may lack the model or be slower); accepted, handed over or taken back
-        (an offer just failed: do not offer again at once) it stays."""
-        rec = cmd.record
-        if rec.model in nd.spec.models and cmd.reason not in ("taken over", "adopted"):
-            return None
-        task = SimTask(rec.id, self.now, rec.model, rec.est_tokens, rec.priority)
-        to = self._place(nd, task)
-        return None if to == nd.node_id else to
+        async def post() -> None:
+            self.ledger.accept(self.now, task)  # the core knows it before submit awaits
+            await nd.submit(task.task_id, task.model, task.tokens, task.priority, to)
 
-    def _place(self, nd: SimMeshNode, task: SimTask) -> str | None:
-        view = [c for c in self._view(nd) if task.model in c.models]
-        if not view:
-            return None
-        if self.policy == "local":
-            return nd.node_id if task.model in nd.spec.models else view[0].node_id
-        if self.policy == "meshlb":
-            d = place(TaskNeeds(task.model, task.tokens), self._view(nd), self.rng)
-            if isinstance(d, NoHost):
-                return None
-            return d.node_id if isinstance(d, SendTo) else nd.node_id
-        if self.policy == "random":
-            return self.rng.choice(view).node_id
-        if self.policy == "round_robin":
-            ordered = sorted(view, key=lambda c: c.node_id)
-            return ordered[next(self._rr) % len(ordered)].node_id
-        fresh = [self.candidate(self.nodes[int(c.node_id[5:])]) for c in view]
-        return min(fresh, key=lambda c: (c.queued + c.running, self.rng.random())).node_id
+        nd.nursery.start_soon(post)
+
+    def _load_of(self, node_id: str) -> int:
+        nd = self._by_id[node_id]
+        if not nd.alive:
+            return 1 << 30
+        sched = nd.scheduler.core
+        return sched.queued + sched.running
+
+    # ------------------------------------------------------------------ hooks (sim_node.Hooks)
+
+    def started(self, task_id: str) -> None:
+        self.ledger.starts[task_id] += 1
+
+    def completed(self, task_id: str) -> None:
+        self.ledger.completions[task_id] += 1
+
+    def command(self, node: str, at: float, cmd: m.Command) -> None:
+        self.ledger.on_command(at - self.t0, node, cmd)
+
+    def gossip(self, idx: int, ev: GossipEvent) -> None:
+        self.gossip_log.append((self.now, idx, ev))
 
     # ------------------------------------------------------------------ results
 
@@ -388,9 +263,9 @@ class MeshSim:
         """Task id -> run ids of the final copies held by live nodes."""
         out: dict[str, list[str]] = {}
         for nd in self.nodes:
-            if nd.core is None:
+            if not nd.alive:
                 continue
-            for c in nd.core.copies():
+            for c in nd.tasks.mesh.core.copies():
                 if c.final and c.run_id is not None:
                     out.setdefault(c.task_id, []).append(c.run_id)
         return out
@@ -398,3 +273,25 @@ class MeshSim:
     def check(self) -> list[str]:
         """Every invariant over every accepted task (see `Ledger.check`)."""
         return self.ledger.check(self.holders())
+
+
+def simulate(specs: Sequence[NodeSpec], scenario: Scenario, **kw: Any) -> MeshSim:
+    """Boot a mesh of `specs` (keywords as `MeshSim`), run `scenario` on it in one
+    `trio.run` under an autojumping mock clock, and return the stopped mesh."""
+    sim = MeshSim(specs, **kw)
+    trio_run._r.seed(sim.seed)  # Trio picks the order of same-instant tasks from this
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            await sim._boot_all(nursery)
+            await scenario(sim)
+            nursery.cancel_scope.cancel()
+
+    # Hundreds of nodes log every decision at info: keep errors only, for the run.
+    saved = structlog.get_config()
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
+    try:
+        trio.run(main, clock=MockClock(autojump_threshold=0))
+    finally:
+        structlog.configure(**saved)
+    return sim

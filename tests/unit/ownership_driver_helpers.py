@@ -1,5 +1,6 @@
-"""In-process wiring for `OwnershipDriver` tests: a fake executor, a fake mesh view,
-and a network that carries every command through the real wire codec.
+"""In-process wiring for `OwnershipDriver` tests: a fake executor, the shipped
+placement service over a hand-made membership, and a network that carries every
+message through the real wire codec.
 
 Nothing here sleeps or does I/O. Messages wait in `WireNet.inflight` until `flush()`
 (synchronous) or the `pump()` task (for tests that run the drivers' `run()` loops
@@ -16,18 +17,14 @@ from typing import Any
 
 import trio
 
+from meshlb.events import EventLog
 from meshlb.gossip.events import MemberJoined
 from meshlb.mesh import ownership_msgs as m
 from meshlb.mesh.meta import Load, NodeMeta, encode_meta
-from meshlb.mesh.ownership_driver import OwnershipDriver
-from meshlb.mesh.ownership_wire import (
-    Batch,
-    NetworkCommand,
-    decode_batch,
-    destination,
-    encode_batch,
-)
+from meshlb.mesh.ownership_driver import OwnershipConfig, OwnershipDriver, OwnershipPorts
+from meshlb.mesh.ownership_wire import Batch, decode_batch, encode_batch
 from meshlb.mesh.placement import Candidate
+from meshlb.mesh.placement_service import MemberLoad, PlacementService
 from meshlb.mesh.stealing import Waiting
 from meshlb.tasks.model import TaskRecord
 
@@ -90,15 +87,17 @@ class FakeExecutor:
 
 
 @dataclass
-class FakeView:
+class FakeMembers:
+    """The membership the placement service reads: set `local` and `alive_peers`."""
+
     local: Candidate
-    peers: list[Candidate] = field(default_factory=list)
+    alive_peers: list[Candidate] = field(default_factory=list)
 
     def local_candidate(self) -> Candidate:
         return self.local
 
-    def peer_candidates(self) -> list[Candidate]:
-        return list(self.peers)
+    def peers(self) -> list[MemberLoad]:
+        return [MemberLoad(c, "alive", 1) for c in self.alive_peers]
 
 
 class WireSender:
@@ -107,7 +106,7 @@ class WireSender:
     def __init__(self, net: WireNet, node_id: str, boot: str) -> None:
         self.net, self.node_id, self.boot = net, node_id, boot
 
-    def send(self, cmd: NetworkCommand) -> None:
+    def send(self, cmd: m.Send) -> None:
         self.net.post(self.node_id, self.boot, cmd)
 
 
@@ -120,10 +119,11 @@ class Node:
     ) -> None:  # fmt: skip
         self.node_id, self.boot = node_id, boot
         self.executor = FakeExecutor(node_id)
-        self.view = FakeView(candidate(node_id, models, tps=tps, is_local=True))
-        self.driver = OwnershipDriver(node_id, replication, self.executor, rng=random.Random(0))
-        self.driver.sender = WireSender(net, node_id, boot)
-        self.driver.view = self.view
+        self.view = FakeMembers(candidate(node_id, models, tps=tps, is_local=True))
+        placement = PlacementService(node_id, self.view, random.Random(0))
+        ports = OwnershipPorts(self.executor, placement, WireSender(net, node_id, boot),
+                               EventLog(node_id))  # fmt: skip
+        self.driver = OwnershipDriver(OwnershipConfig(node_id, replication), ports)
 
     def start(self, task_id: str, at: float = 1.0) -> None:
         """The local scheduler started the task."""
@@ -171,8 +171,8 @@ class WireNet:
                         MemberJoined(other.node_id, ("10.0.0.1", 7946), 1, meta(other.boot))
                     )
 
-    def post(self, sender: str, boot: str, cmd: NetworkCommand) -> None:
-        self.inflight.append((destination(cmd), encode_batch(sender, boot, [cmd])))
+    def post(self, sender: str, boot: str, cmd: m.Send) -> None:
+        self.inflight.append((cmd.to, encode_batch(sender, boot, [cmd])))
         self._ready.set()
 
     def flush(self) -> None:

@@ -147,14 +147,14 @@ async def test_wait_settled_gives_up_when_the_replica_never_acks(
 async def test_forward_hands_the_task_to_the_chosen_peer_in_three_phases() -> None:
     net = mesh("A", "B")
     a, b = net.nodes["A"], net.nodes["B"]
-    net.hold = holds(m.HandOverConfirmed)
+    net.hold = holds(m.ConfirmHandOver)
     a.driver.accept(record("t-1"), forward_to="B")
     net.flush()
     assert b.role("t-1") == PENDING and b.executor.runs == []  # acked, not queued yet
     assert a.driver.core.settled("t-1") is True  # A is a replica of B's copy now
     net.release()
     assert a.executor.runs == [] and b.executor.runs == [("t-1", "handed over")]
-    assert "HandOverReceived" in net.sent_types("A") and "HandOverAcked" in net.sent_types("B")
+    assert "HandOver" in net.sent_types("A") and "AckHandOver" in net.sent_types("B")
     copy = a.driver.get("t-1")
     assert copy is not None and copy.owner == "B" and copy.epoch == 2 and copy.replicas == ("A",)
     assert (a.role("t-1"), b.role("t-1")) == (REPLICA, OWNER)
@@ -162,7 +162,7 @@ async def test_forward_hands_the_task_to_the_chosen_peer_in_three_phases() -> No
     sa, sb = a.driver.stats(), b.driver.stats()
     assert (sa["accepted"], sa["forwarded"], sa["owned"], sa["copies"]) == (1, 1, 0, 1)
     assert (sb["received"], sb["owned"], sb["stolen_by_here"]) == (1, 1, 0)
-    assert b.driver.counters["received_forward"] == 1
+    assert b.driver.counters.received.forward == 1
 
 
 async def test_result_of_a_forwarded_task_is_recorded_by_its_new_owner() -> None:
@@ -195,7 +195,7 @@ async def test_heir_takes_over_a_dead_owners_task_once_a_majority_confirms(
         await trio.sleep(3.0)
         # C still sees A alive, so B's majority check fails: no take-over yet.
         assert b.executor.runs == [] and b.role(task) == REPLICA
-        assert "ReachChecked" in net.sent_types("B")
+        assert "CheckReach" in net.sent_types("B")
         c.driver.on_gossip(MemberDied("A", "C", 1))
         await trio.sleep(1.0)  # B's next round (REACH_RETRY_S) is confirmed by C
     assert b.executor.runs == [(task, "taken over")] and c.executor.runs == []
@@ -203,7 +203,7 @@ async def test_heir_takes_over_a_dead_owners_task_once_a_majority_confirms(
     assert copy is not None and copy.owner == "B" and copy.epoch == 2
     assert copy.replicas == ("C",) and c.role(task) == REPLICA
     assert b.driver.stats()["taken_over"] == 1
-    assert b.driver.counters["received_taken_over"] == 1
+    assert b.driver.counters.received.taken_over == 1
 
 
 async def test_heir_without_the_model_places_the_taken_over_task_on_a_peer() -> None:
@@ -212,7 +212,7 @@ async def test_heir_without_the_model_places_the_taken_over_task_on_a_peer() -> 
     b = net.add("B", models=("other",))
     c = net.add("C")
     net.introduce()
-    b.view.peers = [candidate("C")]  # B's gossiped view: C has the model
+    b.view.alive_peers = [candidate("C")]  # B's gossiped view: C has the model
     task = task_replicated_on("A", "B", {"A", "B", "C"})
     a.driver.accept(record(task), None)
     net.flush()
@@ -222,8 +222,8 @@ async def test_heir_without_the_model_places_the_taken_over_task_on_a_peer() -> 
     net.flush()
     assert b.executor.runs == []  # never queued on B
     assert c.executor.runs == [(task, "handed over")]
-    assert c.driver.counters["received_replace"] == 1
-    assert b.driver.counters["handed_over_replace"] == 1
+    assert c.driver.counters.received.replace == 1
+    assert b.driver.counters.handed_over.replace == 1
     copy = c.driver.get(task)
     assert copy is not None and copy.owner == "C" and copy.epoch == 3
     assert (b.role(task), c.role(task)) == (REPLICA, OWNER)
@@ -239,7 +239,7 @@ async def test_graceful_leave_is_taken_over_without_a_majority_check() -> None:
     b.driver.on_gossip(MemberLeft("A", 2))  # C has not heard yet: no fence for a leave
     net.flush()
     assert b.executor.runs == [(task, "taken over")]
-    assert "ReachChecked" not in net.sent_types("B")
+    assert "CheckReach" not in net.sent_types("B")
 
 
 # ------------------------------------------------------------------ restarts
@@ -300,7 +300,7 @@ def busy_victim_and_idle_thief(queued: int = 4) -> WireNet:
         a.driver.accept(record(f"t-{i}"), None)
     net.flush()
     b.executor.free = 2
-    b.view.peers = [candidate("A", queued=queued, tps=10.0)]
+    b.view.alive_peers = [candidate("A", queued=queued, tps=10.0)]
     net.delivered.clear()
     return net
 
@@ -308,17 +308,18 @@ def busy_victim_and_idle_thief(queued: int = 4) -> WireNet:
 async def test_idle_node_steals_the_tail_of_a_busy_queue_in_three_phases() -> None:
     net = busy_victim_and_idle_thief()
     a, b = net.nodes["A"], net.nodes["B"]
-    net.hold = holds(m.HandOverConfirmed)
+    net.hold = holds(m.ConfirmHandOver)
     b.driver.notice_idle()
     net.flush()
     assert net.sent_types("B")[0] == "StealAsk"
-    assert net.sent_types("A")[0] == "HandOverReceived"
+    assert net.sent_types("A")[0] == "HandOver"
     assert sorted(a.executor.unqueued) == ["t-2", "t-3"]  # offered: off A's queue
     assert b.executor.runs == []  # not B's until the confirm
     assert {b.role("t-2"), b.role("t-3")} == {PENDING}
     net.release()
-    phases = [t for t in net.sent_types() if t.startswith(("Steal", "HandOver"))]
-    assert phases == ["StealAsk", "HandOverReceived", "HandOverAcked", "HandOverConfirmed"]
+    phases = [t for t in net.sent_types() if t in ("StealAsk", "DeclineSteal", "HandOver",
+                                                   "AckHandOver", "ConfirmHandOver")]  # fmt: skip
+    assert phases == ["StealAsk", "HandOver", "AckHandOver", "ConfirmHandOver"]
     assert a.executor.queue == ["t-0", "t-1"]
     assert sorted(b.executor.queue) == ["t-2", "t-3"]
     assert sorted(b.executor.runs) == [("t-2", "handed over"), ("t-3", "handed over")]
@@ -353,7 +354,7 @@ async def test_victim_with_nothing_worth_giving_declines() -> None:
     a.view.local = candidate("A", tps=1000.0, is_local=True)  # A is far faster: keep it
     b.driver.notice_idle()
     net.flush()
-    assert net.sent_types("A")[-1:] == ["StealDeclined"]
+    assert net.sent_types("A")[-1:] == ["DeclineSteal"]
     assert a.executor.queue == ["t-0"] and b.executor.runs == []
     assert b.driver.core.next_deadline() is None  # B may ask again at once
 
@@ -367,7 +368,7 @@ async def test_hand_over_offers_a_queued_task_to_a_peer_before_leaving() -> None
     net.flush()
     assert a.executor.unqueued == ["t-1"] and a.executor.queue == []
     assert b.executor.runs == [("t-1", "handed over")]
-    assert b.driver.counters["received_replace"] == 1
+    assert b.driver.counters.received.replace == 1
 
 
 # ------------------------------------------------------------------ results
@@ -385,7 +386,7 @@ async def test_a_late_second_result_is_dropped_and_counted() -> None:
     net.flush()
     assert [(r.result, r.state, d) for r, d in a.executor.finals] == [("first", "succeeded", True)]
     assert a.driver.stats()["duplicates_dropped"] == 1
-    assert a.driver.counters["duplicates_dropped"] == 1
+    assert a.driver.counters.duplicates_dropped == 1
     copy = b.driver.get("t-1")
     assert copy is not None and copy.record.result == "first"
     assert len(b.executor.finals) == 1
@@ -467,7 +468,7 @@ async def test_an_unanswered_offer_is_taken_back_by_the_run_loop(
 ) -> None:
     net = mesh("A", "B")
     a, b = net.nodes["A"], net.nodes["B"]
-    net.hold = holds(m.HandOverReceived)  # B never hears of the offer
+    net.hold = holds(m.HandOver)  # B never hears of the offer
     async with running(net, "A"):
         a.driver.accept(record("t-1"), forward_to="B")
         assert a.role("t-1") == OFFERING and a.executor.runs == []
@@ -484,7 +485,7 @@ async def test_a_stale_ack_from_a_restarted_peers_old_process_does_not_strand_th
 ) -> None:
     net = mesh("A", "B")
     b = net.nodes["B"]
-    net.hold = holds(m.HandOverAcked)  # A's (boot-1) ack is slow to arrive
+    net.hold = holds(m.AckHandOver)  # A's (boot-1) ack is slow to arrive
     b.driver.accept(record("t-1"), forward_to="A")
     net.flush()
     assert len(net.held) == 1 and b.role("t-1") == OFFERING
@@ -506,7 +507,7 @@ async def test_a_task_taken_back_on_a_node_without_its_model_is_placed_again() -
     a.driver.accept(record("t-1"), forward_to="B")  # placement chose B, which has the model
     net.down.add("B")
     net.flush()
-    a.view.peers = [candidate("C")]
+    a.view.alive_peers = [candidate("C")]
     a.driver.on_gossip(MemberDied("B", "A", 1))  # the offer's target died: taken back
     net.flush()
     assert a.executor.runs == []  # A cannot run the model

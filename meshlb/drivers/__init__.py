@@ -1,0 +1,1 @@
+"""What every Trio driver shares: the one deadline-or-kick loop."""
