@@ -1,15 +1,25 @@
-"""Events into and commands out of the task-ownership core (`meshlb.mesh.ownership`).
+"""Events into, commands out of, and messages between task-ownership cores.
 
-Events are past tense (what happened: a task was accepted, a copy arrived, a member
-died); commands are verbs (what the driver must do: queue a task locally, send a
-copy, hand tasks over). Node-to-node messages appear twice: as a command on the
-sender (`HandOver`) and as an event on the receiver (`HandOverReceived`).
+Three kinds, each type defined once:
+
+* Local events (past tense): what this node's task service, gossip or placement saw.
+* Local commands (verbs): what the driver must do here (queue, unqueue, record).
+* Messages: what one core tells another. The sending core emits `Send(to, msg)`;
+  the receiving core is fed `msg` itself; the wire codec (`ownership_wire`) is
+  derived from the message's fields (their `wire` metadata names the short key).
+  `sender` is stamped by the sender's outbox and, on the wire, comes from the batch
+  envelope (which the cluster-key HMAC authenticates), never from the item.
+
+Everything carries `cause`: the stimulus it came from ("TaskAccepted t-1",
+"PeerDown b", "timer: offer of t-1 expired"), so a log line can say why. Events fed
+from outside default to their source; the core stamps everything it emits, and a
+message's cause travels with it, so the receiver can log why the sender sent it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from meshlb.mesh.placement import Candidate
 from meshlb.mesh.replication import TaskCopy
@@ -19,7 +29,12 @@ from meshlb.tasks.model import TaskRecord
 TaskKey = tuple[str, int]
 """(task_id, epoch): names one offer of one task, so stale messages are detected."""
 
-# ---------------------------------------------------------------------- events
+
+def _cause(source: str) -> Any:
+    return field(default=source, kw_only=True, metadata={"wire": "y", "optional": True})
+
+
+# ---------------------------------------------------------------------- local events
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,24 +44,7 @@ class TaskAccepted:
 
     record: TaskRecord
     forward_to: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ReplicaReceived:
-    copy: TaskCopy
-    sender: str
-
-
-@dataclass(frozen=True, slots=True)
-class ReplicaAcked:
-    """A replica holds revision (epoch, rev) of the task; for a final copy `run_id`
-    names the run, and its first ack lets the owner record the result."""
-
-    sender: str
-    task_id: str
-    epoch: int
-    rev: int
-    run_id: str | None = None
+    cause: str = _cause("client")
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +53,7 @@ class TaskStarted:
 
     task_id: str
     at: float
+    cause: str = _cause("scheduler")
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +61,7 @@ class RunLost:
     """A local run ended without a result (backend busy, restart): queued again."""
 
     task_id: str
+    cause: str = _cause("worker")
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +74,7 @@ class TaskFinished:
     result: Any = None
     error: str | None = None
     error_status: int | None = None
+    cause: str = _cause("worker")
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,12 +84,14 @@ class IdleNoticed:
     free_slots: int
     local: Candidate
     peers: tuple[Candidate, ...]
+    cause: str = _cause("idle check")
 
 
 @dataclass(frozen=True, slots=True)
 class StealRequested:
-    """Peer `by` asks for up to `n` tasks of `models`. The driver adds the local side:
-    `waiting` (the local queue, head first) and this node's speed and slots."""
+    """Peer `by` asks for up to `n` tasks of `models` (its `StealAsk`), completed by
+    the driver with the local side: `waiting` (the local queue, head first) and this
+    node's speed and slots."""
 
     by: str
     n: int
@@ -97,38 +100,7 @@ class StealRequested:
     waiting: tuple[Waiting, ...]
     local_tokens_per_s: float
     local_slots: int
-
-
-@dataclass(frozen=True, slots=True)
-class StealDeclined:
-    by: str
-
-
-@dataclass(frozen=True, slots=True)
-class HandOverReceived:
-    """Phase 1 arrived here: `sender` offers these tasks (forwarded or stolen)."""
-
-    sender: str
-    copies: tuple[TaskCopy, ...]
-    reason: str = "forward"
-
-
-@dataclass(frozen=True, slots=True)
-class HandOverAcked:
-    """Phase 2 arrived at the old owner: the new owner will take these offers."""
-
-    sender: str
-    keys: tuple[TaskKey, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class HandOverConfirmed:
-    """Phase 3 arrived at the new owner: `committed` are ours now, `aborted` were
-    taken back (the offer expired) and must be forgotten."""
-
-    sender: str
-    committed: tuple[TaskKey, ...]
-    aborted: tuple[TaskKey, ...]
+    cause: str = _cause("steal request")
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +108,7 @@ class PeerUp:
     """Gossip: a member is alive (new, or back from dead/left)."""
 
     node_id: str
+    cause: str = _cause("gossip")
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +117,7 @@ class PeerDown:
 
     node_id: str
     left: bool = False
+    cause: str = _cause("gossip")
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +126,7 @@ class PeerRestarted:
     live, but everything it owned before is gone and must be taken over."""
 
     node_id: str
+    cause: str = _cause("gossip")
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +135,15 @@ class PeerSuspected:
     counts towards the quorum that lets us decide results and take over."""
 
     node_id: str
+    cause: str = _cause("gossip")
+
+
+@dataclass(frozen=True, slots=True)
+class PeerForgotten:
+    """Gossip reaped a dead member: it no longer counts towards the quorum."""
+
+    node_id: str
+    cause: str = _cause("gossip")
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,40 +154,135 @@ class PeerChosen:
 
     task_id: str
     node_id: str
+    cause: str = _cause("placement")
+
+
+# ---------------------------------------------------------------------- messages
+
+
+def _sender() -> Any:
+    return field(default="", kw_only=True, metadata={"wire": None})
 
 
 @dataclass(frozen=True, slots=True)
-class ReachChecked:
-    """Peer `sender` asks whether we can hear it (round `seq` of its majority check)."""
+class Replicate:
+    """A copy of a task for one of its holders (replication is acked and re-sent
+    until acked, so a lost message never leaves a replica behind)."""
 
-    sender: str
-    seq: int
-
-
-@dataclass(frozen=True, slots=True)
-class ReachAnswered:
-    """Peer `sender` answered our majority check `seq`; `down` is who is dead to it."""
-
-    sender: str
-    seq: int
-    down: frozenset[str] = frozenset()
+    TAG: ClassVar[str] = "rep"
+    copy: TaskCopy = field(metadata={"wire": "c"})
+    sender: str = _sender()
+    cause: str = _cause("")
 
 
 @dataclass(frozen=True, slots=True)
-class PeerForgotten:
-    """Gossip reaped a dead member: it no longer counts towards the quorum."""
+class AckReplica:
+    """The replica holds revision (epoch, rev) of the owner's copy; for a final copy
+    `run_id` names the run, and its first ack lets the owner record the result."""
 
-    node_id: str
+    TAG: ClassVar[str] = "ack"
+    task_id: str = field(metadata={"wire": "id"})
+    epoch: int = field(metadata={"wire": "e", "ge": 0})
+    rev: int = field(metadata={"wire": "v", "ge": 0})
+    run_id: str | None = field(default=None, metadata={"wire": "u"})
+    sender: str = _sender()
+    cause: str = _cause("")
 
 
-Event = (
-    TaskAccepted | ReplicaReceived | ReplicaAcked | TaskStarted | RunLost | TaskFinished
-    | IdleNoticed | StealRequested | StealDeclined | HandOverReceived | HandOverAcked
-    | HandOverConfirmed | PeerUp | PeerDown | PeerRestarted | PeerSuspected | PeerForgotten
-    | PeerChosen | ReachChecked | ReachAnswered
+@dataclass(frozen=True, slots=True)
+class HandOver:
+    """Phase 1 (`ownership.handover`): these tasks are offered to the receiver
+    (`reason`: forward, steal, replace). Stolen tasks were unqueued by an `Unqueue`
+    each; forwarded ones were never queued."""
+
+    TAG: ClassVar[str] = "ho"
+    copies: tuple[TaskCopy, ...] = field(metadata={"wire": "c"})
+    reason: str = field(default="forward", metadata={"wire": "why"})
+    sender: str = _sender()
+    cause: str = _cause("")
+
+
+@dataclass(frozen=True, slots=True)
+class AckHandOver:
+    """Phase 2: the new owner holds these offers (not queued yet) and will take them."""
+
+    TAG: ClassVar[str] = "hoa"
+    keys: tuple[TaskKey, ...] = field(metadata={"wire": "k", "ge": 0})
+    sender: str = _sender()
+    cause: str = _cause("")
+
+
+@dataclass(frozen=True, slots=True)
+class ConfirmHandOver:
+    """Phase 3: `committed` belong to the receiver now; `aborted` were taken back
+    (the offer expired) and must be forgotten."""
+
+    TAG: ClassVar[str] = "hoc"
+    committed: tuple[TaskKey, ...] = field(metadata={"wire": "ok", "ge": 0})
+    aborted: tuple[TaskKey, ...] = field(metadata={"wire": "ab", "ge": 0})
+    sender: str = _sender()
+    cause: str = _cause("")
+
+
+@dataclass(frozen=True, slots=True)
+class StealAsk:
+    """An idle node asks for up to `n` queued tasks of `models`; its receiver's
+    driver completes it into `StealRequested` with its own queue, speed and slots."""
+
+    TAG: ClassVar[str] = "steal"
+    n: int = field(metadata={"wire": "n", "ge": 0})
+    models: frozenset[str] = field(metadata={"wire": "ms"})
+    tokens_per_s: float = field(metadata={"wire": "tps", "ge": 0})
+    sender: str = _sender()
+    cause: str = _cause("")
+
+
+@dataclass(frozen=True, slots=True)
+class DeclineSteal:
+    """The empty answer to a steal request, so the thief may ask elsewhere at once."""
+
+    TAG: ClassVar[str] = "nosteal"
+    sender: str = _sender()
+    cause: str = _cause("")
+
+
+@dataclass(frozen=True, slots=True)
+class CheckReach:
+    """Majority check (`ownership.fence`): which members are dead to the receiver?"""
+
+    TAG: ClassVar[str] = "chk"
+    seq: int = field(metadata={"wire": "q", "ge": 0})
+    sender: str = _sender()
+    cause: str = _cause("")
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerReach:
+    """The answer to check `seq`: `down` is who is dead to the sender."""
+
+    TAG: ClassVar[str] = "ans"
+    seq: int = field(metadata={"wire": "q", "ge": 0})
+    down: frozenset[str] = field(default=frozenset(), metadata={"wire": "d", "nonempty": True})
+    sender: str = _sender()
+    cause: str = _cause("")
+
+
+Message = (
+    Replicate | AckReplica | HandOver | AckHandOver | ConfirmHandOver | StealAsk
+    | DeclineSteal | CheckReach | AnswerReach
+)  # fmt: skip
+MESSAGES: tuple[type[Message], ...] = (
+    Replicate, AckReplica, HandOver, AckHandOver, ConfirmHandOver, StealAsk, DeclineSteal,
+    CheckReach, AnswerReach,
 )  # fmt: skip
 
-# -------------------------------------------------------------------- commands
+LocalEvent = (
+    TaskAccepted | TaskStarted | RunLost | TaskFinished | IdleNoticed | StealRequested
+    | PeerUp | PeerDown | PeerRestarted | PeerSuspected | PeerForgotten | PeerChosen
+)  # fmt: skip
+Event = LocalEvent | Message
+
+# ---------------------------------------------------------------------- local commands
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,6 +293,7 @@ class RunLocally:
     task_id: str
     record: TaskRecord
     reason: str = "accepted"
+    cause: str = field(default="", kw_only=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,77 +302,7 @@ class Unqueue:
     or a final result exists elsewhere)."""
 
     task_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class ReplicateTo:
-    node_id: str
-    copy: TaskCopy
-
-
-@dataclass(frozen=True, slots=True)
-class AckReplica:
-    """Tell the owner we hold this revision of its copy (replication is acked and
-    re-sent until acked, so a lost message never leaves a replica behind)."""
-
-    to: str
-    task_id: str
-    epoch: int
-    rev: int
-    run_id: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class CheckReach:
-    """Majority check (`meshlb.mesh.fence`): ask `to` which members are dead to it."""
-
-    to: str
-    seq: int
-
-
-@dataclass(frozen=True, slots=True)
-class AnswerReach:
-    to: str
-    seq: int
-    down: frozenset[str] = frozenset()
-
-
-@dataclass(frozen=True, slots=True)
-class HandOver:
-    """Phase 1: offer these tasks to `to`. Nothing to remove from the local queue
-    here: stolen tasks come with an `Unqueue` each, forwarded ones were never queued."""
-
-    to: str
-    copies: tuple[TaskCopy, ...]
-    reason: str = "forward"
-
-
-@dataclass(frozen=True, slots=True)
-class AckHandOver:
-    to: str
-    keys: tuple[TaskKey, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class ConfirmHandOver:
-    to: str
-    committed: tuple[TaskKey, ...]
-    aborted: tuple[TaskKey, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class SendStealRequest:
-    to: str
-    n: int
-    models: frozenset[str]
-    tokens_per_s: float
-
-
-@dataclass(frozen=True, slots=True)
-class DeclineSteal:
-    """The empty answer to a steal request, so the thief may ask elsewhere at once."""
-
-    to: str
+    cause: str = field(default="", kw_only=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,6 +313,7 @@ class RecordFinal:
 
     copy: TaskCopy
     decided_here: bool
+    cause: str = field(default="", kw_only=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,36 +322,34 @@ class DropDuplicateResult:
 
     task_id: str
     run_id: str
-    kept_run_id: str | None = field(default=None)
+    kept_run_id: str | None = None
+    cause: str = field(default="", kw_only=True)
 
 
-Command = (
-    RunLocally | Unqueue | ReplicateTo | AckReplica | HandOver | AckHandOver | ConfirmHandOver
-    | SendStealRequest | DeclineSteal | RecordFinal | DropDuplicateResult | CheckReach
-    | AnswerReach
-)  # fmt: skip
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Deliver `msg` to node `to` (fire and forget: the core re-sends until acked)."""
+
+    to: str
+    msg: Message
+
+    @property
+    def cause(self) -> str:
+        return self.msg.cause
 
 
-def as_event(cmd: Command, sender: str) -> tuple[str, Event] | None:
-    """The event a node-to-node command becomes on its receiver: (receiver, event).
+Command = RunLocally | Unqueue | RecordFinal | DropDuplicateResult | Send
 
-    None for local commands (RunLocally, Unqueue, RecordFinal, DropDuplicateResult)
-    and for `SendStealRequest`, whose event the receiving driver completes with its
-    own queue (`StealRequested`)."""
-    if isinstance(cmd, ReplicateTo):
-        return cmd.node_id, ReplicaReceived(cmd.copy, sender)
-    if isinstance(cmd, AckReplica):
-        return cmd.to, ReplicaAcked(sender, cmd.task_id, cmd.epoch, cmd.rev, cmd.run_id)
-    if isinstance(cmd, HandOver):
-        return cmd.to, HandOverReceived(sender, cmd.copies, cmd.reason)
-    if isinstance(cmd, AckHandOver):
-        return cmd.to, HandOverAcked(sender, cmd.keys)
-    if isinstance(cmd, ConfirmHandOver):
-        return cmd.to, HandOverConfirmed(sender, cmd.committed, cmd.aborted)
-    if isinstance(cmd, DeclineSteal):
-        return cmd.to, StealDeclined(sender)
-    if isinstance(cmd, CheckReach):
-        return cmd.to, ReachChecked(sender, cmd.seq)
-    if isinstance(cmd, AnswerReach):
-        return cmd.to, ReachAnswered(sender, cmd.seq, cmd.down)
-    return None
+
+def stimulus(ev: Event) -> str:
+    """A short name for an event, stamped as the cause of what it makes the core do:
+    its type and whom it is about (never the event's own cause, so causes do not
+    nest as messages bounce between nodes)."""
+    name = type(ev).__name__
+    if isinstance(ev, TaskAccepted):
+        return f"{name} {ev.record.id}"
+    subject = getattr(ev, "task_id", None) or getattr(ev, "node_id", None)
+    if subject is None and isinstance(ev, Replicate):
+        subject = ev.copy.task_id
+    sender = getattr(ev, "sender", None) or getattr(ev, "by", None)
+    return " ".join(p for p in (name, subject, f"from {sender}" if sender else None) if p)

@@ -1,18 +1,23 @@
 """The node-to-node messages of the task-ownership protocol, as msgpack.
 
-Nodes send each other the network commands of `meshlb.mesh.ownership` (replicate a
-copy, hand tasks over, ack, check reach, ask to steal) in the body of an HTTP POST;
-this module turns a batch of them into bytes and the bytes back into the events the
-receiver feeds its own core. Nothing more is needed for reliability: the ownership
-core resends until acked, so a lost or refused batch is harmless. The envelope names
-the sender (and its boot id, so a restarted peer's stale messages can be told apart);
-it is trusted because the cluster-key HMAC on the HTTP request authenticates it.
+Nodes send each other the ownership core's messages (`ownership_msgs.MESSAGES`:
+replicate a copy, hand tasks over, ack, check reach, ask to steal) in the body of an
+HTTP POST; this module turns a batch of `Send` commands into bytes and the bytes
+back into the messages the receiver feeds its own core. Nothing more is needed for
+reliability: the core resends until acked, so a lost or refused batch is harmless.
+The envelope names the sender (and its boot id, so a restarted peer's stale messages
+can be told apart); it is trusted because the cluster-key HMAC on the HTTP request
+authenticates it, and it is the `sender` of every message in the batch.
 
-Decoding trusts nothing else: every field is type-checked (strictly: no bool for an
-int, no bytes for a str), task states must be known, JSON-like values (`request`,
-`result`, `extra`) may hold only dict/list/str/int/float/bool/None, and any failure
-is one `WireError` whose text says what was wrong. Unknown keys are ignored, so a
-newer node may add fields without a version bump; removing one needs `v` bumped.
+The codec is derived from the dataclasses, not written per message: each field's
+`wire` metadata is its short key (`None`: not sent), and its type says how to check
+it, with a few constraints from the metadata (`ge`, `nonempty`, `one_of`). Decoding
+trusts nothing: every field is type-checked strictly (no bool for an int, no bytes
+for a str, finite floats only), JSON-like values (`request`, `result`, `extra`) may
+hold only dict/list/str/int/float/bool/None, and any failure is one `WireError`
+whose text says what was wrong. Unknown keys are ignored, so a newer node may add
+fields without a version bump if they are `optional` (as `cause` was); removing
+one needs `v` bumped.
 
 Wire shape: `{"v": 1, "s": sender, "b": boot, "i": [item, ...]}`, each item a map
 `{"t": tag, ...}` with short keys; tuples and sets travel as arrays.
@@ -20,19 +25,31 @@ Wire shape: `{"v": 1, "s": sender, "b": boot, "i": [item, ...]}`, each item a ma
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import dataclasses
+import types
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, TypeGuard
+from functools import cache
+from typing import Annotated, Any, Literal, TypeGuard, Union, get_args, get_origin, get_type_hints
 
 import msgpack
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    ValidationError,
+    create_model,
+)
 
 from meshlb.mesh import ownership_msgs as m
-from meshlb.mesh.replication import TaskCopy
-from meshlb.tasks.model import TaskRecord
 
 VERSION = 1
 MAX_BATCH_BYTES = 64 * 1024 * 1024  # results can be large Ollama responses
+
+TAGS: dict[str, type[m.Message]] = {cls.TAG: cls for cls in m.MESSAGES}
+NetworkCommand = m.Send
 
 
 class WireError(Exception):
@@ -40,74 +57,69 @@ class WireError(Exception):
 
 
 @dataclass(frozen=True, slots=True)
-class StealAsk:
-    """A `SendStealRequest` as its receiver sees it; the receiving driver completes it
-    into `StealRequested` with its own queue, speed and slots."""
-
-    by: str
-    n: int
-    models: frozenset[str]
-    tokens_per_s: float
-
-
-@dataclass(frozen=True, slots=True)
 class Batch:
     sender: str  # node id of the sender
     boot: str  # the sender's boot id (random per process start)
-    items: tuple[m.Event | StealAsk, ...]  # receiver-side events, in sending order
+    items: tuple[m.Message, ...]  # in sending order, each with `sender` set
 
 
-NetworkCommand = (
-    m.ReplicateTo | m.AckReplica | m.HandOver | m.AckHandOver | m.ConfirmHandOver
-    | m.DeclineSteal | m.CheckReach | m.AnswerReach | m.SendStealRequest
-)  # fmt: skip
-
-
-def is_network_command(cmd: m.Command) -> TypeGuard[NetworkCommand]:
+def is_network_command(cmd: m.Command) -> TypeGuard[m.Send]:
     """True for the commands that travel to another node (the rest are local)."""
-    return isinstance(cmd, NetworkCommand)
+    return isinstance(cmd, m.Send)
 
 
-def destination(cmd: NetworkCommand) -> str:
+def destination(cmd: m.Send) -> str:
     """The node id the command goes to."""
-    return cmd.node_id if isinstance(cmd, m.ReplicateTo) else cmd.to
+    return cmd.to
+
+
+# ---------------------------------------------------------------------- the schema
+
+
+@dataclass(frozen=True, slots=True)
+class _Field:
+    name: str
+    key: str
+    hint: Any
+    meta: Mapping[str, Any]
+    default: Any
+
+
+@cache
+def _fields(cls: type) -> tuple[_Field, ...]:
+    """The wire fields of a dataclass, from its `wire` metadata."""
+    hints = get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        if "wire" not in f.metadata:
+            raise TypeError(f"{cls.__name__}.{f.name} has no wire key")
+        if f.metadata["wire"] is not None:
+            out.append(_Field(f.name, f.metadata["wire"], hints[f.name], f.metadata, f.default))
+    return tuple(out)
 
 
 # ---------------------------------------------------------------------- encoding
 
 
-def _copy(c: TaskCopy) -> dict[str, Any]:
-    record = {alias: getattr(c.record, name) for name, alias in _RECORD_KEYS}
-    return {"r": record, "o": c.owner, "e": c.epoch, "rs": c.replicas,
-            "f": sorted(c.former), "u": c.run_id, "v": c.rev}  # fmt: skip
+def _encode(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.key: _encode(getattr(value, f.name)) for f in _fields(type(value))}
+    if isinstance(value, tuple):
+        return [_encode(v) for v in value]
+    if isinstance(value, frozenset):
+        return sorted(value)
+    return value  # a scalar, or a JSON value (request, result, extra)
 
 
-def _item(cmd: NetworkCommand) -> dict[str, Any]:
-    if isinstance(cmd, m.ReplicateTo):
-        return {"t": "rep", "c": _copy(cmd.copy)}
-    if isinstance(cmd, m.AckReplica):
-        return {"t": "ack", "id": cmd.task_id, "e": cmd.epoch, "v": cmd.rev, "u": cmd.run_id}
-    if isinstance(cmd, m.HandOver):
-        return {"t": "ho", "c": [_copy(c) for c in cmd.copies], "why": cmd.reason}
-    if isinstance(cmd, m.AckHandOver):
-        return {"t": "hoa", "k": cmd.keys}
-    if isinstance(cmd, m.ConfirmHandOver):
-        return {"t": "hoc", "ok": cmd.committed, "ab": cmd.aborted}
-    if isinstance(cmd, m.DeclineSteal):
-        return {"t": "nosteal"}
-    if isinstance(cmd, m.CheckReach):
-        return {"t": "chk", "q": cmd.seq}
-    if isinstance(cmd, m.AnswerReach):
-        return {"t": "ans", "q": cmd.seq, "d": sorted(cmd.down)}
-    if isinstance(cmd, m.SendStealRequest):
-        return {"t": "steal", "n": cmd.n, "ms": sorted(cmd.models), "tps": cmd.tokens_per_s}
-    raise TypeError(f"{type(cmd).__name__} is not a node-to-node command")
-
-
-def encode_batch(sender: str, boot: str, cmds: Sequence[NetworkCommand]) -> bytes:
+def encode_batch(sender: str, boot: str, cmds: Sequence[m.Send]) -> bytes:
     """One POST body. The receiver refuses bodies over MAX_BATCH_BYTES, so a sender
     with more to say splits it over several batches."""
-    body = {"v": VERSION, "s": sender, "b": boot, "i": [_item(c) for c in cmds]}
+    items = []
+    for cmd in cmds:
+        if not isinstance(cmd, m.Send):
+            raise TypeError(f"{type(cmd).__name__} is not a node-to-node command")
+        items.append({"t": cmd.msg.TAG, **_encode(cmd.msg)})
+    body = {"v": VERSION, "s": sender, "b": boot, "i": items}
     return bytes(msgpack.packb(body, use_bin_type=True))
 
 
@@ -133,119 +145,78 @@ def _json(value: Any) -> Any:
     return value
 
 
-Text = Annotated[str, Strict()]
-NodeId = Annotated[str, Strict(), Field(min_length=1)]
-Int = Annotated[int, Strict()]
-Count = Annotated[int, Strict(), Field(ge=0)]
-Number = Annotated[float, Strict(), Field(allow_inf_nan=False)]  # ints are accepted
 Json = Annotated[Any, AfterValidator(_json)]
-JsonObject = Annotated[dict[Text, Any], AfterValidator(_json)]
-Key = tuple[Text, Count]  # (task_id, epoch)
+JsonObject = Annotated[dict[Annotated[str, Strict()], Any], AfterValidator(_json)]
+
+
+def _checked(hint: Any, meta: Mapping[str, Any]) -> Any:
+    """The pydantic type that checks a value of `hint` strictly (constraints from
+    `meta` apply to every scalar of their kind inside, e.g. each int of a key)."""
+    ge = {"ge": meta["ge"]} if "ge" in meta else {}
+    origin, args = get_origin(hint), get_args(hint)
+    if hint is Any:
+        return Json
+    if hint is str and "one_of" in meta:
+        return Literal[tuple(meta["one_of"])]
+    if hint is str:
+        return Annotated[str, Strict(), Field(min_length=1 if meta.get("nonempty") else 0)]
+    if hint is bool:
+        return Annotated[bool, Strict()]
+    if hint is int:
+        return Annotated[int, Strict(), Field(**ge)]
+    if hint is float:  # ints are accepted (msgpack packs 2.0 as 2.0, but a peer may not)
+        return Annotated[float, Strict(), Field(allow_inf_nan=False, **ge)]
+    if hint is type(None):
+        return None
+    if origin in (Union, types.UnionType):
+        return Union[tuple(_checked(a, meta) for a in args)]  # noqa: UP007 (built at runtime)
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        return tuple.__class_getitem__((_checked(args[0], meta), ...))
+    if origin is tuple:
+        return tuple.__class_getitem__(tuple(_checked(a, meta) for a in args))
+    if origin is frozenset:
+        return frozenset.__class_getitem__(_checked(args[0], meta))
+    if origin is dict and args[0] is str and args[1] is Any:
+        return JsonObject
+    if dataclasses.is_dataclass(hint) and isinstance(hint, type):
+        return _model(hint)
+    raise TypeError(f"no wire form for {hint!r}")
 
 
 class _Wire(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
-class _RecordWire(_Wire):
-    """Field names are TaskRecord's (so it builds with `**`), aliases are the wire keys."""
-
-    id: Text = Field(alias="id")
-    kind: Text = Field(alias="k")
-    model: Text = Field(alias="m")
-    request: JsonObject = Field(alias="q")
-    priority: Int = Field(alias="p")
-    origin: Text = Field(alias="o")
-    created_at: Number = Field(alias="ca")
-    timeout_s: Number | None = Field(alias="to")
-    idempotency_key: Text | None = Field(alias="ik")
-    state: Literal["queued", "running", "succeeded", "failed", "cancelled"] = Field(alias="st")
-    node: Text | None = Field(alias="n")
-    attempts: Count = Field(alias="at")
-    started_at: Number | None = Field(alias="sa")
-    finished_at: Number | None = Field(alias="fa")
-    result: Json = Field(alias="r")
-    error: Text | None = Field(alias="er")
-    error_status: Int | None = Field(alias="es")
-    est_tokens: Count = Field(alias="et")
-    extra: JsonObject = Field(alias="x")
-
-    def build(self) -> TaskRecord:
-        return TaskRecord(**dict(self))
+@cache
+def _model(cls: type) -> type[BaseModel]:
+    """A pydantic model of `cls`'s wire fields, named by their short keys."""
+    fields: dict[str, Any] = {}
+    for f in _fields(cls):
+        default = f.default if f.meta.get("optional") else ...
+        fields[f.key] = (_checked(f.hint, f.meta), default)
+    return create_model(f"{cls.__name__}Wire", __base__=_Wire, **fields)
 
 
-_RECORD_KEYS = tuple((name, f.alias or name) for name, f in _RecordWire.model_fields.items())
+def _build(cls: type, checked: BaseModel, **extra: Any) -> Any:
+    """The dataclass `cls` from its checked wire model (nested ones too)."""
+    values = {}
+    for f in _fields(cls):
+        v = getattr(checked, f.key)
+        if isinstance(v, BaseModel):
+            v = _build(_dataclass_of(f.hint), v)
+        elif isinstance(v, tuple) and v and isinstance(v[0], BaseModel):
+            v = tuple(_build(_dataclass_of(get_args(f.hint)[0]), x) for x in v)
+        values[f.name] = v
+    return cls(**values, **extra)
 
 
-class _CopyWire(_Wire):
-    r: _RecordWire
-    o: NodeId
-    e: Count
-    rs: tuple[NodeId, ...]
-    f: frozenset[NodeId]
-    u: Text | None
-    v: Count
-
-    def build(self) -> TaskCopy:
-        return TaskCopy(self.r.build(), self.o, self.e, self.rs, self.f, self.u, self.v)
-
-
-class _Replicate(_Wire):
-    c: _CopyWire
-
-
-class _AckReplica(_Wire):
-    id: Text
-    e: Count
-    v: Count
-    u: Text | None
-
-
-class _HandOver(_Wire):
-    c: tuple[_CopyWire, ...]
-    why: Text
-
-
-class _AckHandOver(_Wire):
-    k: tuple[Key, ...]
-
-
-class _ConfirmHandOver(_Wire):
-    ok: tuple[Key, ...]
-    ab: tuple[Key, ...]
-
-
-class _CheckReach(_Wire):
-    q: Count
-
-
-class _AnswerReach(_Wire):
-    q: Count
-    d: frozenset[NodeId]
-
-
-class _Steal(_Wire):
-    n: Count
-    ms: frozenset[Text]
-    tps: Annotated[Number, Field(ge=0)]
-
-
-# tag -> (wire model, what the item becomes on the receiver given the sender); as_event
-_ITEMS: dict[str, tuple[type[_Wire], Callable[[Any, str], m.Event | StealAsk]]] = {
-    "rep": (_Replicate, lambda w, s: m.ReplicaReceived(w.c.build(), s)),
-    "ack": (_AckReplica, lambda w, s: m.ReplicaAcked(s, w.id, w.e, w.v, w.u)),
-    "ho": (_HandOver, lambda w, s: m.HandOverReceived(s, tuple(c.build() for c in w.c), w.why)),
-    "hoa": (_AckHandOver, lambda w, s: m.HandOverAcked(s, w.k)),
-    "hoc": (_ConfirmHandOver, lambda w, s: m.HandOverConfirmed(s, w.ok, w.ab)),
-    "nosteal": (_Wire, lambda w, s: m.StealDeclined(s)),
-    "chk": (_CheckReach, lambda w, s: m.ReachChecked(s, w.q)),
-    "ans": (_AnswerReach, lambda w, s: m.ReachAnswered(s, w.q, w.d)),
-    "steal": (_Steal, lambda w, s: StealAsk(s, w.n, w.ms, w.tps)),
-}
+def _dataclass_of(hint: Any) -> type:
+    assert dataclasses.is_dataclass(hint) and isinstance(hint, type), hint
+    return hint
 
 
 class _Envelope(_Wire):
-    s: NodeId
+    s: Annotated[str, Strict(), Field(min_length=1)]
     b: Annotated[str, Strict(), Field(min_length=1)]
     i: Annotated[list[Any], Strict()]
 
@@ -258,7 +229,7 @@ def _why(e: ValidationError) -> str:
 
 
 def decode_batch(body: bytes) -> Batch:
-    """The sender and the events of one POST body; raises only WireError."""
+    """The sender and the messages of one POST body; raises only WireError."""
     if len(body) > MAX_BATCH_BYTES:
         raise WireError(f"batch of {len(body)} bytes is over the {MAX_BATCH_BYTES}-byte limit")
     try:
@@ -274,14 +245,15 @@ def decode_batch(body: bytes) -> Batch:
         env = _Envelope.model_validate(raw)
     except ValidationError as e:
         raise WireError(f"batch envelope is malformed: {_why(e)}") from None
-    items: list[m.Event | StealAsk] = []
+    items: list[m.Message] = []
     for n, item in enumerate(env.i):
         tag = item.get("t") if type(item) is dict else None
-        if type(tag) is not str or tag not in _ITEMS:
+        if type(tag) is not str or tag not in TAGS:
             raise WireError(f"item {n} has no known type tag (got {tag!r:.40})")
-        model, event = _ITEMS[tag]
+        cls: type = TAGS[tag]
         try:
-            items.append(event(model.model_validate(item), env.s))
+            checked = _model(cls).model_validate(item)
         except ValidationError as e:
             raise WireError(f"item {n} ({tag!r}) is malformed: {_why(e)}") from None
+        items.append(_build(cls, checked, sender=env.s))
     return Batch(env.s, env.b, tuple(items))

@@ -25,7 +25,7 @@ from __future__ import annotations
 import copy
 import hashlib
 from collections.abc import Collection, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from meshlb.tasks.model import TaskRecord
 
@@ -64,19 +64,21 @@ def choose_replicas(
 
 @dataclass(frozen=True, slots=True)
 class TaskCopy:
-    """One replicated snapshot. `record` is private to this copy: never mutate it.
+    """One replicated snapshot (frozen, and its record is never changed in place: the
+    core derives a new record with `TaskRecord.started`/`requeued`/`finished`).
 
     `former` holds every node that ever owned or held the task, so that a healed
     partition knows whom to reconcile with. `run_id` names the run whose result
     is final (None while the task is not final)."""
 
-    record: TaskRecord
-    owner: str
-    epoch: int
-    replicas: tuple[str, ...]
-    former: frozenset[str] = frozenset()
-    run_id: str | None = None
-    rev: int = 0  # bumped on every state change within one (epoch, owner)
+    record: TaskRecord = field(metadata={"wire": "r"})
+    owner: str = field(metadata={"wire": "o", "nonempty": True})
+    epoch: int = field(metadata={"wire": "e", "ge": 0})
+    replicas: tuple[str, ...] = field(metadata={"wire": "rs", "nonempty": True})
+    former: frozenset[str] = field(default=frozenset(), metadata={"wire": "f", "nonempty": True})
+    run_id: str | None = field(default=None, metadata={"wire": "u"})
+    # bumped on every state change within one (epoch, owner)
+    rev: int = field(default=0, metadata={"wire": "v", "ge": 0})
 
     @property
     def task_id(self) -> str:
@@ -95,22 +97,16 @@ class TaskCopy:
         return next((n for n in self.replicas if n in live), None)
 
     def with_replicas(self, replicas: tuple[str, ...]) -> TaskCopy:
-        return TaskCopy(
-            self.record, self.owner, self.epoch, replicas, self.former | set(replicas),
-            self.run_id, self.rev + 1,
-        )  # fmt: skip
+        return replace(self, replicas=replicas, former=self.former | set(replicas),
+                       rev=self.rev + 1)  # fmt: skip
 
     def with_owner(self, owner: str, epoch: int, replicas: tuple[str, ...]) -> TaskCopy:
-        return TaskCopy(
-            snapshot(self.record), owner, epoch, replicas,
-            self.former | {owner, *replicas}, self.run_id, 0,
-        )  # fmt: skip
+        former = self.former | {owner, *replicas}
+        return replace(self, owner=owner, epoch=epoch, replicas=replicas, former=former, rev=0)
 
     def with_record(self, record: TaskRecord, run_id: str | None = None) -> TaskCopy:
-        return TaskCopy(
-            snapshot(record), self.owner, self.epoch, self.replicas, self.former,
-            run_id if run_id is not None else self.run_id, self.rev + 1,
-        )  # fmt: skip
+        run = run_id if run_id is not None else self.run_id
+        return replace(self, record=record, run_id=run, rev=self.rev + 1)
 
     def __repr__(self) -> str:
         return (
@@ -120,8 +116,9 @@ class TaskCopy:
 
 
 def snapshot(record: TaskRecord) -> TaskRecord:
-    """A shallow copy: the record's own fields are private, the request dict is shared
-    (nobody mutates a request after acceptance)."""
+    """A shallow copy, taken where a record crosses between the task service (which
+    still changes its local records in place) and the core: the record's own fields
+    are private, the request dict is shared (nobody mutates a request)."""
     return copy.copy(record)
 
 

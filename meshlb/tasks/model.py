@@ -3,27 +3,23 @@
 States: queued -> running -> succeeded | failed | cancelled (running -> queued again
 when a run is lost, e.g. Ollama busy or a node restart). A final state is reached
 exactly once; `TaskRecord.finish` refuses a second one, which is how "the first
-result wins" is kept.
+result wins" is kept. Each field's `wire` metadata is its short key on the
+node-to-node wire (`meshlb.mesh.ownership_wire` derives its codec from them).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-FINAL_STATES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+FINAL_STATES: frozenset[str] = frozenset(STATES[2:])
 KIND_PATHS: dict[str, str] = {
     "generate": "/api/generate",
     "chat": "/api/chat",
     "embed": "/api/embed",
 }
-
-
-def new_task_id() -> str:
-    """Random and unguessable enough to share: 't-' + 16 hex digits."""
-    return "t-" + secrets.token_hex(8)
 
 
 class AlreadyFinal(Exception):
@@ -34,26 +30,26 @@ class AlreadyFinal(Exception):
 class TaskRecord:
     """One async task. Times are wall-clock epoch seconds (they are shown to users)."""
 
-    id: str
-    kind: str
-    model: str
-    request: dict[str, Any]
-    priority: int
-    origin: str
-    created_at: float
-    timeout_s: float | None = None
-    idempotency_key: str | None = None
-    state: str = "queued"
-    node: str | None = None
-    attempts: int = 0
-    started_at: float | None = None
-    finished_at: float | None = None
-    result: Any = None
-    error: str | None = None
+    id: str = field(metadata={"wire": "id"})
+    kind: str = field(metadata={"wire": "k"})
+    model: str = field(metadata={"wire": "m"})
+    request: dict[str, Any] = field(metadata={"wire": "q"})
+    priority: int = field(metadata={"wire": "p"})
+    origin: str = field(metadata={"wire": "o"})
+    created_at: float = field(metadata={"wire": "ca"})
+    timeout_s: float | None = field(default=None, metadata={"wire": "to"})
+    idempotency_key: str | None = field(default=None, metadata={"wire": "ik"})
+    state: str = field(default="queued", metadata={"wire": "st", "one_of": STATES})
+    node: str | None = field(default=None, metadata={"wire": "n"})
+    attempts: int = field(default=0, metadata={"wire": "at", "ge": 0})
+    started_at: float | None = field(default=None, metadata={"wire": "sa"})
+    finished_at: float | None = field(default=None, metadata={"wire": "fa"})
+    result: Any = field(default=None, metadata={"wire": "r"})
+    error: str | None = field(default=None, metadata={"wire": "er"})
     # HTTP status that best describes a failure (504 timeout, 404 model, 503 backend down).
-    error_status: int | None = None
-    est_tokens: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
+    error_status: int | None = field(default=None, metadata={"wire": "es"})
+    est_tokens: int = field(default=0, metadata={"wire": "et", "ge": 0})
+    extra: dict[str, Any] = field(default_factory=dict, metadata={"wire": "x"})
 
     @property
     def final(self) -> bool:
@@ -62,6 +58,40 @@ class TaskRecord:
     @property
     def deadline_at(self) -> float | None:
         return None if self.timeout_s is None else self.created_at + self.timeout_s
+
+    # The ownership core's copies never change: these return a changed record.
+
+    def started(self, node: str, now: float) -> TaskRecord:
+        if self.final:
+            raise AlreadyFinal(self.id)
+        attempts = self.attempts + 1
+        return replace(self, state="running", node=node, started_at=now, attempts=attempts)
+
+    def requeued(self) -> TaskRecord:
+        """A run was lost (busy backend, restart, its owner died): queued, not final."""
+        if self.final:
+            raise AlreadyFinal(self.id)
+        return replace(self, state="queued")
+
+    def finished(
+        self,
+        state: str,
+        now: float,
+        *,
+        node: str | None = None,
+        result: Any = None,
+        error: str | None = None,
+        error_status: int | None = None,
+    ) -> TaskRecord:
+        """The record with its one final state (`node`: where the run happened)."""
+        if state not in FINAL_STATES:
+            raise ValueError(f"{state} is not a final state")
+        if self.final:
+            raise AlreadyFinal(self.id)
+        return replace(
+            self, state=state, finished_at=now, node=node or self.node, result=result,
+            error=error, error_status=error_status,
+        )  # fmt: skip
 
     def mark_running(self, node: str, now: float) -> None:
         if self.final:

@@ -195,7 +195,7 @@ def test_cluster_key_refuses_unauthenticated_peer_requests() -> None:
         )
         assert ok.status_code == 200
         # The ownership endpoint: a well-formed batch without the key does nothing.
-        batch = encode_batch("intruder", "b0", [m.ReplicateTo("k", forged_copy())])
+        batch = encode_batch("intruder", "b0", [m.Send("k", m.Replicate(forged_copy()))])
         path = "/v1/internal/ownership"
         for headers in (
             {},

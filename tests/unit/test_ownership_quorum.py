@@ -5,13 +5,13 @@ from __future__ import annotations
 from meshlb.mesh import ownership_msgs as m
 from meshlb.mesh.ownership import OWNER, REPLICA, Ownership
 from meshlb.mesh.replication import rendezvous_order
-from tests.unit.ownership_helpers import IDS, Net, accept, rec
+from tests.unit.ownership_net import IDS, Net, accept, rec, step, tick
 
 
 def test_result_is_recorded_only_after_a_replica_acked_it() -> None:
     net = Net()
     replica = rendezvous_order("t-1", [n for n in IDS if n != "a"])[0]
-    net.drop = lambda src, dst, ev: isinstance(ev, m.ReplicaAcked)
+    net.drop = lambda src, dst, ev: isinstance(ev, m.AckReplica)
     accept(net)
     net.start_and_finish("a", "t-1")
     assert [c for c in net.cmds(m.RecordFinal) if c.decided_here] == []
@@ -36,7 +36,7 @@ def test_owner_dying_before_any_replica_saw_its_result_never_recorded_it() -> No
 def test_heir_of_an_unacked_final_copy_records_the_same_run() -> None:
     net = Net()
     accept(net)
-    net.drop = lambda src, dst, ev: isinstance(ev, m.ReplicaAcked)
+    net.drop = lambda src, dst, ev: isinstance(ev, m.AckReplica)
     net.start_and_finish("a", "t-1")
     net.drop = lambda src, dst, ev: False
     net.kill("a")
@@ -66,11 +66,11 @@ def test_minority_side_neither_takes_over_nor_decides() -> None:
 def test_suspected_members_do_not_count_towards_the_quorum() -> None:
     core = Ownership("a", set(IDS))
     for n in ("b", "c"):
-        core.handle(m.PeerSuspected(n), 0.0)
+        step(core, m.PeerSuspected(n), 0.0)
     assert core.in_quorum()
-    core.handle(m.PeerSuspected("d"), 0.0)
+    step(core, m.PeerSuspected("d"), 0.0)
     assert not core.in_quorum()
-    core.handle(m.PeerUp("d"), 0.0)
+    step(core, m.PeerUp("d"), 0.0)
     assert core.in_quorum()
 
 
@@ -124,13 +124,12 @@ def test_result_held_in_a_minority_is_proposed_when_the_new_owner_is_back() -> N
     net.feed("a", m.PeerUp(other))
     newer = copy.with_owner(replica, copy.epoch + 1, (other,))
     net.inflight.clear()
-    net.feed("a", m.ReplicaReceived(newer, replica))
-    proposals = [c for n, c in net.log if n == "a" and isinstance(c, m.ReplicateTo)]
+    net.feed("a", m.Replicate(newer, sender=replica))
+    proposals = net.cmds(m.Replicate, "a")
     net.log.clear()
     assert not any(p.copy.final for p in proposals)  # the heir is unreachable: held
     net.feed("a", m.PeerUp(replica))
-    sent = [c for n, c in net.log if n == "a" and isinstance(c, m.ReplicateTo)]
-    finals = [c for c in sent if c.node_id == replica and c.copy.final]
+    finals = [s.msg for s in net.sent(m.Replicate, "a") if s.to == replica and s.msg.copy.final]
     assert len(finals) == 1 and finals[0].copy.record.result == "from a"
     assert finals[0].copy.record.node == "a"  # who ran it, not the heir's re-queued copy
     assert net.cores["a"].get("t-1") is None  # proposed, then forgotten
@@ -142,12 +141,12 @@ def test_dead_members_leave_the_quorum_count_only_after_dead_quorum_after_s() ->
     for after_s, expect_quorum in ((None, False), (30.0, True)):
         core = Ownership("d", set(IDS), dead_quorum_after_s=after_s)
         for gone in ("a", "b", "c"):
-            core.handle(m.PeerDown(gone), 10.0)
+            step(core, m.PeerDown(gone), 10.0)
         assert not core.in_quorum()
         assert core.next_deadline() == (40.0 if after_s else None)
-        core.tick(39.9)
+        tick(core, 39.9)
         assert not core.in_quorum()
-        core.tick(40.0)
+        tick(core, 40.0)
         assert core.in_quorum() is expect_quorum
         assert ("a" in core.known) is not expect_quorum
 
@@ -155,9 +154,9 @@ def test_dead_members_leave_the_quorum_count_only_after_dead_quorum_after_s() ->
 def test_a_member_back_before_the_deadline_keeps_counting() -> None:
     core = Ownership("d", set(IDS), dead_quorum_after_s=30.0)
     for gone in ("a", "b", "c"):
-        core.handle(m.PeerDown(gone), 10.0)
-    core.handle(m.PeerUp("a"), 20.0)
-    core.tick(45.0)
+        step(core, m.PeerDown(gone), 10.0)
+    step(core, m.PeerUp("a"), 20.0)
+    tick(core, 45.0)
     assert core.known == {"a", "d", "e"} and core.in_quorum()
 
 
@@ -165,20 +164,20 @@ def test_an_ack_of_an_older_revision_means_the_replica_holds_the_task() -> None:
     """A task that starts at once gets a new revision before its first ack returns;
     the replica still holds it, so the 202 need not wait (it used to be refused)."""
     core = Ownership("a", {"a", "b"})
-    core.handle(m.TaskAccepted(rec()), 0.0)
+    step(core, m.TaskAccepted(rec()), 0.0)
     copy = core.get("t-1")
     assert copy is not None and copy.replicas == ("b",)
     assert not core.held_elsewhere("t-1")
-    core.handle(m.TaskStarted("t-1", 0.1), 0.1)
-    core.handle(m.ReplicaAcked("b", "t-1", copy.epoch, copy.rev), 0.2)
+    step(core, m.TaskStarted("t-1", 0.1), 0.1)
+    step(core, m.AckReplica("t-1", copy.epoch, copy.rev, sender="b"), 0.2)
     assert core.held_elsewhere("t-1") and not core.settled("t-1")
 
 
 def test_no_second_holder_is_not_safe_unless_alone_from_the_start() -> None:
     alone = Ownership("a")
-    alone.handle(m.TaskAccepted(rec()), 0.0)
+    step(alone, m.TaskAccepted(rec()), 0.0)
     assert alone.held_elsewhere("t-1")
     left_alone = Ownership("a", {"a", "b"})
-    left_alone.handle(m.PeerDown("b"), 0.0)
-    left_alone.handle(m.TaskAccepted(rec()), 0.0)
+    step(left_alone, m.PeerDown("b"), 0.0)
+    step(left_alone, m.TaskAccepted(rec()), 0.0)
     assert left_alone.settled("t-1") and not left_alone.held_elsewhere("t-1")

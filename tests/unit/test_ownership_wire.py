@@ -1,10 +1,10 @@
-"""The ownership protocol's wire codec: every message round-trips to the event its
-receiver gets, and no input makes decoding raise anything but WireError."""
+"""The ownership protocol's wire codec: every message round-trips to itself (with
+the envelope's sender), and no input makes decoding raise anything but WireError."""
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, cast
 
 import msgpack
 import pytest
@@ -16,7 +16,6 @@ from meshlb.mesh import ownership_wire as w
 from meshlb.mesh.ownership_wire import (
     MAX_BATCH_BYTES,
     Batch,
-    StealAsk,
     WireError,
     decode_batch,
     destination,
@@ -54,23 +53,23 @@ def copy(rec: TaskRecord, run_id: str | None = None) -> TaskCopy:
     return TaskCopy(rec, "a", 3, ("b", "c"), frozenset({"a", "b", "c", "d"}), run_id, 7)
 
 
-NON_STEAL: list[m.Command] = [
-    m.ReplicateTo("b", copy(record())),
-    m.ReplicateTo("b", copy(final_record(), run_id="r-1")),
-    m.ReplicateTo("c", copy(record("t-3", request={}, result=[1, "two", None]))),
-    m.AckReplica("b", "t-1", 3, 7),
-    m.AckReplica("b", "t-2", 3, 8, "r-1"),
-    m.HandOver("c", (copy(record()), copy(final_record(), "r-1")), "steal"),
-    m.HandOver("c", ()),
-    m.AckHandOver("a", (("t-1", 3), ("t-2", 4))),
-    m.ConfirmHandOver("c", (("t-1", 3),), (("t-2", 4),)),
-    m.ConfirmHandOver("c", (), ()),
-    m.DeclineSteal("d"),
-    m.CheckReach("b", 12),
-    m.AnswerReach("a", 12, frozenset({"c", "d"})),
-    m.AnswerReach("a", 13),
+NON_STEAL: list[m.Send] = [
+    m.Send("b", m.Replicate(copy(record()))),
+    m.Send("b", m.Replicate(copy(final_record(), run_id="r-1"), cause="TaskFinished t-2")),
+    m.Send("c", m.Replicate(copy(record("t-3", request={}, result=[1, "two", None])))),
+    m.Send("b", m.AckReplica("t-1", 3, 7)),
+    m.Send("b", m.AckReplica("t-2", 3, 8, "r-1")),
+    m.Send("c", m.HandOver((copy(record()), copy(final_record(), "r-1")), "steal")),
+    m.Send("c", m.HandOver(())),
+    m.Send("a", m.AckHandOver((("t-1", 3), ("t-2", 4)))),
+    m.Send("c", m.ConfirmHandOver((("t-1", 3),), (("t-2", 4),))),
+    m.Send("c", m.ConfirmHandOver((), ())),
+    m.Send("d", m.DeclineSteal()),
+    m.Send("b", m.CheckReach(12)),
+    m.Send("a", m.AnswerReach(12, frozenset({"c", "d"}))),
+    m.Send("a", m.AnswerReach(13)),
 ]
-STEAL = m.SendStealRequest("a", 2, frozenset({"llama3.2:1b", "qwen"}), 41.5)
+STEAL = m.Send("a", m.StealAsk(2, frozenset({"llama3.2:1b", "qwen"}), 41.5))
 LOCAL: list[m.Command] = [
     m.RunLocally("t-1", record()),
     m.Unqueue("t-1"),
@@ -79,30 +78,46 @@ LOCAL: list[m.Command] = [
 ]
 
 
-def network(cmds: list[m.Command]) -> list[w.NetworkCommand]:
+def network(cmds: list[m.Send]) -> list[w.NetworkCommand]:
     out = [c for c in cmds if is_network_command(c)]
     assert len(out) == len(cmds)
     return out
 
 
-def test_every_command_round_trips_to_its_receivers_event() -> None:
+def test_every_message_round_trips_to_itself_from_the_envelopes_sender() -> None:
     cmds = network([*NON_STEAL, STEAL])
     batch = decode_batch(encode_batch("z", "boot-1", cmds))
     assert (batch.sender, batch.boot) == ("z", "boot-1")
-    expected: list[m.Event | StealAsk] = []
-    for cmd in NON_STEAL:
-        routed = m.as_event(cmd, "z")
-        assert routed is not None
-        expected.append(routed[1])
-    expected.append(StealAsk("z", 2, frozenset({"llama3.2:1b", "qwen"}), 41.5))
-    assert list(batch.items) == expected
+    assert list(batch.items) == [dataclasses.replace(c.msg, sender="z") for c in cmds]
+    assert batch.items[1].cause == "TaskFinished t-2"  # why it was sent travels with it
+
+
+def test_every_message_type_has_a_wire_form_and_a_unique_tag() -> None:
+    assert sorted(w.TAGS) == sorted(cls.TAG for cls in m.MESSAGES)
+    for cls in m.MESSAGES:
+        assert w._model(cls).model_fields  # or raises: a field without a wire key
+    assert {type(c.msg) for c in [*NON_STEAL, STEAL]} == set(m.MESSAGES)
+
+
+def test_a_sender_in_an_item_is_not_believed() -> None:
+    raw = msgpack.unpackb(encode_batch("z", "b0", network([NON_STEAL[3]])))
+    raw["i"][0]["sender"] = "intruder"
+    (ack,) = decode_batch(msgpack.packb(raw)).items
+    assert ack.sender == "z"
+
+
+def test_a_batch_from_a_node_without_causes_decodes() -> None:
+    raw = msgpack.unpackb(encode_batch("z", "b0", network([NON_STEAL[1]])))
+    del raw["i"][0]["y"]
+    (rep,) = decode_batch(msgpack.packb(raw)).items
+    assert rep == m.Replicate(copy(final_record(), "r-1"), sender="z")
 
 
 def test_types_survive_and_records_are_fresh() -> None:
     sent = copy(final_record(), "r-1")
-    cmds = network([m.HandOver("c", (sent,)), m.AckHandOver("a", (("t-1", 3),))])
+    cmds = network([m.Send("c", m.HandOver((sent,))), m.Send("a", m.AckHandOver((("t-1", 3),)))])
     received, acked = decode_batch(encode_batch("z", "b0", cmds)).items
-    assert isinstance(received, m.HandOverReceived) and isinstance(acked, m.HandOverAcked)
+    assert isinstance(received, m.HandOver) and isinstance(acked, m.AckHandOver)
     got = received.copies[0]
     assert type(got.replicas) is tuple and type(got.former) is frozenset
     assert type(acked.keys) is tuple and type(acked.keys[0]) is tuple
@@ -112,7 +127,7 @@ def test_types_survive_and_records_are_fresh() -> None:
 
 def test_the_codec_carries_every_task_record_field() -> None:
     """A field added to TaskRecord must be added to the wire, or it would be lost."""
-    wire_fields = {name for name, _ in w._RECORD_KEYS}
+    wire_fields = {f.name for f in w._fields(TaskRecord)}
     assert wire_fields == {f.name for f in dataclasses.fields(TaskRecord)}
 
 
@@ -124,7 +139,7 @@ def test_empty_batch_and_unknown_keys_are_fine() -> None:
     raw["i"][0]["c"]["future"] = {}
     raw["i"][0]["c"]["r"]["future"] = None
     (event,) = decode_batch(msgpack.packb(raw)).items
-    assert event == m.ReplicaReceived(copy(final_record(), "r-1"), "z")
+    assert event == m.Replicate(copy(final_record(), "r-1"), sender="z", cause="TaskFinished t-2")
 
 
 def test_network_and_local_commands() -> None:
@@ -133,7 +148,7 @@ def test_network_and_local_commands() -> None:
     ]  # fmt: skip
     assert not any(is_network_command(c) for c in LOCAL)
     with pytest.raises(TypeError):
-        encode_batch("z", "b0", LOCAL)  # type: ignore[arg-type]
+        encode_batch("z", "b0", cast(Any, LOCAL))
 
 
 # ------------------------------------------------------------------ malformed input
@@ -239,7 +254,7 @@ def test_arbitrary_bytes_raise_only_wire_error(body: bytes) -> None:
 
 
 @settings(max_examples=300, deadline=None)  # a loaded CI box must not make it flaky
-@given(st.sampled_from(sorted(w._ITEMS)), st.dictionaries(st.sampled_from(WIRE_KEYS), values))
+@given(st.sampled_from(sorted(w.TAGS)), st.dictionaries(st.sampled_from(WIRE_KEYS), values))
 def test_arbitrary_items_raise_only_wire_error(tag: str, fields: dict[str, Any]) -> None:
     item = {**fields, "t": tag}
     decodes_or_refuses(msgpack.packb({"v": 1, "s": "z", "b": "b0", "i": [item]}))

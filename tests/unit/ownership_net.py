@@ -1,0 +1,124 @@
+"""Ownership cores wired together in one process, for the core's unit tests.
+
+Not a driver: `Send` commands are routed to the receiving core's `handle` as the
+message itself, `RunLocally`/`Unqueue` keep a list per node standing in for its
+scheduler, and a steal request is completed from that list. After every step each
+core's `validate()` runs (as dask's tests run `validate_state`), so a step that
+breaks an invariant fails where it happens.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from meshlb.mesh import ownership_msgs as m
+from meshlb.mesh.ownership import Ownership, Role
+from meshlb.mesh.stealing import Waiting
+from meshlb.tasks.model import TaskRecord
+
+IDS = ("a", "b", "c", "d", "e")
+
+
+def rec(task_id: str = "t-1", model: str = "m", est: int = 100, prio: int = 5) -> TaskRecord:
+    return TaskRecord(task_id, "generate", model, {}, prio, "a", 0.0, est_tokens=est)
+
+
+def step(core: Ownership, event: m.Event, now: float) -> list[m.Command]:
+    """One event into one core, its invariants checked after."""
+    cmds = core.handle(event, now)
+    core.validate()
+    return cmds
+
+
+def tick(core: Ownership, now: float) -> list[m.Command]:
+    cmds = core.tick(now)
+    core.validate()
+    return cmds
+
+
+class Net:
+    """Cores wired together; messages queue in `inflight` until `run()`."""
+
+    def __init__(self, ids: tuple[str, ...] = IDS, replication: int = 2) -> None:
+        self.cores = {i: Ownership(i, set(ids), replication) for i in ids}
+        self.queues: dict[str, list[str]] = {i: [] for i in ids}
+        self.log: list[tuple[str, m.Command]] = []
+        self.inflight: deque[tuple[str, m.Event]] = deque()
+        self.drop: Callable[[str, str, m.Event], bool] = lambda src, dst, ev: False
+        self.now = 0.0
+
+    def feed(self, node: str, event: m.Event) -> None:
+        self.apply(node, step(self.cores[node], event, self.now))
+
+    def apply(self, node: str, cmds: list[m.Command]) -> None:
+        for c in cmds:
+            self.log.append((node, c))
+            q = self.queues[node]
+            if isinstance(c, m.RunLocally):
+                q.append(c.task_id)
+            elif isinstance(c, m.Unqueue) and c.task_id in q:
+                q.remove(c.task_id)
+            elif isinstance(c, m.Send) and isinstance(c.msg, m.StealAsk):
+                self.inflight.append((c.to, self._steal_event(c.to, c.msg)))
+            elif isinstance(c, m.Send) and c.to in self.cores and not self.drop(node, c.to, c.msg):
+                self.inflight.append((c.to, c.msg))
+
+    def _steal_event(self, victim: str, ask: m.StealAsk) -> m.StealRequested:
+        core = self.cores[victim]
+        waiting = []
+        for tid in self.queues[victim]:
+            copy = core.get(tid)
+            assert copy is not None
+            waiting.append(Waiting(tid, copy.record.model, copy.record.est_tokens))
+        return m.StealRequested(
+            ask.sender, ask.n, ask.models, ask.tokens_per_s, tuple(waiting), 10.0, 1
+        )
+
+    def run(self) -> None:
+        while self.inflight:
+            dst, ev = self.inflight.popleft()
+            if dst in self.cores:
+                self.feed(dst, ev)
+
+    def tick(self, dt: float) -> None:
+        self.now += dt
+        for node, core in list(self.cores.items()):
+            self.apply(node, core.tick(self.now))
+            core.validate()
+        self.run()
+
+    def kill(self, node: str) -> None:
+        del self.cores[node]
+        self.inflight = deque((d, e) for d, e in self.inflight if d != node)
+        for other in list(self.cores):
+            self.feed(other, m.PeerDown(node))
+        self.run()
+
+    def cmds(self, kind: type[Any], node: str | None = None) -> list[Any]:
+        """Commands of `kind` (a local command, or a message type: its `Send`s' messages)."""
+        out = []
+        for n, c in self.log:
+            item = c.msg if isinstance(c, m.Send) and kind is not m.Send else c
+            if isinstance(item, kind) and (node is None or n == node):
+                out.append(item)
+        return out
+
+    def sent(self, kind: type[Any], node: str | None = None) -> list[m.Send]:
+        """The `Send` commands carrying a message of `kind`."""
+        return [c for n, c in self.log if isinstance(c, m.Send) and isinstance(c.msg, kind)
+                and (node is None or n == node)]  # fmt: skip
+
+    def holders(self, task_id: str) -> dict[str, Role]:
+        return {n: r for n, c in self.cores.items() if (r := c.role(task_id)) is not None}
+
+    def start_and_finish(self, node: str, task_id: str, at: float = 1.0) -> None:
+        self.feed(node, m.TaskStarted(task_id, at))
+        self.feed(node, m.TaskFinished(task_id, "succeeded", at + 1, result={"r": node}))
+        self.run()
+
+
+def accept(net: Net, node: str = "a", task_id: str = "t-1", **kw: Any) -> None:
+    net.feed(node, m.TaskAccepted(rec(task_id), **kw))
+    net.run()
