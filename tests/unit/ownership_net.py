@@ -2,9 +2,9 @@
 
 Not a driver: `Send` commands are routed to the receiving core's `handle` as the
 message itself, `RunLocally`/`Unqueue` keep a list per node standing in for its
-scheduler, and a steal request is completed from that list. After every step each
-core's `validate()` runs (as dask's tests run `validate_state`), so a step that
-breaks an invariant fails where it happens.
+scheduler, and a steal request is completed from that list. Every core checks its
+invariants after every step (`check_invariants`, as dask's tests run
+`validate_state`), so a step that breaks one fails where it happens.
 """
 
 from __future__ import annotations
@@ -25,24 +25,16 @@ def rec(task_id: str = "t-1", model: str = "m", est: int = 100, prio: int = 5) -
     return TaskRecord(task_id, "generate", model, {}, prio, "a", 0.0, est_tokens=est)
 
 
-def step(core: Ownership, event: m.Event, now: float) -> list[m.Command]:
-    """One event into one core, its invariants checked after."""
-    cmds = core.handle(event, now)
-    core.validate()
-    return cmds
-
-
-def tick(core: Ownership, now: float) -> list[m.Command]:
-    cmds = core.tick(now)
-    core.validate()
-    return cmds
+def checked(node_id: str, live: set[str] | None = None, **kw: Any) -> Ownership:
+    """A core that checks its invariants after every step."""
+    return Ownership(node_id, live, **kw, check_invariants=True)
 
 
 class Net:
     """Cores wired together; messages queue in `inflight` until `run()`."""
 
     def __init__(self, ids: tuple[str, ...] = IDS, replication: int = 2) -> None:
-        self.cores = {i: Ownership(i, set(ids), replication) for i in ids}
+        self.cores = {i: checked(i, set(ids), replication=replication) for i in ids}
         self.queues: dict[str, list[str]] = {i: [] for i in ids}
         self.log: list[tuple[str, m.Command]] = []
         self.inflight: deque[tuple[str, m.Event]] = deque()
@@ -50,7 +42,7 @@ class Net:
         self.now = 0.0
 
     def feed(self, node: str, event: m.Event) -> None:
-        self.apply(node, step(self.cores[node], event, self.now))
+        self.apply(node, self.cores[node].handle(event, self.now))
 
     def apply(self, node: str, cmds: list[m.Command]) -> None:
         for c in cmds:
@@ -86,7 +78,6 @@ class Net:
         self.now += dt
         for node, core in list(self.cores.items()):
             self.apply(node, core.tick(self.now))
-            core.validate()
         self.run()
 
     def kill(self, node: str) -> None:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from meshlb.mesh import ownership_msgs as m
-from meshlb.mesh.ownership import OWNER, REPLICA, Ownership
+from meshlb.mesh.ownership import OWNER, REPLICA
 from meshlb.mesh.replication import rendezvous_order
-from tests.unit.ownership_net import IDS, Net, accept, rec, step, tick
+from tests.unit.ownership_net import IDS, Net, accept, checked, rec
 
 
 def test_result_is_recorded_only_after_a_replica_acked_it() -> None:
@@ -64,13 +64,13 @@ def test_minority_side_neither_takes_over_nor_decides() -> None:
 
 
 def test_suspected_members_do_not_count_towards_the_quorum() -> None:
-    core = Ownership("a", set(IDS))
+    core = checked("a", set(IDS))
     for n in ("b", "c"):
-        step(core, m.PeerSuspected(n), 0.0)
+        core.handle(m.PeerSuspected(n), 0.0)
     assert core.in_quorum()
-    step(core, m.PeerSuspected("d"), 0.0)
+    core.handle(m.PeerSuspected("d"), 0.0)
     assert not core.in_quorum()
-    step(core, m.PeerUp("d"), 0.0)
+    core.handle(m.PeerUp("d"), 0.0)
     assert core.in_quorum()
 
 
@@ -139,45 +139,45 @@ def test_dead_members_leave_the_quorum_count_only_after_dead_quorum_after_s() ->
     """Issue 15, defect 8: three of five dead stalls take-over until gossip reaps
     them; with `dead_quorum_after_s` the two survivors regain a quorum after it."""
     for after_s, expect_quorum in ((None, False), (30.0, True)):
-        core = Ownership("d", set(IDS), dead_quorum_after_s=after_s)
+        core = checked("d", set(IDS), dead_quorum_after_s=after_s)
         for gone in ("a", "b", "c"):
-            step(core, m.PeerDown(gone), 10.0)
+            core.handle(m.PeerDown(gone), 10.0)
         assert not core.in_quorum()
         assert core.next_deadline() == (40.0 if after_s else None)
-        tick(core, 39.9)
+        core.tick(39.9)
         assert not core.in_quorum()
-        tick(core, 40.0)
+        core.tick(40.0)
         assert core.in_quorum() is expect_quorum
         assert ("a" in core.known) is not expect_quorum
 
 
 def test_a_member_back_before_the_deadline_keeps_counting() -> None:
-    core = Ownership("d", set(IDS), dead_quorum_after_s=30.0)
+    core = checked("d", set(IDS), dead_quorum_after_s=30.0)
     for gone in ("a", "b", "c"):
-        step(core, m.PeerDown(gone), 10.0)
-    step(core, m.PeerUp("a"), 20.0)
-    tick(core, 45.0)
+        core.handle(m.PeerDown(gone), 10.0)
+    core.handle(m.PeerUp("a"), 20.0)
+    core.tick(45.0)
     assert core.known == {"a", "d", "e"} and core.in_quorum()
 
 
 def test_an_ack_of_an_older_revision_means_the_replica_holds_the_task() -> None:
     """A task that starts at once gets a new revision before its first ack returns;
     the replica still holds it, so the 202 need not wait (it used to be refused)."""
-    core = Ownership("a", {"a", "b"})
-    step(core, m.TaskAccepted(rec()), 0.0)
+    core = checked("a", {"a", "b"})
+    core.handle(m.TaskAccepted(rec()), 0.0)
     copy = core.get("t-1")
     assert copy is not None and copy.replicas == ("b",)
     assert not core.held_elsewhere("t-1")
-    step(core, m.TaskStarted("t-1", 0.1), 0.1)
-    step(core, m.AckReplica("t-1", copy.epoch, copy.rev, sender="b"), 0.2)
+    core.handle(m.TaskStarted("t-1", 0.1), 0.1)
+    core.handle(m.AckReplica("t-1", copy.epoch, copy.rev, sender="b"), 0.2)
     assert core.held_elsewhere("t-1") and not core.settled("t-1")
 
 
 def test_no_second_holder_is_not_safe_unless_alone_from_the_start() -> None:
-    alone = Ownership("a")
-    step(alone, m.TaskAccepted(rec()), 0.0)
+    alone = checked("a")
+    alone.handle(m.TaskAccepted(rec()), 0.0)
     assert alone.held_elsewhere("t-1")
-    left_alone = Ownership("a", {"a", "b"})
-    step(left_alone, m.PeerDown("b"), 0.0)
-    step(left_alone, m.TaskAccepted(rec()), 0.0)
+    left_alone = checked("a", {"a", "b"})
+    left_alone.handle(m.PeerDown("b"), 0.0)
+    left_alone.handle(m.TaskAccepted(rec()), 0.0)
     assert left_alone.settled("t-1") and not left_alone.held_elsewhere("t-1")

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from meshlb.mesh import ownership_msgs as m
-from meshlb.mesh.ownership import TRANSITIONS, Change, IllegalTransition, Ownership, Role
+from meshlb.mesh.ownership import TRANSITIONS, Change, IllegalTransition, Role
 from meshlb.mesh.ownership.roles import Table, next_role
 from meshlb.mesh.replication import TaskCopy
-from tests.unit.ownership_net import Net, accept, rec, step
+from tests.unit.ownership_net import Net, accept, checked, rec
 
 
 def test_every_role_is_reachable_and_can_be_forgotten() -> None:
@@ -38,8 +38,8 @@ def test_the_table_refuses_an_illegal_move_and_keeps_the_entry() -> None:
 
 
 def test_validate_finds_a_broken_invariant() -> None:
-    core = Ownership("a", {"a", "b", "c"})
-    step(core, m.TaskAccepted(rec(), forward_to="b"), 0.0)
+    core = checked("a", {"a", "b", "c"})
+    core.handle(m.TaskAccepted(rec(), forward_to="b"), 0.0)
     assert core.role("t-1") is Role.OFFERING
     core._handovers.offers.clear()  # an OFFERING entry without its offer
     with pytest.raises(AssertionError, match="offering"):
@@ -68,4 +68,4 @@ def test_timer_commands_say_which_timer() -> None:
 
 def test_a_message_the_driver_completes_is_refused_by_the_core() -> None:
     with pytest.raises(TypeError, match="StealAsk"):
-        Ownership("a").handle(m.StealAsk(1, frozenset({"m"}), 1.0, sender="b"), 0.0)
+        checked("a").handle(m.StealAsk(1, frozenset({"m"}), 1.0, sender="b"), 0.0)

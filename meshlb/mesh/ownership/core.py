@@ -14,7 +14,7 @@ only routes events to them (`_handlers`, a table, not if/elif) and fires timers:
 * `Fence`: a death confirmed by a majority before it is acted on;
 * `TakeOvers`: what joins, deaths and leaves do to the tasks held here.
 
-Invariants (checked by `validate`, which the unit tests run after every step): one
+Invariants (checked by `validate`, run after every step when `check_invariants`): one
 owner per task (ownership moves only by hand-over or take-over); every role's side
 state exists exactly for that role; what a replica acked is tracked only for what
 we own; a result waits for an ack only as the owner of its final copy.
@@ -57,10 +57,15 @@ class Ownership:
         replication: int = 2,
         final_retention_s: float = FINAL_RETENTION_S,
         dead_quorum_after_s: float | None = None,
+        *,
+        check_invariants: bool = False,
     ) -> None:
+        """`check_invariants`: run `validate()` after every `handle` and `tick` (as
+        dask's `WorkerState(validate=True)`), for tests and simulations."""
         if replication < 1:
             raise ValueError(f"replication factor must be >= 1, got {replication}")
         self.node_id = node_id
+        self.check_invariants = check_invariants
         self.counters = OwnershipCounters()
         self._now = -math.inf
         out = self._out = Outbox(node_id)
@@ -102,6 +107,8 @@ class Ownership:
         self._now = now
         self._out.cause = m.stimulus(event)
         handler(event, now)
+        if self.check_invariants:
+            self.validate()
         return self._out.flush()
 
     def tick(self, now: float) -> list[m.Command]:
@@ -125,6 +132,8 @@ class Ownership:
             if self._members.in_quorum():
                 self._takeovers.take_over_orphans(now)
             self._results.decide_held(now)
+        if self.check_invariants:
+            self.validate()
         return self._out.flush()
 
     def next_deadline(self) -> float | None:
