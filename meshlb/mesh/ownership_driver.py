@@ -46,6 +46,8 @@ from meshlb.tasks.model import TaskRecord
 
 log = structlog.get_logger()
 
+# How often an idle node looks for work to steal; it also looks right after one of
+# its runs ends (a slot just came free), so a fast node is not idle for up to this.
 IDLE_CHECK_S = 1.0
 # Reasons a task arrives here without this node having been chosen for it by
 # placement: it goes through placement again (the heir may lack the model).
@@ -134,7 +136,10 @@ class OwnershipDriver:
 
     def feed(self, event: m.Event) -> None:
         """Apply one event and carry out what the core answers."""
-        self._apply(self.core.handle(event, self.ports.clock()))
+        now = self.ports.clock()
+        self._apply(self.core.handle(event, now))
+        if isinstance(event, m.TaskFinished) and self.config.idle_check_s is not None:
+            self._next_idle = now  # a slot came free: look for work at the next step
         self._wakeup.kick()  # the core's next deadline may be earlier now
 
     def accept(self, record: TaskRecord, forward_to: str | None) -> None:

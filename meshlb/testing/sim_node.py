@@ -70,7 +70,7 @@ class SimBackend:
         try:
             await trio.sleep(tokens / node.spec.tokens_per_s)
         finally:
-            del node.runs[task_id]
+            node.runs.pop(task_id, None)  # a crash may have cleared them
         node.hooks.completed(task_id)
         body = {"node": node.node_id, "gen": gen, "eval_count": tokens, "done": True,
                 "eval_duration": int(tokens / node.spec.tokens_per_s * 1e9)}  # fmt: skip
