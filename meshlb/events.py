@@ -1,38 +1,26 @@
-"""A node's recent history, for the dashboard and `/metrics`: events, requests, series.
+"""A node's recent history of decisions and mesh events, for the dashboard and `/metrics`.
 
-Three bounded parts, all in memory and all cheap to feed:
+`EventLog`: typed ring buffers of what happened and why — placement decisions with
+their reason ("sent to gpu2: 1.2 s expected there vs 4.0 s here"), membership
+changes (suspect, dead, alive, rejoined, left), take-overs, quorum lost/regained —
+each with a wall-clock time. Two rings, so a burst of placements never pushes the
+one "gpu3 dead" out of sight. (Request histograms and the sampled series are
+`meshlb.telemetry`'s.)
 
-- `EventLog`: typed ring buffers of what happened and why — placement decisions with
-  their reason ("sent to gpu2: 1.2 s expected there vs 4.0 s here"), membership
-  changes (suspect, dead, alive, rejoined, left), take-overs, quorum lost/regained —
-  each with a wall-clock time. Two rings, so a burst of placements never pushes the
-  one "gpu3 dead" out of sight.
-- `RequestStats`: what the relay observes per local request (queue wait, time to
-  first token, duration, tokens, cold model loads) as fixed-bucket histograms; one
-  `RequestTimer` per request, a few attribute writes and a `bisect` per observation
-  (the relay is the hot path: no prometheus_client objects, no locks).
-- `Series`: one sample of this node every `SAMPLE_INTERVAL_S` (requests/s, queue
-  depth, running, TTFT p50/p99 over the interval, tokens/s), kept `WINDOW_S`.
-
-Producers call one method each (ollama_routes' placement, the ownership driver,
-the relay); `meshlb.api.node_routes` serves the JSON, `meshlb.api.metrics` exports.
-Times: `at`/`t` are wall-clock seconds (`time.time`, comparable across hosts to the
-precision of their clocks); durations use the Trio clock through `monotonic`.
+Producers call one method each (the Ollama-API placement, the ownership driver);
+`meshlb.api.dashboard` serves the JSON, `meshlb.api.metrics` exports the counts.
+Times: `at` is wall-clock seconds (`time.time`, comparable across hosts to the
+precision of their clocks).
 """
 
 from __future__ import annotations
 
-import re
 import time
-from bisect import bisect_left
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
-import trio
-
-from meshlb.backend.catalog import canonical_model
 from meshlb.gossip.events import (
     Event as GossipEvent,
 )
@@ -44,17 +32,12 @@ from meshlb.gossip.events import (
     MemberSuspected,
 )
 from meshlb.mesh.ownership_msgs import PeerRestarted
-from meshlb.sched.stats import SchedulerStats, percentile
 
 MAX_PLACEMENTS = 300
 MAX_MESH_EVENTS = 500
-SAMPLE_INTERVAL_S = 2.0
-WINDOW_S = 15 * 60.0
 # Take-overs closer together than this are one "took over N tasks of X" event.
 TAKE_OVER_BATCH_S = 10.0
 GONE_KINDS = frozenset({"dead", "left", "restarted"})
-# A response whose load_duration exceeds this loaded its model cold.
-COLD_LOAD_S = 0.1
 
 Decision = Literal["local", "forwarded", "stolen", "taken_over", "handed_over"]
 MeshKind = Literal[
@@ -267,175 +250,3 @@ def _newest(ring: deque[Any], limit: int) -> Iterator[Any]:
         if i >= limit:
             return
         yield item
-
-
-# ---- request observations ----------------------------------------------------------
-
-WAIT_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
-TTFT_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120)
-DURATION_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300, 600)
-_TAIL_RE = re.compile(
-    rb'"(prompt_eval_count|eval_count|prompt_tokens|completion_tokens|load_duration)"'
-    rb"\s*:\s*(\d{1,20})"
-)
-
-
-@dataclass(slots=True)
-class Histogram:
-    """Fixed upper bounds; `counts[i]` holds values in (bounds[i-1], bounds[i]]."""
-
-    bounds: tuple[float, ...]
-    counts: list[int] = field(default_factory=list)
-    sum: float = 0.0
-
-    def __post_init__(self) -> None:
-        self.counts = [0] * (len(self.bounds) + 1)  # the last is +Inf
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect_left(self.bounds, value)] += 1
-        self.sum += value
-
-    def cumulative(self) -> list[tuple[str, int]]:
-        """Prometheus buckets: (le, count of values <= le), ending with +Inf."""
-        out, total = [], 0
-        for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
-            total += count
-            out.append(("+Inf" if bound == float("inf") else repr(float(bound)), total))
-        return out
-
-
-class RequestStats:
-    """Histograms by model, token and cold-load counters, and this interval's TTFTs."""
-
-    def __init__(self, monotonic: Callable[[], float] = trio.current_time) -> None:
-        self.monotonic = monotonic
-        self.queue_wait: dict[str, Histogram] = {}
-        self.ttft: dict[str, Histogram] = {}
-        self.duration: dict[str, Histogram] = {}
-        self.tokens: Counter[str] = Counter(prompt=0, completion=0)
-        self.model_loads: Counter[str] = Counter()
-        self.http: Counter[tuple[str, str]] = Counter()  # (route, status) -> requests
-        self.interval_ttft_s: list[float] = []
-        self.interval_tokens = 0
-
-    def timer(self, model: str) -> RequestTimer:
-        """Start timing one local request (relay); the model is the histograms' label."""
-        return RequestTimer(self, canonical_model(model), self.monotonic())
-
-    @staticmethod
-    def _hist(family: dict[str, Histogram], model: str, bounds: tuple[float, ...]) -> Histogram:
-        h = family.get(model)
-        if h is None:
-            h = family[model] = Histogram(bounds)
-        return h
-
-    def tail_seen(self, model: str, tail: bytes) -> None:
-        """Token counts and load_duration from the end of an answer."""
-        found = {k: int(v) for k, v in _TAIL_RE.findall(tail)}
-        prompt = found.get(b"prompt_eval_count", found.get(b"prompt_tokens", 0))
-        completion = found.get(b"eval_count", found.get(b"completion_tokens", 0))
-        self.tokens["prompt"] += prompt
-        self.tokens["completion"] += completion
-        self.interval_tokens += prompt + completion
-        if found.get(b"load_duration", 0) > COLD_LOAD_S * 1e9:
-            self.model_loads[model] += 1
-
-
-class RequestTimer:
-    """One relayed request: `turn` when its slot comes, `on_send` for every ASGI
-    message (the first body chunk is its first token), `done` once at the end."""
-
-    __slots__ = ("done_once", "first_at", "model", "started_at", "stats", "status")
-
-    def __init__(self, stats: RequestStats, model: str, started_at: float) -> None:
-        self.stats = stats
-        self.model = model
-        self.started_at = started_at
-        self.first_at: float | None = None
-        self.status = 0
-        self.done_once = False
-
-    def turn(self, waited_s: float) -> None:
-        self.stats._hist(self.stats.queue_wait, self.model, WAIT_BUCKETS_S).observe(waited_s)
-
-    def on_send(self, message: Any) -> None:
-        if self.first_at is not None:
-            return
-        if message["type"] == "http.response.start":
-            self.status = message["status"]
-        elif message.get("body") and self.status == 200:
-            self.first_at = now = self.stats.monotonic()
-            ttft_s = now - self.started_at
-            self.stats._hist(self.stats.ttft, self.model, TTFT_BUCKETS_S).observe(ttft_s)
-            self.stats.interval_ttft_s.append(ttft_s)
-
-    def done(self, tail: bytes) -> None:
-        if self.done_once:
-            return
-        self.done_once = True
-        s = self.stats
-        s._hist(s.duration, self.model, DURATION_BUCKETS_S).observe(s.monotonic() - self.started_at)
-        if tail and self.status == 200:
-            s.tail_seen(self.model, tail)
-
-
-# ---- the time series ---------------------------------------------------------------
-
-SERIES_FIELDS = ("t", "rps", "queued", "running", "ttft_p50_ms", "ttft_p99_ms", "tokens_per_s")
-
-
-class Series:
-    """This node sampled every interval; `WINDOW_S` of samples (rows of SERIES_FIELDS)."""
-
-    def __init__(self, interval_s: float = SAMPLE_INTERVAL_S, window_s: float = WINDOW_S) -> None:
-        self.interval_s = interval_s
-        self.window_s = window_s
-        self.rows: deque[tuple[float, ...]] = deque(maxlen=int(window_s / interval_s) + 1)
-        self._last: tuple[float, int] | None = None  # (monotonic, finished count)
-
-    def sample(
-        self, wall: float, now: float, stats: SchedulerStats, requests: RequestStats
-    ) -> None:
-        finished = stats.counters.finished
-        ttfts = sorted(requests.interval_ttft_s)
-        tokens = requests.interval_tokens
-        requests.interval_ttft_s, requests.interval_tokens = [], 0
-        if self._last is None:
-            self._last = (now, finished)
-            return
-        elapsed = max(1e-6, now - self._last[0])
-        rps = max(0, finished - self._last[1]) / elapsed
-        self._last = (now, finished)
-        self.rows.append(
-            (
-                round(wall, 3),
-                round(rps, 3),
-                stats.queued,
-                stats.running,
-                round(percentile(ttfts, 0.5) * 1000, 1),
-                round(percentile(ttfts, 0.99) * 1000, 1),
-                round(tokens / elapsed, 1),
-            )
-        )
-
-    def since(self, t: float) -> list[tuple[float, ...]]:
-        return [r for r in self.rows if r[0] > t]
-
-
-class Telemetry:
-    """What `NodeContext.telemetry` holds: the log, the request stats, the series.
-
-    `log` is the ownership driver's own (it is built before the context), so the
-    driver's events and the routes' placements land in one log."""
-
-    def __init__(self, log: EventLog | None = None, clock: Callable[[], float] = time.time) -> None:
-        self.clock = clock
-        self.log = log if log is not None else EventLog(clock=clock)
-        self.requests = RequestStats()
-        self.series = Series()
-
-    async def run(self, read_stats: Callable[[], SchedulerStats]) -> None:
-        """Forever: one sample per interval (node.py starts it in the node's nursery)."""
-        while True:
-            self.series.sample(self.clock(), trio.current_time(), read_stats(), self.requests)
-            await trio.sleep(self.series.interval_s)

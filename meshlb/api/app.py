@@ -1,10 +1,13 @@
 """The ASGI app of a node: Starlette routing, JSON errors, nothing else.
 
 Starlette (served by hypercorn's trio worker) because it is small, fast and runs on
-Trio through anyio; the handlers stay plain async functions over a `NodeContext`.
+Trio through anyio; the handlers stay plain async functions, each route module over
+the few parts of the node it uses (`ApiParts` holds one set of ports per module).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -20,13 +23,32 @@ from meshlb.api.errors import (
     is_connection_gone,
 )
 from meshlb.api.fast_path import FastPath
-from meshlb.api.internal_routes import internal_routes
+from meshlb.api.internal_routes import InternalPorts, internal_routes
+from meshlb.api.mesh_docs import DocsPorts, mesh_docs_routes
 from meshlb.api.mesh_routes import mesh_routes
 from meshlb.api.metrics import count_requests
-from meshlb.api.node_routes import node_routes
-from meshlb.api.ollama_routes import ollama_routes
-from meshlb.api.task_routes import task_routes
-from meshlb.node_context import NodeContext
+from meshlb.api.model_routes import ModelPorts, model_routes
+from meshlb.api.node_routes import NodePorts, node_routes
+from meshlb.api.ollama_routes import CatalogPorts, InferencePorts, ollama_routes
+from meshlb.api.ports import PeerTable
+from meshlb.api.task_routes import TaskPorts, task_routes
+from meshlb.telemetry import RequestStats
+
+
+@dataclass(frozen=True, slots=True)
+class ApiParts:
+    """The ports of every route module, built by the composition root (`meshlb.node_api`)."""
+
+    node_id: str
+    requests: RequestStats  # meshlb_requests_total{route,status}
+    mesh: PeerTable
+    inference: InferencePorts
+    catalog: CatalogPorts
+    docs: DocsPorts
+    models: ModelPorts
+    tasks: TaskPorts
+    node: NodePorts
+    internal: InternalPorts
 
 
 async def handle_http_exception(request: Request, exc: Exception) -> Response:
@@ -74,21 +96,24 @@ def refuse_ambiguous_framing(app: ASGIApp) -> ASGIApp:
     return guarded
 
 
-def build_app(ctx: NodeContext) -> ASGIApp:
-    """All routes of a node over one context: the inference paths on the fast path,
-    the rest through Starlette."""
-    return refuse_ambiguous_framing(FastPath(ctx, count_requests(ctx, build_routes(ctx))))
+def build_app(parts: ApiParts) -> ASGIApp:
+    """All routes of a node: the inference paths on the fast path, the rest through
+    Starlette."""
+    routes = count_requests(parts.requests, build_routes(parts))
+    return refuse_ambiguous_framing(FastPath(parts.inference, routes))
 
 
-def build_routes(ctx: NodeContext) -> Starlette:
+def build_routes(parts: ApiParts) -> Starlette:
     """The Starlette app: every route, and the JSON error handlers."""
     return Starlette(
         routes=[
-            *node_routes(ctx),
-            *mesh_routes(ctx),
-            *ollama_routes(ctx),
-            *task_routes(ctx, ctx.tasks),
-            *internal_routes(ctx),
+            *node_routes(parts.node),
+            *mesh_routes(parts.node_id, parts.mesh),
+            *ollama_routes(parts.catalog),
+            *mesh_docs_routes(parts.docs),
+            *model_routes(parts.models),
+            *task_routes(parts.tasks),
+            *internal_routes(parts.internal),
         ],
         exception_handlers={
             ApiError: handle_api_error,

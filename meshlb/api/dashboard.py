@@ -19,16 +19,21 @@ timeout, with incremental `since=` so a poll carries only the new samples.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
 import trio
 
-from meshlb.api.mesh_routes import alive_peer_urls
-from meshlb.backend.ollama import BackendError
-from meshlb.events import SERIES_FIELDS
+from meshlb.api.ports import Drain, PeerLink, PeerTable
+from meshlb.backend.catalog import ModelCatalog
+from meshlb.backend.ollama import BackendError, OllamaBackend
+from meshlb.events import EventLog
 from meshlb.mesh.lookup import gather_from_peers
-from meshlb.node_context import NodeContext
+from meshlb.sched.driver import LocalScheduler
+from meshlb.telemetry import SERIES_FIELDS, Series
+from meshlb.tokens import RateAverage
 
 # The package files the page is made of, by the name it requests them under.
 ASSETS = {
@@ -47,10 +52,27 @@ def asset(name: str) -> bytes:
     return (resources.files("meshlb.api") / "static" / name).read_bytes()
 
 
+@dataclass(frozen=True, slots=True)
+class DashboardPorts:
+    """What the dashboard's JSON reads of the node."""
+
+    node_id: str
+    catalog: ModelCatalog
+    backend: OllamaBackend  # /api/ps: the models loaded now
+    scheduler: LocalScheduler
+    generation_rate: RateAverage
+    drain: Drain
+    series: Series
+    log: EventLog
+    mesh: PeerTable
+    link: PeerLink
+    wall_clock: Callable[[], float] = time.time
+
+
 class DashboardData:
     """Builds the `/v1/series` and `/v1/events` answers of one node."""
 
-    def __init__(self, ctx: NodeContext) -> None:
+    def __init__(self, ctx: DashboardPorts) -> None:
         self.ctx = ctx
         self._loaded: tuple[float, list[str]] = (-1e9, [])
 
@@ -90,14 +112,14 @@ class DashboardData:
             "tokens_per_s": round(ctx.generation_rate.value, 1),
             "wait_p50_ms": round(s.wait.p50_ms, 1),
             "wait_p99_ms": round(s.wait.p99_ms, 1),
-            "draining": ctx.draining,
+            "draining": ctx.drain.active,
         }
 
     async def local_series(self, since: float) -> dict[str, Any]:
-        series = self.ctx.telemetry.series
+        series = self.ctx.series
         return {
             "node": self.ctx.node_id,
-            "now": time.time(),
+            "now": self.ctx.wall_clock(),
             "interval_s": series.interval_s,
             "window_s": series.window_s,
             "fields": list(SERIES_FIELDS),
@@ -111,9 +133,9 @@ class DashboardData:
         mine = await self.local_series(since)
         if local_only:
             return mine
-        urls = alive_peer_urls(self.ctx)
+        urls = self.ctx.mesh.alive_peer_urls()
         answers = await gather_from_peers(
-            self.ctx.peer_client, urls, "/v1/series", {"since": repr(since)}
+            self.ctx.link.client, urls, "/v1/series", {"since": repr(since)}
         )
         nodes = {mine["node"]: mine}
         for a in answers:
@@ -130,12 +152,12 @@ class DashboardData:
         }
 
     def local_events(self, limit: int) -> dict[str, Any]:
-        recent = self.ctx.telemetry.log.recent(limit)
+        recent = self.ctx.log.recent(limit)
         node = self.ctx.node_id
         for rows in recent.values():
             for row in rows:
                 row["reporter"] = node
-        return {"node": node, "now": time.time(), **recent}
+        return {"node": node, "now": self.ctx.wall_clock(), **recent}
 
     async def events(self, limit: int, local_only: bool) -> dict[str, Any]:
         """`GET /v1/events`: placements (newest first) of every alive node, and the
@@ -144,9 +166,9 @@ class DashboardData:
         mine = self.local_events(limit)
         if local_only:
             return mine
-        urls = alive_peer_urls(self.ctx)
+        urls = self.ctx.mesh.alive_peer_urls()
         answers = await gather_from_peers(
-            self.ctx.peer_client, urls, "/v1/events", {"limit": str(limit)}
+            self.ctx.link.client, urls, "/v1/events", {"limit": str(limit)}
         )
         placements = list(mine["placements"])
         mesh = list(mine["mesh"])

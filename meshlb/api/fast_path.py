@@ -42,13 +42,12 @@ from meshlb.api.body import (
 )
 from meshlb.api.errors import ApiError, error_response, handle_unexpected, retry_after
 from meshlb.api.forwarded import ForwardedResponse
-from meshlb.api.ollama_routes import place_in_mesh
-from meshlb.api.peer_auth import require_peer
+from meshlb.api.ollama_routes import InferencePorts, place_in_mesh
 from meshlb.api.relay import LocalTask, RelayResponse
 from meshlb.api.work_errors import refused_to_error
 from meshlb.mesh.forward import HOPS_HEADER, peer_pool
-from meshlb.node_context import NodeContext, new_task_id
 from meshlb.sched.driver import Refused
+from meshlb.tasks.ids import new_task_id
 from meshlb.tokens import estimate_tokens
 
 log = structlog.get_logger()
@@ -101,11 +100,11 @@ async def read_asgi_body(receive: Receive, declared: str | None, limit_bytes: in
 class FastPath:
     """ASGI: the hot inference paths here, everything else to `fallback`."""
 
-    def __init__(self, ctx: NodeContext, fallback: ASGIApp) -> None:
+    def __init__(self, ctx: InferencePorts, fallback: ASGIApp) -> None:
         self.ctx = ctx
         self.fallback = fallback
         self.peers = peer_pool()  # node-to-node keep-alive connections
-        self._counts = ctx.telemetry.requests.http
+        self._counts = ctx.requests.http
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         route = HOT_ROUTES.get(scope["path"]) if scope["type"] == "http" else None
@@ -141,24 +140,24 @@ class FastPath:
     async def _accept(self, route: Route, scope: Scope, receive: Receive) -> ASGIApp:
         """Check the request and decide who answers it (an ASGI app)."""
         ctx = self.ctx
-        if ctx.draining:
+        if ctx.drain.active:
             raise ApiError(
                 503, "this node is shutting down; send the request to another node", retry_after(1)
             )
         headers = wanted_headers(scope)
         priority = parse_priority(headers.get("priority"))
-        timeout_s = parse_timeout(headers.get("timeout"), ctx.settings.request_timeout_s)
+        timeout_s = parse_timeout(headers.get("timeout"), ctx.rules.request_timeout_s)
         deadline_at = math.inf if timeout_s is None else trio.current_time() + timeout_s
         body = await read_asgi_body(
-            receive, headers.get("content_length"), ctx.settings.max_body_bytes
+            receive, headers.get("content_length"), ctx.rules.max_body_bytes
         )
         payload = parse_json_object(body)
         model = require_model(payload)
         check_stream_field(payload)
-        est_tokens = estimate_tokens(payload, route.kind, ctx.settings.default_num_predict)
+        est_tokens = estimate_tokens(payload, route.kind, ctx.rules.default_num_predict)
         hops = parse_hops(headers.get("hops"))
         if hops:
-            require_peer(ctx, Request(scope), body)
+            ctx.auth.require(Request(scope), body)
 
         async def respond(exclude: frozenset[str]) -> ASGIApp:
             """Forward to the best peer (not one in `exclude`), else queue here."""
@@ -168,7 +167,7 @@ class FastPath:
                     504, f"the request did not finish within its timeout of {timeout_s:g} s"
                 )
             opened = await place_in_mesh(
-                ctx,
+                ctx.mesh,
                 route.path,
                 body,
                 model,
@@ -193,8 +192,8 @@ class FastPath:
                     with contextlib.suppress(ApiError):
                         return await respond(exclude | {ctx.node_id})
                 raise refused_to_error(refused) from None
-            ctx.counters["accepted"] += 1
+            ctx.counters.accepted += 1
             task = LocalTask(task_id, route.path, body, model, deadline_at, timeout_s)
-            return RelayResponse(ctx, task)
+            return RelayResponse(ctx.relay, task)
 
         return await respond(frozenset())

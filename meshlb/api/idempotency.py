@@ -20,7 +20,7 @@ decide within the same few milliseconds.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -29,13 +29,12 @@ import structlog
 import trio
 from starlette.responses import Response
 
-from meshlb.api.mesh_routes import alive_peer_urls, current_peers
+from meshlb.api.ports import NodeCounters, PeerLink, PeerTable
 from meshlb.mesh.arbiter import arbiter_for
 from meshlb.mesh.auth import AUTH_HEADER, sign
-from meshlb.mesh.candidates import http_addr_of
 from meshlb.mesh.forward import HOPS_HEADER
 from meshlb.mesh.lookup import gather_from_peers
-from meshlb.node_context import NodeContext
+from meshlb.tasks.model import TaskRecord
 from meshlb.tasks.service import SETTLE_TIMEOUT_S
 
 log = structlog.get_logger()
@@ -62,13 +61,26 @@ def merge_task_rows(lists: list[list[Any]]) -> list[dict[str, Any]]:
 class KeyArbiter:
     """The node's side of mesh-wide idempotency (see the module docstring)."""
 
-    def __init__(self, ctx: NodeContext) -> None:
-        self.ctx = ctx
+    def __init__(
+        self,
+        node_id: str,
+        mesh: PeerTable,
+        link: PeerLink,
+        counters: NodeCounters,
+        find_here: Callable[[str], TaskRecord | None],
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.node_id = node_id
+        self._mesh = mesh
+        self._link = link
+        self._counters = counters
+        self._find_here = find_here  # the task service's copy made with a key, if any
+        self._wall_clock = wall_clock
         self._inflight: dict[str, trio.Event] = {}
 
     def arbiter(self, key: str) -> str:
-        alive = [p.node_id for p in current_peers(self.ctx) if p.state == "alive" and p.meta]
-        return arbiter_for(key, [*alive, self.ctx.node_id]) or self.ctx.node_id
+        alive = [p.node_id for p in self._mesh.peers() if p.state == "alive" and p.meta]
+        return arbiter_for(key, [*alive, self.node_id]) or self.node_id
 
     async def pass_to_arbiter(
         self, key: str, raw_body: bytes, priority_header: str | None
@@ -76,19 +88,20 @@ class KeyArbiter:
         """The arbiter's answer to this submission, or None to decide here (this node
         is the arbiter, or the arbiter did not answer usefully)."""
         arbiter = self.arbiter(key)
-        if arbiter == self.ctx.node_id:
+        if arbiter == self.node_id:
             return None
-        addr = http_addr_of(current_peers(self.ctx), arbiter)
+        addr = self._mesh.address_of(arbiter)
         if addr is None:
             return None
         headers = {"content-type": "application/json", HOPS_HEADER: "1"}
         if priority_header is not None:
             headers["x-meshlb-priority"] = priority_header
-        key_ = self.ctx.settings.cluster_key
+        key_ = self._link.cluster_key
         if key_ is not None:
-            headers[AUTH_HEADER] = sign(key_, "POST", "/v1/tasks", raw_body, time.time(), headers)
+            signed_at = self._wall_clock()
+            headers[AUTH_HEADER] = sign(key_, "POST", "/v1/tasks", raw_body, signed_at, headers)
         try:
-            r = await self.ctx.peer_client.post(
+            r = await self._link.client.post(
                 f"http://{addr}/v1/tasks",
                 content=raw_body,
                 headers=headers,
@@ -102,7 +115,7 @@ class KeyArbiter:
                 "idempotency arbiter refused; deciding here", peer=arbiter, status=r.status_code
             )
             return None
-        self.ctx.counters["tasks_keyed_via_arbiter"] += 1
+        self._counters.tasks_keyed_via_arbiter += 1
         kept = {k: r.headers[k] for k in RELAYED_HEADERS if k in r.headers}
         return Response(r.content, status_code=r.status_code, headers=kept)
 
@@ -119,15 +132,15 @@ class KeyArbiter:
 
     async def find(self, key: str) -> dict[str, Any] | None:
         """The task made with `key`, from this node's copies or any alive peer's."""
-        record = self.ctx.tasks.find_by_key(key)
+        record = self._find_here(key)
         if record is not None:
             return record.to_public()
         answers = await gather_from_peers(
-            self.ctx.peer_client,
-            alive_peer_urls(self.ctx),
+            self._link.client,
+            self._mesh.alive_peer_urls(),
             "/v1/tasks",
             {"idempotency_key": key},
-            self.ctx.settings.cluster_key,
+            self._link.cluster_key,
         )
         rows = merge_task_rows([a.get("tasks", []) for a in answers])
         return rows[0] if rows else None

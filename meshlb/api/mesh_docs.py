@@ -7,29 +7,51 @@ and `/api/show` for a model only a peer has is answered by that peer's Ollama.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from meshlb.api.body import parse_json_object, read_body, require_model
 from meshlb.api.errors import ApiError, retry_after
-from meshlb.api.mesh_routes import alive_peer_urls, current_peers
-from meshlb.api.peer_auth import require_peer
-from meshlb.api.work_errors import require_model_in_mesh
-from meshlb.backend.catalog import canonical_model
-from meshlb.backend.ollama import BackendError, describe_http_error
-from meshlb.mesh.candidates import http_addr_of
+from meshlb.api.peer_auth import PeerAuth
+from meshlb.api.ports import NodeCounters, PeerLink, PeerTable
+from meshlb.api.work_errors import ModelCheck
+from meshlb.backend.catalog import ModelCatalog, canonical_model
+from meshlb.backend.ollama import BackendError, OllamaBackend, describe_http_error
 from meshlb.mesh.lookup import gather_from_peers
-from meshlb.node_context import NodeContext
 
 
-def ps_handler(ctx: NodeContext) -> Any:
+@dataclass(frozen=True, slots=True)
+class DocsPorts:
+    """What `/api/ps` and `/api/show` use of the node."""
+
+    node_id: str
+    max_body_bytes: int
+    backend: OllamaBackend
+    catalog: ModelCatalog
+    mesh: PeerTable
+    link: PeerLink
+    auth: PeerAuth  # `?local=1` is a peer's fan-out: signed
+    models: ModelCheck
+    counters: NodeCounters
+
+
+def mesh_docs_routes(ctx: DocsPorts) -> list[Route]:
+    return [
+        Route("/api/ps", ps_handler(ctx), methods=["GET"]),
+        Route("/api/show", show_handler(ctx), methods=["POST"]),
+    ]
+
+
+def ps_handler(ctx: DocsPorts) -> Any:
     async def handler(request: Request) -> Response:
         local_only = request.query_params.get("local") == "1"
         if local_only:
-            require_peer(ctx, request)
+            ctx.auth.require(request)
         docs: list[dict[str, Any]] = []
         problem: BackendError | None = None
         try:
@@ -38,7 +60,7 @@ def ps_handler(ctx: NodeContext) -> Any:
             problem = e
         if not local_only:
             docs += await gather_from_peers(
-                ctx.peer_client, alive_peer_urls(ctx), "/api/ps", None, ctx.settings.cluster_key
+                ctx.link.client, ctx.mesh.alive_peer_urls(), "/api/ps", None, ctx.link.cluster_key
             )
         if not docs:
             raise ApiError(503, f"{problem}; try again shortly", retry_after(5))
@@ -52,9 +74,9 @@ def ps_handler(ctx: NodeContext) -> Any:
     return handler
 
 
-def show_handler(ctx: NodeContext) -> Any:
+def show_handler(ctx: DocsPorts) -> Any:
     async def handler(request: Request) -> Response:
-        payload = parse_json_object(await read_body(request, ctx.settings.max_body_bytes))
+        payload = parse_json_object(await read_body(request, ctx.max_body_bytes))
         if "model" not in payload and isinstance(payload.get("name"), str):
             payload["model"] = payload["name"]  # older clients send "name"
         model = require_model(payload)
@@ -69,10 +91,10 @@ def show_handler(ctx: NodeContext) -> Any:
     return handler
 
 
-async def show_on_peer(ctx: NodeContext, model: str, payload: dict[str, Any]) -> Response:
+async def show_on_peer(ctx: DocsPorts, model: str, payload: dict[str, Any]) -> Response:
     """Ask the first alive peer that gossips the model; 404 as Ollama says it if none."""
     wanted = canonical_model(model)
-    peers = current_peers(ctx)
+    peers = ctx.mesh.peers()
     holders = [
         p.node_id
         for p in peers
@@ -82,17 +104,18 @@ async def show_on_peer(ctx: NodeContext, model: str, payload: dict[str, Any]) ->
         and p.meta.ollama_up
         and wanted in map(canonical_model, p.models)
     ]
+    addrs = {p.node_id: p.meta.http_addr for p in peers if p.meta is not None}
     last = ""
     for node_id in holders:
-        addr = http_addr_of(peers, node_id)
+        addr = addrs.get(node_id)
         try:
-            r = await ctx.peer_client.post(f"http://{addr}/api/show", json=payload, timeout=10.0)
+            r = await ctx.link.client.post(f"http://{addr}/api/show", json=payload, timeout=10.0)
         except httpx.HTTPError as e:
-            ctx.counters["show_peer_errors"] += 1
+            ctx.counters.show_peer_errors += 1
             last = describe_http_error(e)
             continue
         return Response(r.content, status_code=r.status_code, media_type="application/json")
     if holders:
         raise ApiError(503, f"every node with model '{model}' failed: {last}", retry_after(2))
-    await require_model_in_mesh(ctx, model)  # 503 if it is only on hosts that are down
+    await ctx.models.require(model)  # 503 if it is only on hosts that are down
     raise ApiError(404, f"model '{model}' not found")

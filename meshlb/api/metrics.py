@@ -1,7 +1,7 @@
 """Prometheus metrics of a node, read from its live state at scrape time.
 
 Why a custom collector: the numbers already live in the scheduler core, the ownership
-driver, the gossip driver and `NodeContext.telemetry`; copying them into
+driver, the gossip driver and the node's request stats and event log; copying them into
 prometheus_client objects on every change would be a second source of truth on the
 hot path. A collector reads them only when scraped. Every family carries a `node`
 label (the node id), so one Grafana panel can split a mesh by node.
@@ -13,7 +13,9 @@ Families (SPEC.md "Mesh and node", plus what the alerts use): counters end in
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Protocol
 
 from prometheus_client.core import (
     CollectorRegistry,
@@ -25,9 +27,10 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from meshlb.api.mesh_routes import current_peers
-from meshlb.events import PLACEMENT_DECISIONS, Histogram
-from meshlb.node_context import NodeContext
+from meshlb.api.ports import NodeCounters, PeerTable
+from meshlb.events import PLACEMENT_DECISIONS, EventLog
+from meshlb.sched.driver import LocalScheduler
+from meshlb.telemetry import Histogram, RequestStats
 
 TASK_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 MEMBER_STATES = ("alive", "suspect", "dead", "left")
@@ -37,12 +40,41 @@ TOKEN_KINDS = ("prompt", "completion")
 UNMATCHED_ROUTE = "unmatched"
 
 
-def count_requests(ctx: NodeContext, app: ASGIApp) -> ASGIApp:
+class TaskFacts(Protocol):
+    """What the metrics and `/v1/queue` read of the async tasks and their ownership."""
+
+    def in_quorum(self) -> bool: ...
+
+    def stats(self) -> dict[str, int]:
+        """Tasks moved or decided by the ownership protocol, by kind."""
+        ...
+
+    def task_states(self) -> list[str]:
+        """One state per task: the queued/running ones owned here, the final ones kept."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsPorts:
+    """What `/metrics` reads of the node, at scrape time."""
+
+    node_id: str
+    requests: RequestStats
+    log: EventLog
+    gossip_drops: Callable[[], Mapping[str, int]]
+    mesh: PeerTable
+    scheduler: LocalScheduler
+    ollama_up: Callable[[], bool]
+    tasks: TaskFacts
+    counters: NodeCounters
+
+
+def count_requests(requests: RequestStats, app: ASGIApp) -> ASGIApp:
     """ASGI wrapper: `meshlb_requests_total{route,status}` for every HTTP request.
 
     The route label is the matched route's template (`/v1/tasks/{task_id}`), read
     from the scope Starlette's router fills in; the status is the one sent."""
-    counts = ctx.telemetry.requests.http
+    counts = requests.http
 
     async def counted(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -93,12 +125,12 @@ def _counter(
 class NodeCollector(Collector):
     """Counters, gauges and histograms of one node, labelled with its id."""
 
-    def __init__(self, ctx: NodeContext) -> None:
+    def __init__(self, ctx: MetricsPorts) -> None:
         self.ctx = ctx
 
     def collect(self) -> Iterator[Metric]:
         ctx, node = self.ctx, self.ctx.node_id
-        req = ctx.telemetry.requests
+        req = ctx.requests
         http = CounterMetricFamily(
             "meshlb_requests",
             "HTTP requests this node answered, by route template and status "
@@ -140,7 +172,7 @@ class NodeCollector(Collector):
             "model",
             sorted(req.model_loads.items()),
         )
-        decisions = ctx.telemetry.log.decisions
+        decisions = ctx.log.decisions
         yield _counter(
             "meshlb_placements",
             "Where work went: run here (local), sent to a peer (forwarded), "
@@ -154,7 +186,7 @@ class NodeCollector(Collector):
             "Gossip datagrams/streams dropped (malformed, failed authentication, replay...)",
             node,
             "reason",
-            sorted(self.ctx.gossip_drops().items()),
+            sorted(ctx.gossip_drops().items()),
         )
         yield from self._gauges(node)
         yield from self._legacy(node)
@@ -166,7 +198,8 @@ class NodeCollector(Collector):
             "Async tasks: queued/running ones this node owns, final ones it retains",
             labels=["node", "state"],
         )
-        for state, count in self._task_counts().items():
+        counts = dict.fromkeys(TASK_STATES, 0) | Counter(ctx.tasks.task_states())
+        for state, count in counts.items():
             tasks.add_metric([node, state], count)
         yield tasks
         members = GaugeMetricFamily(
@@ -174,7 +207,7 @@ class NodeCollector(Collector):
             "Mesh members by state, as this node sees them",
             labels=["node", "state"],
         )
-        by_state = Counter(p.state for p in current_peers(ctx))
+        by_state = Counter(p.state for p in ctx.mesh.peers())
         for state in MEMBER_STATES:
             members.add_metric([node, state], by_state[state])
         yield members
@@ -183,13 +216,13 @@ class NodeCollector(Collector):
             "meshlb_ollama_up",
             "1 if the local Ollama answered lately",
             node,
-            1.0 if ctx.catalog.reachable else 0.0,
+            1.0 if ctx.ollama_up() else 0.0,
         )
         yield _gauge(
             "meshlb_quorum",
             "1 while this node sees a majority of the mesh healthy (take-overs allowed)",
             node,
-            1.0 if ctx.tasks.mesh.core.in_quorum() else 0.0,
+            1.0 if ctx.tasks.in_quorum() else 0.0,
         )
         yield _gauge("meshlb_queue_depth", "Requests and tasks queued here", node, stats.queued)
         yield _gauge(
@@ -199,17 +232,6 @@ class NodeCollector(Collector):
             float(stats.limits.max_queue),
         )
 
-    def _task_counts(self) -> dict[str, int]:
-        service = self.ctx.tasks
-        counts = dict.fromkeys(TASK_STATES, 0)
-        for copy in service.mesh.core.owned():
-            if copy.record.state in ("queued", "running"):
-                counts[copy.record.state] += 1
-        for record in service.store.recent(None, 1 << 30):
-            if record.final:
-                counts[record.state] += 1
-        return counts
-
     def _legacy(self, node: str) -> Iterator[Metric]:
         """Families that predate SPEC's list (kept: dashboards and tests read them)."""
         ctx = self.ctx
@@ -218,21 +240,21 @@ class NodeCollector(Collector):
             "Node request events by kind",
             node,
             "event",
-            sorted(ctx.counters.items()),
+            sorted(ctx.counters.nonzero().items()),
         )
         yield _counter(
             "meshlb_mesh_tasks",
             "Async tasks moved or decided by the ownership protocol, by kind",
             node,
             "kind",
-            sorted(ctx.tasks.mesh.stats().items()),
+            sorted(ctx.tasks.stats().items()),
         )
         stats = ctx.scheduler.stats()
         yield _gauge("meshlb_queued", "Tasks waiting in the local queue", node, stats.queued)
         yield _gauge("meshlb_running", "Tasks running on the local Ollama", node, stats.running)
 
 
-def node_registry(ctx: NodeContext) -> CollectorRegistry:
+def node_registry(ctx: MetricsPorts) -> CollectorRegistry:
     """A registry of its own per node, so in-process test nodes do not collide."""
     registry = CollectorRegistry(auto_describe=True)
     registry.register(NodeCollector(ctx))

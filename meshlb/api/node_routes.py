@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -15,10 +17,26 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from meshlb.api.dashboard import ASSETS, MAX_EVENTS, DashboardData, asset
+from meshlb.api.dashboard import ASSETS, MAX_EVENTS, DashboardData, DashboardPorts, asset
 from meshlb.api.errors import ApiError
-from meshlb.api.metrics import node_registry
-from meshlb.node_context import NodeContext
+from meshlb.api.metrics import MetricsPorts, TaskFacts, node_registry
+from meshlb.api.ports import NodeCounters
+from meshlb.sched.driver import LocalScheduler
+
+
+@dataclass(frozen=True, slots=True)
+class NodePorts:
+    """What the node endpoints read of the node."""
+
+    node_id: str
+    not_ready_reasons: Callable[[], list[str]]  # empty when ready
+    scheduler: LocalScheduler
+    counters: NodeCounters
+    tasks: TaskFacts
+    mailer_counters: Callable[[], Mapping[str, int]]
+    gossip_drops: Callable[[], Mapping[str, int]]
+    metrics: MetricsPorts
+    dashboard: DashboardPorts
 
 
 def plain(value: Any) -> Any:
@@ -32,15 +50,15 @@ def plain(value: Any) -> Any:
     return value
 
 
-def queue_view(ctx: NodeContext) -> dict[str, Any]:
+def queue_view(ctx: NodePorts) -> dict[str, Any]:
     """`GET /v1/queue`: the scheduler's numbers plus the node's request counters."""
     return {
         "node": ctx.node_id,
         **plain(ctx.scheduler.stats()),
-        "node_counters": dict(ctx.counters),
-        "mesh": ctx.tasks.mesh.stats(),
-        "mailer": dict(ctx.mailer.counters) if ctx.mailer is not None else {},
-        "gossip_dropped": ctx.gossip_drops(),
+        "node_counters": ctx.counters.nonzero(),
+        "mesh": ctx.tasks.stats(),
+        "mailer": dict(ctx.mailer_counters()),
+        "gossip_dropped": dict(ctx.gossip_drops()),
     }
 
 
@@ -74,9 +92,9 @@ def local_only(request: Request) -> bool:
     return scope == "local" or request.query_params.get("local") == "1"
 
 
-def node_routes(ctx: NodeContext) -> list[Route]:
-    registry = node_registry(ctx)
-    data = DashboardData(ctx)
+def node_routes(ctx: NodePorts) -> list[Route]:
+    registry = node_registry(ctx.metrics)
+    data = DashboardData(ctx.dashboard)
     page = {name: (asset(name), kind) for name, kind in ASSETS.items()}
     html = asset("dashboard.html")
 

@@ -9,6 +9,7 @@ from the model catalog or passed to Ollama directly: they cost Ollama nothing.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -18,24 +19,65 @@ from starlette.routing import Route as StarletteRoute
 
 from meshlb import __version__
 from meshlb.api.errors import ApiError, retry_after
-from meshlb.api.mesh_docs import ps_handler, show_handler
-from meshlb.api.mesh_routes import current_peers
-from meshlb.api.model_routes import model_routes
-from meshlb.api.work_errors import require_model_in_mesh
-from meshlb.backend.catalog import canonical_model
-from meshlb.backend.ollama import BackendError
+from meshlb.api.peer_auth import PeerAuth
+from meshlb.api.ports import Drain, NodeCounters, PeerTable, RequestRules
+from meshlb.api.relay import RelayPorts
+from meshlb.api.work_errors import ModelCheck
+from meshlb.backend.catalog import ModelCatalog, canonical_model
+from meshlb.backend.ollama import BackendError, OllamaBackend
+from meshlb.events import EventLog
 from meshlb.http_client import HttpPool, UpstreamResponse
-from meshlb.mesh.candidates import http_addr_of
 from meshlb.mesh.forward import PeerUnavailable, open_on_peer
 from meshlb.mesh.placement import NoHost, RunHere
-from meshlb.mesh.placement_service import Reason
-from meshlb.node_context import NodeContext
+from meshlb.mesh.placement_service import PlacementService, Reason
+from meshlb.sched.driver import LocalScheduler
+from meshlb.telemetry import RequestStats
 
 log = structlog.get_logger()
 
 
+@dataclass(frozen=True, slots=True)
+class MeshPlacement:
+    """What `place_in_mesh` uses of the node."""
+
+    node_id: str
+    catalog: ModelCatalog
+    placement: PlacementService
+    mesh: PeerTable  # peers' addresses
+    models: ModelCheck  # 404 / 503 when the model cannot run anywhere
+    cluster_key: str | None  # signs the forwarded request
+    counters: NodeCounters
+    log: EventLog  # placement decisions, for the dashboard and /metrics
+
+
+@dataclass(frozen=True, slots=True)
+class InferencePorts:
+    """What serving an inference request uses of the node (`meshlb.api.fast_path`)."""
+
+    node_id: str
+    rules: RequestRules
+    drain: Drain
+    auth: PeerAuth  # a forwarded request must be signed
+    scheduler: LocalScheduler
+    counters: NodeCounters
+    requests: RequestStats  # meshlb_requests_total{route,status}
+    relay: RelayPorts  # running it here
+    mesh: MeshPlacement  # ... or on a peer
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogPorts:
+    """What the model-list and version paths use: the local Ollama and the peers."""
+
+    node_id: str
+    catalog: ModelCatalog
+    backend: OllamaBackend
+    mesh: PeerTable
+    started_at_wall: float  # OpenAI's `created` of every model
+
+
 async def place_in_mesh(
-    ctx: NodeContext,
+    ctx: MeshPlacement,
     path: str,
     body: bytes,
     model: str,
@@ -60,7 +102,7 @@ async def place_in_mesh(
         placed = ctx.placement.place(model, est_tokens, hops=hops, exclude=frozenset(failed))
         decision = placed.decision
         if isinstance(decision, RunHere):
-            ctx.telemetry.log.kept(ctx.node_id, model, decision.eta_s, hops)
+            ctx.log.kept(ctx.node_id, model, decision.eta_s, hops)
             return None
         if isinstance(decision, NoHost):
             if placed.reason is Reason.NO_SECOND_HOP:
@@ -74,9 +116,9 @@ async def place_in_mesh(
                     f"right now ({', '.join(sorted(failed))})",
                     retry_after(2),
                 )
-            await require_model_in_mesh(ctx, model)
+            await ctx.models.require(model)
             return None
-        peer_url = "http://" + (http_addr_of(current_peers(ctx), decision.node_id) or "")
+        peer_url = "http://" + (ctx.mesh.address_of(decision.node_id) or "")
         try:
             upstream = await open_on_peer(
                 peers,
@@ -85,7 +127,7 @@ async def place_in_mesh(
                 body,
                 priority,
                 hops,
-                ctx.settings.cluster_key,
+                ctx.cluster_key,
                 remaining_s,
             )
         except PeerUnavailable as e:
@@ -96,7 +138,7 @@ async def place_in_mesh(
             )
             failed.add(decision.node_id)
             continue
-        ctx.counters["forwarded"] += 1
+        ctx.counters.forwarded += 1
         ctx.placement.sent(decision.node_id)
         log.info(
             "request forwarded",
@@ -106,18 +148,18 @@ async def place_in_mesh(
             local_eta_s=decision.local_eta_s,
             why=placed.reason.value,
         )
-        ctx.telemetry.log.forwarded(decision.node_id, model, decision.eta_s, decision.local_eta_s)
+        ctx.log.forwarded(decision.node_id, model, decision.eta_s, decision.local_eta_s)
         return upstream, decision.node_id
 
 
-def mesh_model_entries(ctx: NodeContext) -> list[dict[str, Any]]:
+def mesh_model_entries(ctx: CatalogPorts) -> list[dict[str, Any]]:
     """`/api/tags` entries: the local Ollama's own, plus models only live peers have.
 
     Peers gossip model names, not Ollama's full entries, so a remote-only model is
     listed with the fields Ollama always sends, the unknown ones empty.
     """
     entries = {canonical_model(str(e.get("name"))): e for e in ctx.catalog.entries()}
-    for peer in current_peers(ctx):
+    for peer in ctx.mesh.peers():
         if peer.state != "alive" or peer.node_id == ctx.node_id:
             continue
         for name in peer.models:
@@ -135,7 +177,7 @@ def mesh_model_entries(ctx: NodeContext) -> list[dict[str, Any]]:
     return [entries[name] for name in sorted(entries)]
 
 
-def tags_handler(ctx: NodeContext) -> Any:
+def tags_handler(ctx: CatalogPorts) -> Any:
     async def handler(request: Request) -> Response:
         if not ctx.catalog.reachable:
             await ctx.catalog.refresh()
@@ -144,7 +186,7 @@ def tags_handler(ctx: NodeContext) -> Any:
     return handler
 
 
-def openai_model(ctx: NodeContext, entry: dict[str, Any]) -> dict[str, Any]:
+def openai_model(ctx: CatalogPorts, entry: dict[str, Any]) -> dict[str, Any]:
     """One model in OpenAI's shape, as Ollama's /v1/models lists it."""
     return {
         "id": entry["name"],
@@ -154,7 +196,7 @@ def openai_model(ctx: NodeContext, entry: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def openai_models_handler(ctx: NodeContext) -> Any:
+def openai_models_handler(ctx: CatalogPorts) -> Any:
     async def handler(request: Request) -> Response:
         if not ctx.catalog.reachable:
             await ctx.catalog.refresh()
@@ -164,7 +206,7 @@ def openai_models_handler(ctx: NodeContext) -> Any:
     return handler
 
 
-def openai_model_handler(ctx: NodeContext) -> Any:
+def openai_model_handler(ctx: CatalogPorts) -> Any:
     """`GET /v1/models/{model}`: one model of the mesh, 404 (OpenAI's shape) if none has it."""
 
     async def handler(request: Request) -> Response:
@@ -177,7 +219,7 @@ def openai_model_handler(ctx: NodeContext) -> Any:
     return handler
 
 
-def version_handler(ctx: NodeContext) -> Any:
+def version_handler(ctx: CatalogPorts) -> Any:
     """Ollama's version when it answers (clients gate features on it), else meshlb's."""
 
     async def handler(request: Request) -> Response:
@@ -189,16 +231,14 @@ def version_handler(ctx: NodeContext) -> Any:
     return handler
 
 
-def ollama_routes(ctx: NodeContext) -> list[StarletteRoute]:
-    """Every Ollama-compatible route of a node but the inference paths, which
-    `meshlb.api.fast_path` serves ahead of Starlette."""
-    routes = [
+def ollama_routes(ctx: CatalogPorts) -> list[StarletteRoute]:
+    """The model-list and version routes of the Ollama and OpenAI APIs. (The inference
+    paths are `meshlb.api.fast_path`'s, ahead of Starlette; ps and show are
+    `meshlb.api.mesh_docs`'; pull, push, create, copy, delete, blobs
+    `meshlb.api.model_routes`'.)"""
+    return [
         StarletteRoute("/api/tags", tags_handler(ctx), methods=["GET"]),
-        StarletteRoute("/api/ps", ps_handler(ctx), methods=["GET"]),
         StarletteRoute("/api/version", version_handler(ctx), methods=["GET"]),
-        StarletteRoute("/api/show", show_handler(ctx), methods=["POST"]),
         StarletteRoute("/v1/models", openai_models_handler(ctx), methods=["GET"]),
         StarletteRoute("/v1/models/{model:path}", openai_model_handler(ctx), methods=["GET"]),
     ]
-    routes += model_routes(ctx)  # pull, push, create, copy, delete, blobs: mesh operations
-    return routes

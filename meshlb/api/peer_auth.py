@@ -8,12 +8,14 @@ method, path and query, body and behaviour headers; each signature is accepted o
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from starlette.requests import Request
 
 from meshlb.api.errors import ApiError
-from meshlb.mesh.auth import AUTH_HEADER, verify
-from meshlb.node_context import NodeContext
+from meshlb.api.ports import NodeCounters
+from meshlb.mesh.auth import AUTH_HEADER, ReplayGuard, verify
 
 
 def signed_path(request: Request) -> str:
@@ -21,21 +23,30 @@ def signed_path(request: Request) -> str:
     return request.url.path + (f"?{query}" if query else "")
 
 
-def require_peer(ctx: NodeContext, request: Request, body: bytes = b"", what: str = "") -> None:
-    """401 unless the request is signed with the cluster key (no-op without a key)."""
-    key = ctx.settings.cluster_key
-    if key is None:
-        return
-    problem = verify(
-        key,
-        request.headers.get(AUTH_HEADER),
-        request.method,
-        signed_path(request),
-        body,
-        time.time(),
-        request.headers,
-        ctx.replay_guard,
-    )
-    if problem is not None:
-        ctx.counters["peer_requests_refused"] += 1
-        raise ApiError(401, f"{what or 'request from a peer'} refused: {problem}")
+@dataclass(frozen=True, slots=True)
+class PeerAuth:
+    """The cluster key, the signatures seen lately (each is accepted once), and the
+    counter of refusals."""
+
+    cluster_key: str | None
+    replay_guard: ReplayGuard
+    counters: NodeCounters
+    wall_clock: Callable[[], float] = time.time
+
+    def require(self, request: Request, body: bytes = b"", what: str = "") -> None:
+        """401 unless the request is signed with the cluster key (no-op without a key)."""
+        if self.cluster_key is None:
+            return
+        problem = verify(
+            self.cluster_key,
+            request.headers.get(AUTH_HEADER),
+            request.method,
+            signed_path(request),
+            body,
+            self.wall_clock(),
+            request.headers,
+            self.replay_guard,
+        )
+        if problem is not None:
+            self.counters.peer_requests_refused += 1
+            raise ApiError(401, f"{what or 'request from a peer'} refused: {problem}")

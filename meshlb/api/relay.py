@@ -15,19 +15,18 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import structlog
 import trio
 from starlette.types import Message, Receive, Scope, Send
 
 from meshlb.api.errors import error_object, stream_error_chunk
-from meshlb.backend.ollama import BackendError
+from meshlb.api.ports import NodeCounters
+from meshlb.backend.ollama import BackendError, OllamaBackend
 from meshlb.http_client import UpstreamError, UpstreamResponse
-from meshlb.tokens import generation_rate_from_tail, tokens_from_tail
-
-if TYPE_CHECKING:
-    from meshlb.node_context import NodeContext
+from meshlb.sched.driver import LocalScheduler
+from meshlb.telemetry import RequestStats
+from meshlb.tokens import RateAverage, generation_rate_from_tail, tokens_from_tail
 
 log = structlog.get_logger()
 
@@ -50,17 +49,29 @@ class LocalTask:
     timeout_s: float | None = None  # as the client asked, for the 504's sentence
 
 
+@dataclass(frozen=True, slots=True)
+class RelayPorts:
+    """What relaying a local request uses of the node."""
+
+    node_id: str
+    scheduler: LocalScheduler
+    backend: OllamaBackend
+    generation_rate: RateAverage  # fed from each answer's tail (gossiped for placement)
+    counters: NodeCounters
+    requests: RequestStats  # the /metrics histograms
+
+
 class RelayResponse:
     """ASGI response: wait for the turn, call the local Ollama, stream its answer through."""
 
-    def __init__(self, ctx: NodeContext, task: LocalTask) -> None:
+    def __init__(self, ctx: RelayPorts, task: LocalTask) -> None:
         self.ctx = ctx
         self.task = task
         self._holding_slot = False
         self._tail = b""
         self._started = False  # the response's status line went out
         self._answered = False  # its last byte went out
-        self._timer = ctx.telemetry.requests.timer(task.model)  # histograms for /metrics
+        self._timer = ctx.requests.timer(task.model)  # histograms for /metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         async def tracked(message: Message) -> None:
@@ -95,7 +106,7 @@ class RelayResponse:
                 if self._answered:
                     return  # the normal end of a request, not a hang-up
                 log.info("client disconnected, task cancelled", task=self.task.task_id)
-                self.ctx.counters["client_disconnects"] += 1
+                self.ctx.counters.client_disconnects += 1
                 scope.cancel()
                 return
 
@@ -135,7 +146,7 @@ class RelayResponse:
 
     async def _timed_out(self, send: Send) -> None:
         """504 before the answer began; an error object (never a silent cut) after."""
-        self.ctx.counters["timed_out"] += 1
+        self.ctx.counters.timed_out += 1
         message = f"the request did not finish within its timeout of {self.task.timeout_s:g} s"
         log.info("request timed out", task=self.task.task_id, timeout_s=self.task.timeout_s)
         if not self._started:
@@ -178,7 +189,7 @@ class RelayResponse:
             await send(
                 {"type": "http.response.start", "status": upstream.status_code, "headers": headers}
             )
-            self.ctx.counters["completed"] += 1  # before the send: the client may hang up
+            self.ctx.counters.completed += 1  # before the send: the client may hang up
             await send({"type": "http.response.body", "body": body, "more_body": False})
             return
         await send(
@@ -191,7 +202,7 @@ class RelayResponse:
         except UpstreamError as e:
             reason = e.reason
             log.warning("ollama failed mid-answer", task=self.task.task_id, reason=reason)
-            self.ctx.counters["backend_failures"] += 1
+            self.ctx.counters.backend_failures += 1
             # Never a silent truncation: end the stream with an Ollama-style error object.
             await send(
                 {
@@ -203,5 +214,5 @@ class RelayResponse:
                 }
             )
         else:
-            self.ctx.counters["completed"] += 1
+            self.ctx.counters.completed += 1
         await send({"type": "http.response.body", "body": b"", "more_body": False})

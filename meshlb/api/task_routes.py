@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
 
 import msgpack
 import structlog
@@ -26,13 +27,13 @@ from meshlb.api.body import (
 )
 from meshlb.api.errors import ApiError, retry_after
 from meshlb.api.idempotency import KeyArbiter, merge_task_rows
-from meshlb.api.mesh_routes import alive_peer_urls, current_peers
-from meshlb.api.peer_auth import require_peer
-from meshlb.api.work_errors import refused_to_error, require_model_in_mesh
-from meshlb.mesh.candidates import http_addr_of
+from meshlb.api.peer_auth import PeerAuth
+from meshlb.api.ports import Drain, NodeCounters, PeerLink, PeerTable
+from meshlb.api.work_errors import ModelCheck, refused_to_error
+from meshlb.backend.catalog import ModelCatalog
 from meshlb.mesh.forward import HOPS_HEADER
 from meshlb.mesh.lookup import ask_peers, find_on_peers, gather_from_peers
-from meshlb.node_context import NodeContext
+from meshlb.mesh.placement_service import PlacementService
 from meshlb.sched.driver import Refused
 from meshlb.tasks.model import FINAL_STATES
 from meshlb.tasks.service import TaskService, TaskSpec
@@ -42,6 +43,38 @@ log = structlog.get_logger()
 MAX_WAIT_S = 300.0
 TYPE_ERRORS = ("missing", "type", "parsing", "extra_forbidden", "literal_error", "_type")
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+
+
+class OwnershipFacts(Protocol):
+    """What the task routes read of the ownership protocol beyond the task service."""
+
+    def is_live(self, node_id: str) -> bool:
+        """Whether the ownership core counts `node_id` live (it can be handed a task)."""
+        ...
+
+    def holders(self, task_id: str) -> object:
+        """Who holds a copy of the task, and as what (for a log line)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class TaskPorts:
+    """What the task API uses of the node."""
+
+    node_id: str
+    max_body_bytes: int
+    default_num_predict: int
+    drain: Drain
+    auth: PeerAuth  # a forwarded submission or `?local=1` lookup must be signed
+    catalog: ModelCatalog
+    placement: PlacementService
+    ownership: OwnershipFacts
+    service: TaskService
+    keys: KeyArbiter
+    mesh: PeerTable
+    link: PeerLink
+    models: ModelCheck
+    counters: NodeCounters
 
 
 class TaskSubmitBody(BaseModel):
@@ -82,7 +115,7 @@ def parse_wait(raw: str | None) -> float:
 
 
 def choose_owner(
-    ctx: NodeContext, kind: str, model: str, request: dict[str, Any], *, here: bool = True
+    ctx: TaskPorts, kind: str, model: str, request: dict[str, Any], *, here: bool = True
 ) -> str | None:
     """The peer placement prefers for a new async task, or None to keep it here
     (the same service as Ollama-API requests: expected completion, power of two).
@@ -90,11 +123,11 @@ def choose_owner(
     A node that cannot run the model itself (its Ollama lacks it or is down) always
     names a peer, or refuses with 503: it never queues work it cannot run."""
     local_can = ctx.catalog.reachable and ctx.catalog.has(model)
-    est = estimate_tokens({**request, "model": model}, kind, ctx.settings.default_num_predict)
+    est = estimate_tokens({**request, "model": model}, kind, ctx.default_num_predict)
     exclude = frozenset() if here and local_can else frozenset({ctx.node_id})
     to = ctx.placement.place(model, est, exclude=exclude).peer
     # Only a peer the ownership core counts as live can be handed a task.
-    if to is not None and to not in ctx.tasks.mesh.core.live:
+    if to is not None and not ctx.ownership.is_live(to):
         to = None
     if to is None and not local_can:
         raise ApiError(
@@ -129,23 +162,23 @@ def task_id_of(request: Request) -> str:
     return task_id
 
 
-def task_routes(ctx: NodeContext, service: TaskService) -> list[Route]:
+def task_routes(ctx: TaskPorts) -> list[Route]:
+    service, keys = ctx.service, ctx.keys
+
     def not_found(task_id: str) -> ApiError:
         return ApiError(404, f"task '{task_id}' not found")
 
-    keys = KeyArbiter(ctx)
-
     async def submit(request: Request) -> Response:
-        if ctx.draining:
+        if ctx.drain.active:
             raise ApiError(
                 503,
                 "this node is shutting down; send the task to another node",
                 {"Retry-After": "1"},
             )
-        raw = await read_body(request, ctx.settings.max_body_bytes)
+        raw = await read_body(request, ctx.max_body_bytes)
         hops = parse_hops(request.headers.get(HOPS_HEADER))
         if hops:
-            require_peer(ctx, request, raw)
+            ctx.auth.require(request, raw)
         payload = parse_json_object(raw)
         try:
             body = TaskSubmitBody.model_validate(payload)
@@ -154,7 +187,7 @@ def task_routes(ctx: NodeContext, service: TaskService) -> list[Route]:
         if not carries(body.request):
             raise ApiError(422, "field 'request' holds a number too large to carry (over 64 bits)")
         priority = body.priority or parse_priority(request.headers.get(PRIORITY_HEADER))
-        await require_model_in_mesh(ctx, body.model)
+        await ctx.models.require(body.model)
         spec = TaskSpec(
             kind=body.kind,
             model=body.model,
@@ -173,7 +206,7 @@ def task_routes(ctx: NodeContext, service: TaskService) -> list[Route]:
         async with keys.deciding(key):
             found = await keys.find(key)
             if found is not None:
-                ctx.counters["tasks_idempotent_hits"] += 1
+                ctx.counters.tasks_idempotent_hits += 1
                 return task_answer(found, 200)
             return await create(spec)
 
@@ -189,22 +222,22 @@ def task_routes(ctx: NodeContext, service: TaskService) -> list[Route]:
                 raise refused_to_error(refused) from None
             record, created, safe = await service.submit(spec, forward_to)
         if not created:
-            ctx.counters["tasks_idempotent_hits"] += 1
+            ctx.counters.tasks_idempotent_hits += 1
             return task_answer(record.to_public(), 200)
         if not safe:
             return await refuse_unreplicated(record.id, spec)
-        ctx.counters["tasks_accepted"] += 1
+        ctx.counters.tasks_accepted += 1
         return task_answer(record.to_public(), 202)
 
     async def refuse_unreplicated(task_id: str, spec: TaskSpec) -> Response:
         """No second holder in time: 503, nothing promised. A keyed task stays (a
         retry with its key gets it); an unkeyed one is cancelled where it is ours."""
-        ctx.counters["tasks_refused_unreplicated"] += 1
+        ctx.counters.tasks_refused_unreplicated += 1
         log.warning(
             "task refused: no second node held it in time",
             task=task_id,
             keyed=spec.idempotency_key is not None,
-            holders=service.mesh.core.holders(task_id),
+            holders=ctx.ownership.holders(task_id),
         )
         if spec.idempotency_key is None and service.owns(task_id):
             await service.cancel(task_id)
@@ -231,7 +264,7 @@ def task_routes(ctx: NodeContext, service: TaskService) -> list[Route]:
         wait_s = parse_wait(request.query_params.get("wait"))
         local_only = request.query_params.get("local") == "1"
         if local_only:
-            require_peer(ctx, request)
+            ctx.auth.require(request)
         record = service.get(task_id)
         if record is not None and not record.final and not local_only:
             fresher = await ask_owner(task_id, wait_s)
@@ -243,7 +276,7 @@ def task_routes(ctx: NodeContext, service: TaskService) -> list[Route]:
             return JSONResponse(record.to_public())
         if not local_only:
             remote = await find_on_peers(
-                ctx.peer_client, alive_peer_urls(ctx), task_id, wait_s, ctx.settings.cluster_key
+                ctx.link.client, ctx.mesh.alive_peer_urls(), task_id, wait_s, ctx.link.cluster_key
             )
             if remote is not None:
                 return JSONResponse(remote)
@@ -255,16 +288,16 @@ def task_routes(ctx: NodeContext, service: TaskService) -> list[Route]:
         owner = service.owner_of(task_id)
         if owner is None or owner == ctx.node_id:
             return None
-        addr = http_addr_of(current_peers(ctx), owner)
+        addr = ctx.mesh.address_of(owner)
         if addr is None:
             return None
         answer = await ask_peers(
-            ctx.peer_client,
+            ctx.link.client,
             [f"http://{addr}"],
             "GET",
             f"/v1/tasks/{task_id}",
             wait_s,
-            ctx.settings.cluster_key,
+            ctx.link.cluster_key,
         )
         return None if answer is None else answer[1]
 
@@ -280,16 +313,16 @@ def task_routes(ctx: NodeContext, service: TaskService) -> list[Route]:
             assert record is not None
             return JSONResponse(record.to_public())
         if request.query_params.get("local") == "1":
-            require_peer(ctx, request)
+            ctx.auth.require(request)
             raise ApiError(404, f"task '{task_id}' is not owned by this node")
         # Only the owner can stop a task: ask every peer, the owner answers.
         answer = await ask_peers(
-            ctx.peer_client,
-            alive_peer_urls(ctx),
+            ctx.link.client,
+            ctx.mesh.alive_peer_urls(),
             "DELETE",
             f"/v1/tasks/{task_id}",
             0.0,
-            ctx.settings.cluster_key,
+            ctx.link.cluster_key,
             frozenset({200, 409}),
         )
         if answer is not None:
@@ -327,12 +360,12 @@ def task_routes(ctx: NodeContext, service: TaskService) -> list[Route]:
             r.to_public() for r in fresh if r is not None and (state is None or r.state == state)
         ]
         if request.query_params.get("local") == "1":
-            require_peer(ctx, request)
+            ctx.auth.require(request)
         if scope == "local" or request.query_params.get("local") == "1":
             return JSONResponse({"tasks": rows[:limit]})
         params = {"limit": str(limit), **({"state": state} if state else {})}
         answers = await gather_from_peers(
-            ctx.peer_client, alive_peer_urls(ctx), "/v1/tasks", params, ctx.settings.cluster_key
+            ctx.link.client, ctx.mesh.alive_peer_urls(), "/v1/tasks", params, ctx.link.cluster_key
         )
         merged = merge_task_rows([rows, *(a.get("tasks", []) for a in answers)])
         return JSONResponse({"tasks": merged[:limit], "nodes_answered": 1 + len(answers)})

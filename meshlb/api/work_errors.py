@@ -7,10 +7,12 @@ answer (200 / 503 + Retry-After / 404) on every path.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from meshlb.api.errors import ApiError, retry_after
-from meshlb.api.mesh_routes import current_peers
+from meshlb.api.ports import PeerTable
+from meshlb.backend.catalog import ModelCatalog
 from meshlb.mesh.availability import model_availability
-from meshlb.node_context import NodeContext
 from meshlb.sched.driver import Refused
 
 
@@ -23,25 +25,34 @@ def refused_to_error(refused: Refused) -> ApiError:
     return ApiError(409, refused.message)
 
 
-async def require_model_in_mesh(ctx: NodeContext, model: str) -> None:
-    """Return if some live member can run `model` now; else 503 when every member that
-    has it is down (Retry-After), 404 when no member has it (as Ollama says it)."""
-    await ctx.catalog.knows(model)  # a model pulled here a second ago counts
-    found = model_availability(model, current_peers(ctx))
-    if found.runnable:
-        return
-    if found.known:
-        where = "; ".join(f"{node}: {why}" for node, why in found.down)
-        raise ApiError(
-            503,
-            f"every node that has model '{model}' is down right now ({where}); try again shortly",
-            retry_after(5),
-        )
-    if not ctx.catalog.ever_read:
-        raise ApiError(
-            503,
-            f"the Ollama at {ctx.backend.base_url} {ctx.catalog.last_error}, so this node "
-            f"cannot tell whether it has model '{model}'; try again shortly",
-            retry_after(5),
-        )
-    raise ApiError(404, f"model '{model}' not found")
+@dataclass(frozen=True, slots=True)
+class ModelCheck:
+    """Whether the mesh can run a model now: the local catalog and the peers' lists."""
+
+    catalog: ModelCatalog
+    peers: PeerTable
+    ollama_url: str  # the local Ollama, named when it cannot be read
+
+    async def require(self, model: str) -> None:
+        """Return if some live member can run `model` now; else 503 when every member
+        that has it is down (Retry-After), 404 when no member has it (as Ollama says)."""
+        await self.catalog.knows(model)  # a model pulled here a second ago counts
+        found = model_availability(model, self.peers.peers())
+        if found.runnable:
+            return
+        if found.known:
+            where = "; ".join(f"{node}: {why}" for node, why in found.down)
+            raise ApiError(
+                503,
+                f"every node that has model '{model}' is down right now ({where}); "
+                "try again shortly",
+                retry_after(5),
+            )
+        if not self.catalog.ever_read:
+            raise ApiError(
+                503,
+                f"the Ollama at {self.ollama_url} {self.catalog.last_error}, so this node "
+                f"cannot tell whether it has model '{model}'; try again shortly",
+                retry_after(5),
+            )
+        raise ApiError(404, f"model '{model}' not found")

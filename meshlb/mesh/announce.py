@@ -7,13 +7,18 @@ incarnation and is piggybacked to every member, so unchanged numbers cost nothin
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 import structlog
 import trio
 
+from meshlb.mesh.candidates import candidate
 from meshlb.mesh.meta import Load, Moves, NodeMeta, encode_meta
-from meshlb.node_context import NodeContext
+from meshlb.mesh.placement import Candidate
+from meshlb.sched.stats import SchedulerStats
+from meshlb.tokens import RateAverage
 
 ANNOUNCE_INTERVAL_S = 1.0
 log = structlog.get_logger()
@@ -23,36 +28,67 @@ class MetaSink(Protocol):
     def update_meta(self, meta: bytes) -> None: ...
 
 
-def local_meta(ctx: NodeContext) -> NodeMeta:
-    """This node's metadata right now."""
-    stats = ctx.scheduler.stats()
-    limits = stats.limits
-    return NodeMeta(
-        http_addr=f"{ctx.settings.advertised_host()}:{ctx.settings.http_bind[1]}",
-        models=tuple(ctx.catalog.names),
-        ollama_up=ctx.catalog.reachable,
-        load=Load(
-            queued=stats.queued,
-            running=stats.running,
-            max_concurrency=stats.effective_concurrency,
-            rpm_used=stats.rpm_used,
-            rpm_limit=limits.rpm,
-            tpm_used=stats.tpm_used,
-            tpm_limit=limits.tpm,
-            tokens_per_s=ctx.generation_rate.value,
-        ),
-        boot=ctx.boot,
-        moves=local_moves(ctx),
-    )
+class SchedulerView(Protocol):
+    def stats(self) -> SchedulerStats: ...
 
 
-def local_moves(ctx: NodeContext) -> Moves:
-    forwarded, stolen, taken_over, duplicates = ctx.tasks.mesh.moves()
-    return Moves(ctx.counters["forwarded"] + forwarded, stolen, taken_over, duplicates)
+class ModelList(Protocol):
+    """The local Ollama's models, as the catalog last read them."""
+
+    @property
+    def names(self) -> list[str]: ...
+    @property
+    def reachable(self) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class LocalStatus:
+    """This node as it describes itself: where it listens, which process it is, and
+    its live numbers (read on every call: the scheduler's, the catalog's, the rate)."""
+
+    node_id: str
+    http_addr: str
+    boot: str  # random per process start: peers tell a restart from a slow node by it
+    scheduler: SchedulerView
+    catalog: ModelList
+    generation_rate: RateAverage
+
+    def meta(self, moves: Moves | None = None) -> NodeMeta:
+        """This node's metadata right now; `moves` as counted so far (none yet: zeros)."""
+        stats = self.scheduler.stats()
+        limits = stats.limits
+        return NodeMeta(
+            http_addr=self.http_addr,
+            models=tuple(self.catalog.names),
+            ollama_up=self.catalog.reachable,
+            load=Load(
+                queued=stats.queued,
+                running=stats.running,
+                max_concurrency=stats.effective_concurrency,
+                rpm_used=stats.rpm_used,
+                rpm_limit=limits.rpm,
+                tpm_used=stats.tpm_used,
+                tpm_limit=limits.tpm,
+                tokens_per_s=self.generation_rate.value,
+            ),
+            boot=self.boot,
+            moves=moves if moves is not None else Moves(),
+        )
+
+    def candidate(self) -> Candidate:
+        """This node as placement sees it, from its live numbers."""
+        return candidate(self.node_id, self.meta(), is_local=True)
+
+
+def local_moves(forwarded_requests: int, driver_moves: tuple[int, int, int, int]) -> Moves:
+    """The moves this node gossips: Ollama-API requests it forwarded plus the ownership
+    driver's (forwarded tasks, stolen, taken over, duplicates dropped)."""
+    forwarded, stolen, taken_over, duplicates = driver_moves
+    return Moves(forwarded_requests + forwarded, stolen, taken_over, duplicates)
 
 
 async def announce_loop(
-    ctx: NodeContext, sink: MetaSink, interval_s: float = ANNOUNCE_INTERVAL_S
+    meta: Callable[[], NodeMeta], sink: MetaSink, interval_s: float = ANNOUNCE_INTERVAL_S
 ) -> None:
     """Forever: push changed metadata to gossip at most once per interval.
 
@@ -61,7 +97,7 @@ async def announce_loop(
     last = b""
     while True:
         try:
-            data = encode_meta(local_meta(ctx))
+            data = encode_meta(meta())
         except Exception as e:  # one bad round must not kill the node
             log.error("node metadata could not be encoded; round skipped", error=repr(e))
         else:

@@ -6,7 +6,6 @@ read this one view, so they agree with each other.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -87,17 +86,17 @@ class Peer:
 
 
 def peers_from_members(
-    members: Sequence[MemberLike], trio_now: float, wall_now: float | None = None
+    members: Sequence[MemberLike], trio_now: float, wall_now: float
 ) -> list[Peer]:
-    """Decode every member; gossip times (Trio clock) become wall-clock seconds."""
-    wall = time.time() if wall_now is None else wall_now
+    """Decode every member; gossip times (Trio clock) become wall-clock seconds
+    (both clocks are read by the caller: this module reads none)."""
     return [
         Peer(
             node_id=m.node_id,
             gossip_addr=f"{m.addr[0]}:{m.addr[1]}",
             state=m.state,
             incarnation=m.incarnation,
-            last_change_wall=wall - max(0.0, trio_now - m.last_change_at),
+            last_change_wall=wall_now - max(0.0, trio_now - m.last_change_at),
             meta=decode_meta(m.meta),
         )
         for m in members
