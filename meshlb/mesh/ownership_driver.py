@@ -97,6 +97,8 @@ class OwnershipConfig:
     # How often an idle node looks for work to steal (None: never; the simulator's
     # baselines run without stealing).
     idle_check_s: float | None = IDLE_CHECK_S
+    # Run the core's validate() after every step (tests and the simulator).
+    check_invariants: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +123,7 @@ class OwnershipDriver:
         self.core = Ownership(
             config.node_id, None, config.replication,
             dead_quorum_after_s=config.dead_quorum_after_s,
+            check_invariants=config.check_invariants,
         )  # fmt: skip
         self.ports = ports
         self.events = ports.events

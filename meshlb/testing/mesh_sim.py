@@ -56,7 +56,8 @@ CONVERGE_LIMIT_S = 60.0
 class MeshSim:
     """N meshlb nodes in virtual time. `policy` picks placement: meshlb, local (run
     where accepted), or a baseline (round_robin / random / least_conn); `steal`
-    defaults to on for meshlb and local, off for the baselines."""
+    defaults to on for meshlb and local, off for the baselines; `validate` runs every
+    ownership core's `validate()` after each of its steps."""
 
     def __init__(
         self,
@@ -69,6 +70,7 @@ class MeshSim:
         link: LinkModel | None = None,
         announce_s: float = 1.0,
         steal: bool | None = None,
+        validate: bool = True,
     ) -> None:
         if policy not in POLICIES:
             raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
@@ -98,6 +100,7 @@ class MeshSim:
                 steal=steal,
                 strategy=chosen,
                 clock=self._now,
+                validate=validate,
             )
             for i, s in enumerate(specs)
         ]

@@ -31,6 +31,7 @@ from meshlb.mesh.candidates import candidate
 from meshlb.mesh.mailer import PeerMailer
 from meshlb.mesh.meta import Load, NodeMeta, decode_meta, encode_meta
 from meshlb.mesh.ownership_driver import (
+    IDLE_CHECK_S,
     Executor,
     OwnershipConfig,
     OwnershipDriver,
@@ -92,7 +93,7 @@ class SimNode:
     def __init__(
         self, idx: int, spec: NodeSpec, net: TrioNetwork, hooks: Hooks, *,
         seed: int, replication: int, gossip: GossipConfig, announce_s: float,
-        steal: bool, strategy: Strategy, clock: Callable[[], float],
+        steal: bool, strategy: Strategy, clock: Callable[[], float], validate: bool,
     ) -> None:  # fmt: skip
         self.idx, self.spec, self.net, self.hooks = idx, spec, net, hooks
         self.node_id = f"node-{idx:04d}"
@@ -102,6 +103,7 @@ class SimNode:
             announce_s, steal, strategy, clock,
         )  # fmt: skip
         self.models = frozenset(canonical_model(name) for name in spec.models)
+        self.validate = validate  # the ownership core's validate() after every step
         self.boots = 0
         self.runs: dict[str, int] = {}  # task id -> run generation, while running here
         self.alive = False
@@ -133,8 +135,10 @@ class SimNode:
         self._announced = self._meta()
 
     def _ownership(self, executor: Executor) -> OwnershipDriver:
-        config = OwnershipConfig(self.node_id, self.replication,
-                                 idle_check_s=1.0 if self.steal else None)  # fmt: skip
+        config = OwnershipConfig(
+            self.node_id, self.replication, idle_check_s=IDLE_CHECK_S if self.steal else None,
+            check_invariants=self.validate,
+        )  # fmt: skip
         ports = OwnershipPorts(
             executor, self.placement, self.mailer, EventLog(self.node_id, self.clock),
             observe=lambda at, cmd: self.hooks.command(self.node_id, at, cmd),

@@ -123,7 +123,8 @@ class Node:
         placement = PlacementService(node_id, self.view, random.Random(0))
         ports = OwnershipPorts(self.executor, placement, WireSender(net, node_id, boot),
                                EventLog(node_id))  # fmt: skip
-        self.driver = OwnershipDriver(OwnershipConfig(node_id, replication), ports)
+        config = OwnershipConfig(node_id, replication, check_invariants=True)
+        self.driver = OwnershipDriver(config, ports)
 
     def start(self, task_id: str, at: float = 1.0) -> None:
         """The local scheduler started the task."""
