@@ -24,7 +24,7 @@ from typing import Any
 
 import trio
 
-from meshlb.backend.catalog import canonical_model
+from meshlb.model_names import canonical_model
 from meshlb.sched.stats import SchedulerStats, percentile
 
 SAMPLE_INTERVAL_S = 2.0

@@ -20,9 +20,10 @@ from meshlb.api.errors import ApiError, retry_after
 from meshlb.api.peer_auth import PeerAuth
 from meshlb.api.ports import NodeCounters, PeerLink, PeerTable
 from meshlb.api.work_errors import ModelCheck
-from meshlb.backend.catalog import ModelCatalog, canonical_model
+from meshlb.backend.catalog import ModelCatalog
 from meshlb.backend.ollama import BackendError, OllamaBackend, describe_http_error
 from meshlb.mesh.lookup import gather_from_peers
+from meshlb.model_names import canonical_model
 
 
 @dataclass(frozen=True, slots=True)

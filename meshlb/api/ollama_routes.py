@@ -23,13 +23,14 @@ from meshlb.api.peer_auth import PeerAuth
 from meshlb.api.ports import Drain, NodeCounters, PeerTable, RequestRules
 from meshlb.api.relay import RelayPorts
 from meshlb.api.work_errors import ModelCheck
-from meshlb.backend.catalog import ModelCatalog, canonical_model
+from meshlb.backend.catalog import ModelCatalog
 from meshlb.backend.ollama import BackendError, OllamaBackend
 from meshlb.events import EventLog
 from meshlb.http_client import HttpPool, UpstreamResponse
 from meshlb.mesh.forward import PeerUnavailable, open_on_peer
 from meshlb.mesh.placement import NoHost, RunHere
 from meshlb.mesh.placement_service import PlacementService, Reason
+from meshlb.model_names import canonical_model
 from meshlb.sched.driver import LocalScheduler
 from meshlb.telemetry import RequestStats
 

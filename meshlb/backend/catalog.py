@@ -29,6 +29,7 @@ import trio
 
 from meshlb.backend.ollama import BackendError, OllamaBackend
 from meshlb.mesh.residency import INSTANT_GBPS
+from meshlb.model_names import canonical_model
 
 log = structlog.get_logger()
 GB = 1_000_000_000
@@ -38,11 +39,6 @@ COLD_LOAD_S = 0.1
 EXPIRY_SLACK_S = 5.0
 _LOAD_DURATION_RE = re.compile(rb'"load_duration"\s*:\s*(\d{1,20})')
 _FRACTION_RE = re.compile(r"(\.\d{6})\d+")
-
-
-def canonical_model(name: str) -> str:
-    """Ollama's name rule: a model without a tag means `:latest`."""
-    return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
 
 
 class ModelCatalog:

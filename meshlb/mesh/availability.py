@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from meshlb.backend.catalog import canonical_model
 from meshlb.mesh.view import Peer
+from meshlb.model_names import canonical_model
 
 STATES_THAT_MAY_COME_BACK = frozenset({"suspect", "dead"})
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from meshlb.backend.catalog import canonical_model
 from meshlb.mesh.meta import Load, NodeMeta
 from meshlb.mesh.placement import Candidate
 from meshlb.mesh.view import Peer
+from meshlb.model_names import canonical_model
 
 
 def headroom(limit: int | None, used: int) -> int | None:

@@ -28,7 +28,6 @@ from typing import Protocol
 import structlog
 import trio
 
-from meshlb.backend.catalog import canonical_model
 from meshlb.drivers.wakeup import Wakeup, deadline_loop
 from meshlb.events import EventLog
 from meshlb.gossip.events import Event as GossipEvent
@@ -42,6 +41,7 @@ from meshlb.mesh.placement import Candidate
 from meshlb.mesh.placement_service import Placement
 from meshlb.mesh.replication import TaskCopy
 from meshlb.mesh.stealing import Waiting
+from meshlb.model_names import canonical_model
 from meshlb.tasks.model import TaskRecord
 
 log = structlog.get_logger()

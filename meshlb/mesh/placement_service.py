@@ -29,7 +29,6 @@ from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Protocol
 
-from meshlb.backend.catalog import canonical_model
 from meshlb.mesh.candidates import RecentlySent
 from meshlb.mesh.placement import (
     MAX_HOPS,
@@ -40,6 +39,7 @@ from meshlb.mesh.placement import (
     TaskNeeds,
     place,
 )
+from meshlb.model_names import canonical_model
 
 
 class Reason(Enum):

@@ -21,11 +21,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from meshlb.backend.catalog import canonical_model
 from meshlb.mesh.affinity import ConversationMap, Turn, chat_turn, saving_s
 from meshlb.mesh.meta import NodeMeta
 from meshlb.mesh.placement import Candidate, TaskNeeds
 from meshlb.mesh.residency import Residency, Resident, model_size_gb
+from meshlb.model_names import canonical_model
 
 
 def residency_of(meta: NodeMeta, now: float) -> Residency | None:

@@ -24,11 +24,11 @@ from typing import Any
 import structlog
 import trio
 
-from meshlb.backend.catalog import canonical_model
 from meshlb.drivers.wakeup import Wakeup, deadline_loop
 from meshlb.mesh.ownership_driver import Executor, OwnershipDriver
 from meshlb.mesh.replication import snapshot
 from meshlb.mesh.stealing import Waiting
+from meshlb.model_names import canonical_model
 from meshlb.sched.driver import LocalScheduler, Refused
 from meshlb.tasks.ids import new_task_id
 from meshlb.tasks.journal import Journal

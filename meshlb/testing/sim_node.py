@@ -21,7 +21,6 @@ from typing import Any, Protocol
 import structlog
 import trio
 
-from meshlb.backend.catalog import canonical_model
 from meshlb.events import EventLog
 from meshlb.gossip.config import GossipConfig
 from meshlb.gossip.driver import GossipDriver
@@ -40,6 +39,7 @@ from meshlb.mesh.ownership_driver import (
 from meshlb.mesh.ownership_wire import decode_batch
 from meshlb.mesh.placement import Candidate
 from meshlb.mesh.placement_service import MemberLoad, PlacementService, Strategy
+from meshlb.model_names import canonical_model
 from meshlb.sched.driver import LocalScheduler
 from meshlb.sched.limits import Limits
 from meshlb.tasks.service import TaskService, TaskSpec

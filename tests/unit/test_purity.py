@@ -25,16 +25,14 @@ FORBIDDEN = {"trio", "httpx", "httpcore", "socket", "time", "threading", "asynci
 
 # The drivers and transports: Trio loops over sockets, allowed to do I/O.
 NOT_CORE = {"gossip/driver.py", "gossip/__main__.py", "sched/driver.py"}
-MESH_CORE = ("placement", "candidates", "meta", "availability", "arbiter", "dead_members",
-             "peer_events", "replication", "stealing", "view")  # fmt: skip
-# `canonical_model` is a pure function, but it lives in the backend's catalog, which
-# runs Trio loops over httpx: importing it drags I/O into the cores that use it.
-_CATALOG = "reaches backend/catalog.py (trio, httpx) for canonical_model; to move out"
-KNOWN_IMPURE = {"meshlb/mesh/availability.py": _CATALOG, "meshlb/mesh/candidates.py": _CATALOG}
+MESH_CORE = ("placement", "placement_service", "candidates", "meta", "availability", "arbiter",
+             "dead_members", "peer_events", "replication", "stealing", "view", "residency",
+             "residency_placement", "affinity")  # fmt: skip
 
 
 def core_modules() -> list[pathlib.Path]:
     paths = [*PKG.glob("gossip/*.py"), *PKG.glob("sched/*.py"), PKG / "tokens.py"]
+    paths.append(PKG / "model_names.py")
     paths += [PKG / "mesh" / f"{name}.py" for name in MESH_CORE]
     paths += [p for p in PKG.glob("mesh/ownership*.py") if p.name != "ownership_driver.py"]
     paths += list(PKG.glob("mesh/ownership/*.py"))  # the ownership core's package
@@ -122,15 +120,9 @@ def impurities(start: pathlib.Path) -> list[str]:
     return sorted(set(found))
 
 
-def _param(path: pathlib.Path) -> object:
-    rel = str(path.relative_to(ROOT))
-    marks = []
-    if rel in KNOWN_IMPURE:
-        marks.append(pytest.mark.xfail(strict=True, reason=KNOWN_IMPURE[rel]))
-    return pytest.param(path, id=rel, marks=marks)
-
-
-@pytest.mark.parametrize("path", [_param(p) for p in core_modules()])
+@pytest.mark.parametrize(
+    "path", [pytest.param(p, id=str(p.relative_to(ROOT))) for p in core_modules()]
+)
 def test_core_module_reaches_no_io_clock_threads_or_os_randomness(path: pathlib.Path) -> None:
     assert impurities(path) == []
 
