@@ -9,7 +9,11 @@ the task to the better of two random picks among the best few that are near the 
 (power of two choices), so that many nodes acting on the same stale gossip do not all
 herd onto one host, and a random pick never lands on a host that must load the model
 when another has it loaded. A task that has already been forwarded runs where it
-lands (no ping-pong).
+lands, or nowhere when the model is not there: never a second hop (no ping-pong).
+
+This is the pricing only: which members are candidates at all (alive, with the model,
+minus those that failed or are left out, plus the work recently sent to them) is
+`meshlb.mesh.placement_service`'s, the one caller every path goes through.
 """
 
 from __future__ import annotations
