@@ -1,5 +1,7 @@
-"""Placement candidates from the mesh view: live members with readable metadata.
+"""A member's gossiped metadata as a placement candidate, and the work sent lately.
 
+Which members are candidates (alive, with readable metadata, minus those left out) is
+the placement service's (`meshlb.mesh.placement_service`); this module converts one.
 Gossiped load is up to an announce interval old. During a burst, every request would
 see the same idle peer and all would go there (herding). So each node remembers what
 it sent to a peer since that peer's last metadata update (`RecentlySent`, keyed by
@@ -8,11 +10,8 @@ the peer's incarnation, which every update bumps) and counts it as queued there.
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from meshlb.mesh.meta import Load, NodeMeta
 from meshlb.mesh.placement import Candidate
-from meshlb.mesh.view import Peer
 from meshlb.model_names import canonical_model
 
 
@@ -51,28 +50,3 @@ class RecentlySent:
     def pending(self, node_id: str, incarnation: int) -> int:
         seen, sent = self._sent.get(node_id, (incarnation, 0))
         return sent if seen == incarnation else 0
-
-
-def candidates_from_peers(
-    peers: list[Peer], local_id: str, sent: RecentlySent | None = None
-) -> list[Candidate]:
-    """Alive members only: a suspect may be dead, and sending work there risks a hang."""
-    out = []
-    for p in peers:
-        if p.meta is None or (p.state != "alive" and p.node_id != local_id):
-            continue
-        c = candidate(p.node_id, p.meta, p.node_id == local_id)
-        extra = sent.pending(p.node_id, p.incarnation) if sent is not None else 0
-        out.append(replace(c, queued=c.queued + extra) if extra else c)
-    return out
-
-
-def incarnation_of(peers: list[Peer], node_id: str) -> int:
-    return next((p.incarnation for p in peers if p.node_id == node_id), 0)
-
-
-def http_addr_of(peers: list[Peer], node_id: str) -> str | None:
-    for p in peers:
-        if p.node_id == node_id and p.meta is not None:
-            return p.meta.http_addr
-    return None
