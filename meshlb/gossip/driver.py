@@ -14,10 +14,12 @@ one push-pull stream or one outgoing packet is counted under a reason of
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import trio
@@ -62,6 +64,22 @@ def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"[:200]
 
 
+@dataclass(slots=True)
+class DriverStats:
+    """What the driver counts (the core counts its own); `stats()` merges both."""
+
+    packets_in: int = 0
+    bytes_in: int = 0
+    packets_out: int = 0
+    bytes_out: int = 0
+    send_errors: int = 0
+    streams_out: int = 0
+    streams_in: int = 0
+    stream_errors: int = 0
+    events_dropped: int = 0
+    tick_errors: int = 0
+
+
 class GossipDriver:
     """Runs one gossip member over a transport; what node.py and the simulator use.
 
@@ -102,11 +120,7 @@ class GossipDriver:
         self._kick = Wakeup()
         self._flushed = trio.Event()  # set (and replaced) after every flush
         self._subscribers: list[trio.MemorySendChannel[Event]] = []
-        self._stats = dict.fromkeys(
-            ("packets_in", "bytes_in", "packets_out", "bytes_out", "send_errors",
-             "streams_out", "streams_in", "stream_errors", "events_dropped", "tick_errors"),
-            0,
-        )  # fmt: skip
+        self._stats = DriverStats()
         self._drops = drops.DropCounter()
         self._throttle = drops.LogThrottle()
         self._core_drops_seen: dict[str, int] = {}
@@ -147,7 +161,7 @@ class GossipDriver:
         self.log.info("gossip left", node=self.node_id)
 
     def stats(self) -> dict[str, int]:
-        s = dict(self._stats)
+        s = dataclasses.asdict(self._stats)
         if self._core is not None:
             s.update(self._core.stats())
         return s
@@ -201,7 +215,7 @@ class GossipDriver:
         try:
             core.tick(now)
         except Exception as e:  # a core bug must not stop gossip; back off a little
-            self._stats["tick_errors"] += 1
+            self._stats.tick_errors += 1
             self._warn("gossip timer failed", "tick_error", e)
             await trio.sleep(self.config.probe_timeout_s)
         await self._flush()
@@ -213,8 +227,8 @@ class GossipDriver:
         assert core is not None
         while True:
             data, src = await self._transport.receive()
-            self._stats["packets_in"] += 1
-            self._stats["bytes_in"] += len(data)
+            self._stats.packets_in += 1
+            self._stats.bytes_in += len(data)
             try:
                 core.receive(data, src, trio.current_time())
             except Exception as e:  # a bug on one datagram must not stop the node
@@ -230,11 +244,11 @@ class GossipDriver:
                 data = core.encode(dg)
                 await self._transport.send(data, dg.addr)
             except Exception as e:  # OSError, or ValueError/UnicodeError on a bad address
-                self._stats["send_errors"] += 1
+                self._stats.send_errors += 1
                 self._drop(drops.SEND_ERROR, e, dg.addr)
                 continue
-            self._stats["packets_out"] += 1
-            self._stats["bytes_out"] += len(data)
+            self._stats.packets_out += 1
+            self._stats.bytes_out += len(data)
         for req in core.streams_to_send():
             assert self._nursery is not None
             self._nursery.start_soon(self._push_pull, req.addr, req.message)
@@ -247,7 +261,7 @@ class GossipDriver:
         """Our push-pull request to `addr` and its answer, over one stream."""
         core = self._core
         assert core is not None
-        self._stats["streams_out"] += 1
+        self._stats.streams_out += 1
         try:
             frame = core.encode_push_pull(message)
             reply = await self._transport.exchange(addr, frame, STREAM_TIMEOUT_S)
@@ -261,7 +275,7 @@ class GossipDriver:
         """A peer's push-pull request: merge it, answer with our state."""
         core = self._core
         assert core is not None
-        self._stats["streams_in"] += 1
+        self._stats.streams_in += 1
         reply = core.handle_push_pull(request, peer, trio.current_time())
         await self._flush()
         self._kick.kick()
@@ -270,7 +284,7 @@ class GossipDriver:
     # ---- dropping ------------------------------------------------------------------
 
     def _stream_failed(self, error: Exception, peer: object) -> None:
-        self._stats["stream_errors"] += 1
+        self._stats.stream_errors += 1
         self._kick.kick()
         reason = stream_failure_reason(error)
         if reason is not None:
@@ -307,4 +321,4 @@ class GossipDriver:
                 try:
                     ch.send_nowait(ev)
                 except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-                    self._stats["events_dropped"] += 1
+                    self._stats.events_dropped += 1
