@@ -2,8 +2,9 @@
 
 Inference paths become tasks (validated, queued by priority, run when the host has
 room, relayed by `RelayResponse`): `meshlb.api.fast_path` serves them, and places them
-in the mesh with `place_in_mesh` here. Metadata paths (tags, ps, version, show) are answered
-from the model catalog or passed to Ollama directly: they cost Ollama nothing.
+in the mesh with `place_in_mesh` here. The model lists and the version (here) are
+answered from the model catalog and the peers' gossip, or passed to Ollama directly:
+they cost Ollama nothing (`/api/ps` and `/api/show` are `meshlb.api.mesh_docs`').
 """
 
 from __future__ import annotations
