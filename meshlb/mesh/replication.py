@@ -22,7 +22,6 @@ Why each rule:
 
 from __future__ import annotations
 
-import copy
 import hashlib
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field, replace
@@ -64,8 +63,7 @@ def choose_replicas(
 
 @dataclass(frozen=True, slots=True)
 class TaskCopy:
-    """One replicated snapshot (frozen, and its record is never changed in place: the
-    core derives a new record with `TaskRecord.started`/`requeued`/`finished`).
+    """One replicated snapshot (frozen, like its record).
 
     `former` holds every node that ever owned or held the task, so that a healed
     partition knows whom to reconcile with. `run_id` names the run whose result
@@ -113,13 +111,6 @@ class TaskCopy:
             f"TaskCopy({self.task_id} {self.record.state} owner={self.owner} "
             f"epoch={self.epoch} replicas={list(self.replicas)})"
         )
-
-
-def snapshot(record: TaskRecord) -> TaskRecord:
-    """A shallow copy, taken where a record crosses between the task service (which
-    still changes its local records in place) and the core: the record's own fields
-    are private, the request dict is shared (nobody mutates a request)."""
-    return copy.copy(record)
 
 
 def final_rank(c: TaskCopy) -> tuple[float, str]:

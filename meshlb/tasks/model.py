@@ -2,7 +2,7 @@
 
 States: queued -> running -> succeeded | failed | cancelled (running -> queued again
 when a run is lost, e.g. Ollama busy or a node restart). A final state is reached
-exactly once; `TaskRecord.finish` refuses a second one, which is how "the first
+exactly once; `TaskRecord.finished` refuses a second one, which is how "the first
 result wins" is kept. Each field's `wire` metadata is its short key on the
 node-to-node wire (`meshlb.mesh.ownership_wire` derives its codec from them).
 """
@@ -26,9 +26,12 @@ class AlreadyFinal(Exception):
     """A second final state for a task that already has one (dropped and counted)."""
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class TaskRecord:
-    """One async task. Times are wall-clock epoch seconds (they are shown to users)."""
+    """One async task. Times are wall-clock epoch seconds (they are shown to users).
+    Frozen: a change is a new record (`started`, `requeued`, `finished`), so a record
+    handed to the ownership core, the store or a peer never changes under it (the
+    `request`, `result` and `extra` values are shared and never mutated either)."""
 
     id: str = field(metadata={"wire": "id"})
     kind: str = field(metadata={"wire": "k"})
@@ -58,8 +61,6 @@ class TaskRecord:
     @property
     def deadline_at(self) -> float | None:
         return None if self.timeout_s is None else self.created_at + self.timeout_s
-
-    # The ownership core's copies never change: these return a changed record.
 
     def started(self, node: str, now: float) -> TaskRecord:
         if self.final:
@@ -92,34 +93,6 @@ class TaskRecord:
             self, state=state, finished_at=now, node=node or self.node, result=result,
             error=error, error_status=error_status,
         )  # fmt: skip
-
-    def mark_running(self, node: str, now: float) -> None:
-        if self.final:
-            raise AlreadyFinal(self.id)
-        self.state, self.node, self.started_at = "running", node, now
-        self.attempts += 1
-
-    def mark_queued(self) -> None:
-        """A run was lost (busy backend, restart): back to the queue, not final."""
-        if self.final:
-            raise AlreadyFinal(self.id)
-        self.state = "queued"
-
-    def finish(
-        self,
-        state: str,
-        now: float,
-        *,
-        result: Any = None,
-        error: str | None = None,
-        error_status: int | None = None,
-    ) -> None:
-        if state not in FINAL_STATES:
-            raise ValueError(f"{state} is not a final state")
-        if self.final:
-            raise AlreadyFinal(self.id)
-        self.state, self.finished_at = state, now
-        self.result, self.error, self.error_status = result, error, error_status
 
     def to_public(self) -> dict[str, Any]:
         """The JSON shape of `GET /v1/tasks/{id}` (SPEC.md)."""

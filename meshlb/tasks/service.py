@@ -26,7 +26,6 @@ import trio
 
 from meshlb.drivers.wakeup import Wakeup, deadline_loop
 from meshlb.mesh.ownership_driver import Executor, OwnershipDriver
-from meshlb.mesh.replication import snapshot
 from meshlb.mesh.stealing import Waiting
 from meshlb.model_names import canonical_model
 from meshlb.sched.driver import LocalScheduler, Refused
@@ -81,8 +80,8 @@ class TaskService:
         self.default_num_predict = default_num_predict
         self.generation_rate = generation_rate or RateAverage()
         self.store = TaskStore(retention_s)
-        # Tasks this node owns and queues or runs: its own working records (the
-        # core's copies are immutable snapshots, replicated as they change).
+        # Tasks this node owns and queues or runs: the latest (frozen) record of each,
+        # replaced as it changes (the worker keeps it current).
         self._local: dict[str, TaskRecord] = {}
         self.wall_clock = wall_clock
         self.new_id = new_id
@@ -118,8 +117,8 @@ class TaskService:
                 self.store.add(record)
                 continue
             if record.state == "running":
-                record.mark_queued()  # it was running when the node died: run it again
-            self.store.add(snapshot(record))
+                record = record.requeued()  # it was running when the node died: run it again
+            self.store.add(record)
             self.mesh.accept(record, None)
             count += 1
         if count:
@@ -171,7 +170,7 @@ class TaskService:
                 del self._local[record.id]
                 raise
             self._arm_deadline(record)
-        self.store.add(snapshot(record))
+        self.store.add(record)
         # Before any await: a fast run must not finish before the core knows the task.
         self.mesh.accept(record, forward_to)
         if self.journal is not None:
@@ -244,12 +243,11 @@ class TaskService:
         """This node owns the task now: queue it (a full queue delays, never drops)."""
         if record.id in self._local:
             return  # queued here already (accepted here, or a repeated command)
-        local = snapshot(record)
-        if local.state == "running":  # it was running on a node that died
-            local.mark_queued()
+        # it was running on a node that died: queued again here
+        local = record.requeued() if record.state == "running" else record
         self._local[local.id] = local
         if self.store.get(local.id) is None:
-            self.store.add(snapshot(local))
+            self.store.add(local)
         self._arm_deadline(local)
         try:
             self._enqueue(local)
@@ -266,7 +264,7 @@ class TaskService:
 
     def record_final(self, record: TaskRecord, decided_here: bool) -> None:
         """The task's one result: keep it, journal it, wake the long-polls."""
-        final = snapshot(record)
+        final = record
         self.store.add(final)
         local = self._local.get(record.id)
         if local is not None and local.state != "running":
@@ -309,11 +307,12 @@ class TaskService:
             if self._local.get(record.id) is not record:  # moved to a peer meanwhile
                 self.scheduler.finish(record.id, 0)
                 return
+            running = record
             if self.mesh.get(record.id) is not None:
                 # Running in the core's eyes at once, so it is never offered to a thief
                 # between this start and the worker's first step.
-                self.runs.mark_running(record)
-            self._nursery.start_soon(self.runs.work, record)
+                running = self.runs.mark_running(record)
+            self._nursery.start_soon(self.runs.work, running)
 
         self.scheduler.submit(record.id, record.priority, record.est_tokens, on_start=started)
 

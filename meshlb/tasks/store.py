@@ -37,10 +37,6 @@ class TaskStore:
         if record.final and record.finished_at is not None:
             self._finished.append((record.finished_at, record.id))
 
-    def note_finished(self, record: TaskRecord) -> None:
-        """Call once when a record reaches its final state, to schedule its expiry."""
-        self._finished.append((record.finished_at or 0.0, record.id))
-
     def expire(self, now: float) -> list[str]:
         """Drop finished tasks older than the retention; return their ids."""
         dropped = []

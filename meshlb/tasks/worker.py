@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import structlog
@@ -89,10 +90,13 @@ class TaskRuns:
         if scope is not None:
             scope.cancel()
 
-    def mark_running(self, record: TaskRecord) -> None:
+    def mark_running(self, record: TaskRecord) -> TaskRecord:
         now = self.wall_clock()
-        record.mark_running(self.node_id, now)
+        running = record.started(self.node_id, now)
+        if self._local.get(record.id) is record:  # still ours: the map follows
+            self._local[record.id] = running
         self.mesh.feed(m.TaskStarted(record.id, now))
+        return running
 
     async def work(self, record: TaskRecord) -> None:
         """Run a started task (it holds a scheduler slot) to a final state."""
@@ -107,62 +111,67 @@ class TaskRuns:
         deadline = trio.current_time() + (
             record.deadline_at - self.wall_clock() if record.deadline_at is not None else math.inf
         )
+        run = _Run(record, self._local)
         with trio.CancelScope(deadline=deadline) as scope:
             self._scopes[record.id] = scope
             try:
-                await self._attempts(record)
+                await self._attempts(run)
             except Exception as e:  # a bug must fail one task, not stop the node
                 log.exception("task worker failed", task=record.id)
                 self.scheduler.finish(record.id, 0)
-                self.finish(
-                    record, "failed", error=f"meshlb internal error: {e!r}", error_status=500
-                )
+                run.finished(
+                    self.finish(
+                        run.record, "failed", error=f"meshlb internal error: {e!r}",
+                        error_status=500,
+                    )
+                )  # fmt: skip
         self._scopes.pop(record.id, None)
-        if not record.final:
+        if not run.record.final:
             if record.id in self._cancel_requested:
-                self.finish(record, "cancelled", error="cancelled by request")
+                self.finish(run.record, "cancelled", error="cancelled by request")
             else:
                 self.finish(
-                    record,
+                    run.record,
                     "failed",
                     error_status=504,
                     error=f"task timed out after {record.timeout_s:g}s",
                 )
         self._cancel_requested.discard(record.id)
 
-    async def _attempts(self, record: TaskRecord) -> None:
+    async def _attempts(self, run: _Run) -> None:
         """Run until a final state; the scheduler slot is released on every path."""
-        path = KIND_PATHS[record.kind]
+        task_id = run.record.id
+        path = KIND_PATHS[run.record.kind]
         while True:
             try:
-                if record.state != "running":
-                    self.mark_running(record)
-                status, content = await self.backend.post_json(path, record.request)
+                if run.record.state != "running":
+                    run.update(self.mark_running(run.record))
+                status, content = await self.backend.post_json(path, run.record.request)
             except BackendError as e:
-                self.scheduler.finish(record.id, 0)
-                if record.attempts >= MAX_BACKEND_ATTEMPTS:
-                    self.finish(record, "failed", error=f"{e}", error_status=503)
+                self.scheduler.finish(task_id, 0)
+                if run.record.attempts >= MAX_BACKEND_ATTEMPTS:
+                    run.finished(self.finish(run.record, "failed", error=f"{e}", error_status=503))
                     return
                 log.warning(
                     "ollama unreachable, task will retry",
-                    task=record.id,
-                    attempt=record.attempts,
+                    task=task_id,
+                    attempt=run.record.attempts,
                     reason=e.reason,
                 )
                 # Queued again here only: the core still sees it running, so it is not
                 # offered to a thief while this worker holds it.
-                record.mark_queued()
-                await trio.sleep(BACKOFF_S[min(record.attempts, len(BACKOFF_S)) - 1])
-                await self._requeue(record)
+                run.update(run.record.requeued())
+                await trio.sleep(BACKOFF_S[min(run.record.attempts, len(BACKOFF_S)) - 1])
+                await self._requeue(run.record)
                 continue
             except BaseException:  # cancelled (timeout or DELETE) while running
-                self.scheduler.finish(record.id, 0)
+                self.scheduler.finish(task_id, 0)
                 raise
             if status == 503:  # Ollama busy: back to the queue, keep the place
-                record.mark_queued()
-                await self.scheduler.requeue_busy(record.id)
+                run.update(run.record.requeued())
+                await self.scheduler.requeue_busy(task_id)
                 continue
-            self._complete(record, status, content)
+            run.finished(self._complete(run.record, status, content))
             return
 
     async def _requeue(self, record: TaskRecord) -> None:
@@ -175,7 +184,7 @@ class TaskRuns:
                 await trio.sleep(1.0)
         await self.scheduler.wait_turn(record.id)
 
-    def _complete(self, record: TaskRecord, status: int, content: bytes) -> None:
+    def _complete(self, record: TaskRecord, status: int, content: bytes) -> TaskRecord | None:
         result: Any = None
         if status == 200:
             try:
@@ -186,14 +195,13 @@ class TaskRuns:
         if isinstance(result, dict) and result.get("eval_count") and result.get("eval_duration"):
             self.generation_rate.observe(result["eval_count"] / (result["eval_duration"] / 1e9))
         if status == 200 and result is not None:
-            self.finish(record, "succeeded", result=result)
-        else:
-            self.finish(
-                record,
-                "failed",
-                error=ollama_error_text(content, status),
-                error_status=status if status >= 400 else 502,
-            )
+            return self.finish(record, "succeeded", result=result)
+        return self.finish(
+            record,
+            "failed",
+            error=ollama_error_text(content, status),
+            error_status=status if status >= 400 else 502,
+        )
 
     def finish(
         self,
@@ -203,16 +211,38 @@ class TaskRuns:
         result: Any = None,
         error: str | None = None,
         error_status: int | None = None,
-    ) -> None:
-        """This node's run ended: the core decides whether it is the task's result."""
+    ) -> TaskRecord | None:
+        """This node's run ended: the core decides whether it is the task's result.
+        Returns the final record (None if `record` was final already)."""
         now = self.wall_clock()
         try:
-            record.finish(state, now, result=result, error=error, error_status=error_status)
+            final = record.finished(state, now, result=result, error=error,
+                                    error_status=error_status)  # fmt: skip
         except AlreadyFinal:
             log.warning("duplicate final state dropped", task=record.id, state=state)
-            return
+            return None
         self._local.pop(record.id, None)
         log.info(
             "task finished", task=record.id, state=state, error=error, attempts=record.attempts
         )
         self.mesh.feed(m.TaskFinished(record.id, state, now, result, error, error_status))
+        return final
+
+
+@dataclass(slots=True)
+class _Run:
+    """One worker's task. Records are frozen, so the worker keeps its latest one here,
+    and the service's map of local tasks follows while the task is still this node's
+    (its entry is the record the change was made to)."""
+
+    record: TaskRecord
+    local: dict[str, TaskRecord]
+
+    def update(self, new: TaskRecord) -> None:
+        if self.local.get(new.id) is self.record:
+            self.local[new.id] = new
+        self.record = new
+
+    def finished(self, final: TaskRecord | None) -> None:
+        if final is not None:
+            self.record = final

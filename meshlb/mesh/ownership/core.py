@@ -37,7 +37,7 @@ from meshlb.mesh.ownership.roles import Change, Role, Table
 from meshlb.mesh.ownership.shared import Outbox, OwnershipCounters
 from meshlb.mesh.ownership.steals import Steals
 from meshlb.mesh.ownership.takeover import TakeOvers
-from meshlb.mesh.replication import TaskCopy, snapshot
+from meshlb.mesh.replication import TaskCopy
 
 # A dropped copy's version is remembered this long, so that an older copy arriving
 # late (messages overtake each other) is not mistaken for a new assignment.
@@ -254,7 +254,7 @@ class Ownership:
             return  # idempotent: the same acceptance twice is one task
         self.counters.accepted += 1
         reps = self._replicas.choose(rec.id, me, ())
-        c = TaskCopy(snapshot(rec), me, 1, reps, frozenset({me, *reps}))
+        c = TaskCopy(rec, me, 1, reps, frozenset({me, *reps}))
         to = ev.forward_to
         forward = to is not None and to != me and to in self._members.live
         self.own(c, Change.ACCEPT, "accepted", run=not forward)
