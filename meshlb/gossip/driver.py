@@ -234,7 +234,7 @@ class GossipDriver:
             except Exception as e:  # a bug on one datagram must not stop the node
                 self._drop(drops.HANDLER_ERROR, e, src)
             await self._flush()
-            self._kick.kick()
+            self._kick.nudge(core.next_deadline())
 
     async def _flush(self) -> None:
         core = self._core
@@ -269,7 +269,7 @@ class GossipDriver:
         except Exception as e:
             self._stream_failed(e, addr)
         await self._flush()
-        self._kick.kick()
+        self._kick.nudge(core.next_deadline())
 
     async def _serve_push_pull(self, request: bytes, peer: Addr) -> bytes | None:
         """A peer's push-pull request: merge it, answer with our state."""
@@ -278,7 +278,7 @@ class GossipDriver:
         self._stats.streams_in += 1
         reply = core.handle_push_pull(request, peer, trio.current_time())
         await self._flush()
-        self._kick.kick()
+        self._kick.nudge(core.next_deadline())
         return None if reply is None else core.encode_push_pull(reply)
 
     # ---- dropping ------------------------------------------------------------------

@@ -142,8 +142,8 @@ class OwnershipDriver:
         now = self.ports.clock()
         self._apply(self.core.handle(event, now))
         if isinstance(event, m.TaskFinished) and self.config.idle_check_s is not None:
-            self._next_idle = now  # a slot came free: look for work at the next step
-        self._wakeup.kick()  # the core's next deadline may be earlier now
+            self._next_idle = now  # a slot came free: look for work at once
+        self._wakeup.nudge(self._next_deadline())  # it may be earlier now
 
     def accept(self, record: TaskRecord, forward_to: str | None) -> None:
         self.events.task_accepted(record.id, record.model, self.node_id, forward_to)
@@ -345,6 +345,9 @@ class OwnershipDriver:
             assert self.config.idle_check_s is not None
             self._next_idle = now + self.config.idle_check_s
             self.notice_idle()
+        return self._next_deadline()
+
+    def _next_deadline(self) -> float:
         due = self.core.next_deadline()
         return self._next_idle if due is None else min(due, self._next_idle)
 
