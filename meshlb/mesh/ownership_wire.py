@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import types
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from typing import Annotated, Any, Literal, TypeGuard, Union, get_args, get_origin, get_type_hints
@@ -101,14 +101,40 @@ def _fields(cls: type) -> tuple[_Field, ...]:
 # ---------------------------------------------------------------------- encoding
 
 
-def _encode(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.key: _encode(getattr(value, f.name)) for f in _fields(type(value))}
-    if isinstance(value, tuple):
-        return [_encode(v) for v in value]
-    if isinstance(value, frozenset):
-        return sorted(value)
-    return value  # a scalar, or a JSON value (request, result, extra)
+Encoder = Callable[[Any], Any]
+
+
+def _value_encoder(hint: Any) -> Encoder | None:
+    """How to turn a value of `hint` into msgpack (None: as it is)."""
+    origin, args = get_origin(hint), get_args(hint)
+    if dataclasses.is_dataclass(hint) and isinstance(hint, type):
+        return _encoder(hint)
+    if origin is frozenset:
+        return sorted
+    if origin is tuple:
+        inner = [_value_encoder(a) for a in args if a is not Ellipsis]
+        each = inner[0] if inner and all(e is inner[0] for e in inner) else None
+        if each is None and any(inner):
+            raise TypeError(f"no wire form for {hint!r}")
+        return list if each is None else (lambda v: [each(x) for x in v])
+    if origin in (Union, types.UnionType) and any(_value_encoder(a) for a in args):
+        raise TypeError(f"no wire form for {hint!r}")  # only scalars may be optional
+    return None
+
+
+@cache
+def _encoder(cls: type) -> Encoder:
+    """The encoder of a dataclass, built once from its fields: a map of short keys."""
+    plan = [(f.key, f.name, _value_encoder(f.hint)) for f in _fields(cls)]
+
+    def encode(value: Any) -> dict[str, Any]:
+        out = {}
+        for key, name, enc in plan:
+            v = getattr(value, name)
+            out[key] = v if enc is None or v is None else enc(v)
+        return out
+
+    return encode
 
 
 def encode_batch(sender: str, boot: str, cmds: Sequence[m.Send]) -> bytes:
@@ -118,7 +144,8 @@ def encode_batch(sender: str, boot: str, cmds: Sequence[m.Send]) -> bytes:
     for cmd in cmds:
         if not isinstance(cmd, m.Send):
             raise TypeError(f"{type(cmd).__name__} is not a node-to-node command")
-        items.append({"t": cmd.msg.TAG, **_encode(cmd.msg)})
+        cls: type = type(cmd.msg)
+        items.append({"t": cmd.msg.TAG, **_encoder(cls)(cmd.msg)})
     body = {"v": VERSION, "s": sender, "b": boot, "i": items}
     return bytes(msgpack.packb(body, use_bin_type=True))
 
@@ -197,22 +224,33 @@ def _model(cls: type) -> type[BaseModel]:
     return create_model(f"{cls.__name__}Wire", __base__=_Wire, **fields)
 
 
-def _build(cls: type, checked: BaseModel, **extra: Any) -> Any:
-    """The dataclass `cls` from its checked wire model (nested ones too)."""
-    values = {}
+Builder = Callable[..., Any]
+
+
+@cache
+def _builder(cls: type) -> Builder:
+    """Builds the dataclass `cls` from its checked wire model (nested ones too)."""
+    plan: list[tuple[str, str, Builder | None, bool]] = []  # key, name, nested, many
     for f in _fields(cls):
-        v = getattr(checked, f.key)
-        if isinstance(v, BaseModel):
-            v = _build(_dataclass_of(f.hint), v)
-        elif isinstance(v, tuple) and v and isinstance(v[0], BaseModel):
-            v = tuple(_build(_dataclass_of(get_args(f.hint)[0]), x) for x in v)
-        values[f.name] = v
-    return cls(**values, **extra)
+        args = get_args(f.hint)
+        if dataclasses.is_dataclass(f.hint) and isinstance(f.hint, type):
+            plan.append((f.key, f.name, _builder(f.hint), False))
+        elif get_origin(f.hint) is tuple and args and isinstance(args[0], type) \
+                and dataclasses.is_dataclass(args[0]):  # fmt: skip
+            plan.append((f.key, f.name, _builder(args[0]), True))
+        else:
+            plan.append((f.key, f.name, None, False))
 
+    def build(checked: BaseModel, **extra: Any) -> Any:
+        values = dict(extra)
+        for key, name, nested, many in plan:
+            v = getattr(checked, key)
+            if nested is not None:
+                v = tuple(nested(x) for x in v) if many else nested(v)
+            values[name] = v
+        return cls(**values)
 
-def _dataclass_of(hint: Any) -> type:
-    assert dataclasses.is_dataclass(hint) and isinstance(hint, type), hint
-    return hint
+    return build
 
 
 class _Envelope(_Wire):
@@ -255,5 +293,5 @@ def decode_batch(body: bytes) -> Batch:
             checked = _model(cls).model_validate(item)
         except ValidationError as e:
             raise WireError(f"item {n} ({tag!r}) is malformed: {_why(e)}") from None
-        items.append(_build(cls, checked, sender=env.s))
+        items.append(_builder(cls)(checked, sender=env.s))
     return Batch(env.s, env.b, tuple(items))
