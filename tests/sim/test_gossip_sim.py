@@ -137,8 +137,8 @@ def test_wrong_cluster_key_cannot_join() -> None:
     intruder = sim.nodes[5].core
     assert intruder is not None and not intruder.joined
     assert all(sim.state_of(i, 5) is None for i in range(5))
-    assert sum(sim.nodes[i].core.stats()["dropped_auth"] for i in range(5)) > 0  # type: ignore[union-attr]
-    assert all(sim.all_see(j, "alive") for j in range(5) if True) or True
+    cores = [sim.nodes[i].core for i in range(5)]
+    assert sum(c.stats()["dropped_auth"] for c in cores if c is not None) > 0
     assert all(sim.state_of(0, j) == "alive" for j in range(1, 5))
 
 
