@@ -71,13 +71,16 @@ class Origin:
 class _Conn:
     """One keep-alive connection and its h11 state."""
 
-    __slots__ = ("h11", "idle_since", "origin", "stream")
+    __slots__ = ("cycle", "h11", "idle_since", "origin", "stream")
 
     def __init__(self, origin: Origin, stream: trio.SocketStream) -> None:
         self.origin = origin
         self.stream = stream
         self.h11 = h11.Connection(h11.CLIENT)
         self.idle_since = 0.0
+        # Exchanges completed on it: a response closed after its exchange completed
+        # must not touch the connection, which may carry another exchange by then.
+        self.cycle = 0
 
     def close(self) -> None:
         """Close now, without awaiting (safe inside a cancelled scope)."""
@@ -164,6 +167,7 @@ class HttpPool:
     def _release(self, conn: _Conn) -> None:
         """Back on the stack if both sides finished the exchange and may keep it."""
         c = conn.h11
+        conn.cycle += 1
         if c.our_state is h11.DONE and c.their_state is h11.DONE:
             c.start_next_cycle()
             stack = self._idle.setdefault(conn.origin, [])
@@ -235,12 +239,14 @@ class HttpPool:
             conn.close()
             raise UpstreamError(CLOSED_MID_ANSWER)
         fields = {k.decode("latin-1"): v.decode("latin-1") for k, v in event.headers}
+        cycle = conn.cycle
         return UpstreamResponse(
-            event.status_code, fields, self._body(conn), lambda: self._abandon(conn)
+            event.status_code, fields, self._body(conn), lambda: self._abandon(conn, cycle)
         )
 
-    def _abandon(self, conn: _Conn) -> None:
-        if conn.h11.their_state is not h11.DONE:
+    def _abandon(self, conn: _Conn, cycle: int) -> None:
+        """A response closed before its body was read to the end: close the socket."""
+        if conn.cycle == cycle:
             conn.close()
 
     async def _body(self, conn: _Conn) -> AsyncIterator[bytes]:

@@ -1,8 +1,9 @@
 """The ASGI app of a node: Starlette routing, JSON errors, nothing else.
 
-Starlette (served by hypercorn's trio worker) because it is small, fast and runs on
-Trio through anyio; the handlers stay plain async functions, each route module over
-the few parts of the node it uses (`ApiParts` holds one set of ports per module).
+Starlette (served by `meshlb.http_server`) because it is small and runs on Trio
+through anyio; the inference paths skip it (`meshlb.api.fast_path`). The handlers stay
+plain async functions, each route module over the few parts of the node it uses
+(`ApiParts` holds one set of ports per module).
 """
 
 from __future__ import annotations
@@ -85,8 +86,8 @@ def refuse_ambiguous_framing(app: ASGIApp) -> ASGIApp:
                 await response(scope, receive, send)
                 return
         # A hang-up is logged by `handle_unexpected` as such; Starlette re-raises what
-        # its catch-all handler saw, and hypercorn would log it again as "Error in
-        # ASGI Framework" with a traceback: it is not one.
+        # its catch-all handler saw, and the server would log it again with a
+        # traceback: it is not one.
         try:
             await app(scope, receive, send)
         except BaseException as e:

@@ -2,11 +2,11 @@
 
 Why a custom ASGI response: the task waits for its turn, then streams, and the
 client may leave at any moment. One `__call__` watches for `http.disconnect` the
-whole time (hypercorn reports it on `receive`, it does not cancel the app), so a client
+whole time (the server reports it on `receive`, it does not cancel the app), so a client
 that leaves while queued takes its task out of the queue, and one that leaves
 mid-stream cancels the upstream request. The slot is given back exactly once.
 A deadline (X-Meshlb-Timeout-S) covers queue and run: past it the client gets 504,
-or an error object if the answer had begun. The disconnect hypercorn reports after a
+or an error object if the answer had begun. A disconnect reported after a
 complete answer is the normal end of a request, not a hang-up, and is not counted.
 """
 
@@ -79,8 +79,8 @@ class RelayResponse:
             if message["type"] == "http.response.start":
                 self._started = True
             elif not message.get("more_body"):
-                # Before the send: hypercorn reports the disconnect that ends a complete
-                # exchange while this last send is still in progress.
+                # Before the send: the disconnect that ends a complete exchange can be
+                # reported while this last send is still in progress.
                 self._answered = True
             await send(message)
 
