@@ -4,8 +4,9 @@ partitions (one-way too), stalled nodes, crashes and restarts.
 It is a pure model (no clock, no tasks): `route(src, dst, now)` says when, if ever,
 each copy of a datagram arrives; `stalled_until(addr)` and `is_down(addr)` describe
 nodes. The gossip simulator (`gossip_sim.py`) runs it as a discrete-event loop over
-bare cores; `memnet_trio.py` carries the shipped drivers' bytes by it in Trio time. Every random draw comes
-from one `random.Random(seed)` in call order, so the same seed gives the same trace.
+bare cores; `memnet_trio.py` carries the shipped drivers' bytes by it in Trio time.
+Every random draw comes from one `random.Random(seed)` in call order, so the same seed
+gives the same trace.
 """
 
 from __future__ import annotations

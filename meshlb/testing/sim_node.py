@@ -66,14 +66,14 @@ class SimBackend:
     async def post_json(self, path: str, payload: dict[str, Any], /) -> tuple[int, bytes]:
         node, task_id = self.node, payload["sim_task"]
         tokens = max(1, int(payload["options"]["num_predict"]))
-        gen = node.runs[task_id] = node.runs.get(task_id, 0) + 1
+        node.runs[task_id] = node.clock()
         node.hooks.started(task_id)
         try:
             await trio.sleep(tokens / node.spec.tokens_per_s)
         finally:
             node.runs.pop(task_id, None)  # a crash may have cleared them
         node.hooks.completed(task_id)
-        body = {"node": node.node_id, "gen": gen, "eval_count": tokens, "done": True,
+        body = {"node": node.node_id, "eval_count": tokens, "done": True,
                 "eval_duration": int(tokens / node.spec.tokens_per_s * 1e9)}  # fmt: skip
         return 200, json.dumps(body).encode()
 
@@ -105,7 +105,7 @@ class SimNode:
         self.models = frozenset(canonical_model(name) for name in spec.models)
         self.validate = validate  # the ownership core's validate() after every step
         self.boots = 0
-        self.runs: dict[str, int] = {}  # task id -> run generation, while running here
+        self.runs: dict[str, float] = {}  # task id -> when its run here started
         self.alive = False
         self._next_ids: deque[str] = deque()
         self.rng = random.Random(seed)

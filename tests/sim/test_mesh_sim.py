@@ -99,7 +99,7 @@ def crash_at(t: float, node: int, *tasks: list[SimTask], seen: dict[str, Any]) -
         for batch in tasks:
             sim.submit(batch)
         await sim.run_until(t)
-        seen["running"] = [t for t in sim.ledger.accepted if sim.nodes[node].runs.get(t)]
+        seen["running"] = [t for t in sim.ledger.accepted if t in sim.nodes[node].runs]
         sim.crash(node)
         await sim.drain()
 
