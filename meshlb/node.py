@@ -126,6 +126,7 @@ async def run_node(
             # The first gossiped metadata lists the models just read.
             node.gossip.update_meta(encode_meta(node.own_meta()))
             nursery.start_soon(node.catalog.run)
+            nursery.start_soon(node.catalog.residency.run)  # /api/ps, for gossip
             nursery.start_soon(node.scheduler.run)
             await nursery.start(node.mailer.run)
             await nursery.start(node.tasks.run)

@@ -184,7 +184,16 @@ def build_node(settings: NodeSettings) -> Node:
     client = peer_client()
     http_addr = f"{settings.advertised_host()}:{settings.http_bind[1]}"
     # The boot id is random per process start: peers tell a restart from a slow node by it.
-    local = LocalStatus(node_id, http_addr, secrets.token_hex(4), scheduler, catalog, rate)
+    local = LocalStatus(
+        node_id,
+        http_addr,
+        secrets.token_hex(4),
+        scheduler,
+        catalog,
+        rate,
+        residency=catalog.residency,
+        memory_gb=settings.memory_gb,
+    )
     gossip = build_gossip(settings, local.meta())
     members = GossipMembers(local, gossip, trio.current_time, time.time)
     placement = PlacementService(node_id, members, random.Random())

@@ -46,6 +46,7 @@ from meshlb.api.ollama_routes import InferencePorts, place_in_mesh
 from meshlb.api.relay import LocalTask, RelayResponse
 from meshlb.api.work_errors import refused_to_error
 from meshlb.mesh.forward import HOPS_HEADER, peer_pool
+from meshlb.mesh.residency_watch import WatchedAnswer
 from meshlb.sched.driver import Refused
 from meshlb.tasks.ids import new_task_id
 from meshlb.tokens import estimate_tokens
@@ -177,6 +178,7 @@ class FastPath:
                 exclude,
                 remaining_s,
                 peers=self.peers,
+                payload=payload,
             )
             if opened is not None:
                 upstream, peer = opened
@@ -194,6 +196,6 @@ class FastPath:
                 raise refused_to_error(refused) from None
             ctx.counters.accepted += 1
             task = LocalTask(task_id, route.path, body, model, deadline_at, timeout_s)
-            return RelayResponse(ctx.relay, task)
+            return WatchedAnswer(RelayResponse(ctx.relay, task), ctx.mesh.catalog.residency, model)
 
         return await respond(frozenset())

@@ -1,7 +1,8 @@
 """Ollama metadata answered for the whole mesh: `GET /api/ps` and `POST /api/show`.
 
 A client of any node sees the mesh as one big Ollama: `/api/ps` lists the models
-loaded on every live member (asked in parallel with `?local=1`, so never further),
+loaded on every live member, one entry per model per host with `"node"` (asked in
+parallel with `?local=1`, so never further),
 and `/api/show` for a model only a peer has is answered by that peer's Ollama.
 """
 
@@ -20,7 +21,7 @@ from meshlb.api.errors import ApiError, retry_after
 from meshlb.api.peer_auth import PeerAuth
 from meshlb.api.ports import NodeCounters, PeerLink, PeerTable
 from meshlb.api.work_errors import ModelCheck
-from meshlb.backend.catalog import ModelCatalog
+from meshlb.backend.catalog import ModelCatalog, parse_ps
 from meshlb.backend.ollama import BackendError, OllamaBackend, describe_http_error
 from meshlb.mesh.lookup import gather_from_peers
 from meshlb.model_names import canonical_model
@@ -56,23 +57,34 @@ def ps_handler(ctx: DocsPorts) -> Any:
         docs: list[dict[str, Any]] = []
         problem: BackendError | None = None
         try:
-            docs.append(await ctx.backend.get_json("/api/ps"))
+            own = await ctx.backend.get_json("/api/ps")
         except BackendError as e:
             problem = e
+        else:
+            ctx.catalog.residency.apply(parse_ps(own))  # fresh: placement may use it
+            docs.append(with_node(own, ctx.node_id))
         if not local_only:
             docs += await gather_from_peers(
                 ctx.link.client, ctx.mesh.alive_peer_urls(), "/api/ps", None, ctx.link.cluster_key
             )
         if not docs:
             raise ApiError(503, f"{problem}; try again shortly", retry_after(5))
-        seen: dict[str, dict[str, Any]] = {}
+        # one entry per model per host (SPEC): where a model is loaded is what matters
+        seen: dict[tuple[str, str], dict[str, Any]] = {}
         for doc in docs:
             for entry in doc.get("models") or []:
                 if isinstance(entry, dict):
-                    seen.setdefault(canonical_model(str(entry.get("name"))), entry)
+                    key = (str(entry.get("node")), canonical_model(str(entry.get("name"))))
+                    seen.setdefault(key, entry)
         return JSONResponse({"models": list(seen.values())})
 
     return handler
+
+
+def with_node(doc: Any, node_id: str) -> dict[str, Any]:
+    """The local Ollama's `/api/ps` answer with this node named in each entry."""
+    models = doc.get("models") if isinstance(doc, dict) else None
+    return {"models": [{**m, "node": node_id} for m in models or [] if isinstance(m, dict)]}
 
 
 def show_handler(ctx: DocsPorts) -> Any:

@@ -31,6 +31,8 @@ from meshlb.http_client import HttpPool, UpstreamResponse
 from meshlb.mesh.forward import PeerUnavailable, open_on_peer
 from meshlb.mesh.placement import NoHost, RunHere
 from meshlb.mesh.placement_service import PlacementService, Reason
+from meshlb.mesh.residency_placement import is_unload
+from meshlb.mesh.residency_watch import unload_everywhere
 from meshlb.model_names import canonical_model
 from meshlb.sched.driver import LocalScheduler
 from meshlb.telemetry import RequestStats
@@ -90,6 +92,7 @@ async def place_in_mesh(
     remaining_s: float = math.inf,
     *,
     peers: HttpPool,
+    payload: dict[str, Any] | None = None,
 ) -> tuple[UpstreamResponse, str] | None:
     """Open the request on a better peer and return (its response, its id), or None
     to run it here. The placement service decides; a peer that cannot take the
@@ -99,9 +102,28 @@ async def place_in_mesh(
     failed; a forwarded request (hops ≥ 1) runs here or is refused, never sent on.
     """
     await ctx.catalog.knows(model)
+    if hops == 0 and not exclude and is_unload(payload):  # keep_alive 0: where it is loaded
+        candidates = [ctx.placement.local_candidate(), *ctx.placement.peer_candidates()]
+        return await unload_everywhere(
+            peers,
+            candidates,
+            ctx.mesh.address_of,
+            canonical_model(model),
+            (path, body, priority),
+            ctx.cluster_key,
+            remaining_s,
+        )
     failed = set(exclude)
+    known_gb = ctx.catalog.size_gb(model)  # its size on disk, until a host has it loaded
     while True:
-        placed = ctx.placement.place(model, est_tokens, hops=hops, exclude=frozenset(failed))
+        placed = ctx.placement.place(
+            model,
+            est_tokens,
+            hops=hops,
+            exclude=frozenset(failed),
+            payload=payload,
+            known_gb=known_gb,
+        )
         decision = placed.decision
         if isinstance(decision, RunHere):
             ctx.log.kept(ctx.node_id, model, decision.eta_s, hops)
@@ -141,7 +163,7 @@ async def place_in_mesh(
             failed.add(decision.node_id)
             continue
         ctx.counters.forwarded += 1
-        ctx.placement.sent(decision.node_id)
+        ctx.placement.sent(decision.node_id, placed.needs)
         log.info(
             "request forwarded",
             peer=decision.node_id,

@@ -68,6 +68,12 @@ class ModelCatalog:
     def has(self, model: str) -> bool:
         return canonical_model(model) in self._entries
 
+    def size_gb(self, model: str) -> float | None:
+        """The model's size on disk in GB, as `/api/tags` lists it (None if unknown):
+        what placement takes as its memory size until a host has it loaded."""
+        size = self._entries.get(canonical_model(model), {}).get("size")
+        return size / GB if isinstance(size, int) and size > 0 else None
+
     async def refresh(self) -> None:
         """Re-read `/api/tags`; on failure keep the old list and remember why."""
         self._last_refresh_at = trio.current_time()

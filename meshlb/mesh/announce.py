@@ -14,9 +14,11 @@ from typing import Protocol
 import structlog
 import trio
 
+from meshlb.backend.catalog import LocalResidency
 from meshlb.mesh.candidates import candidate
 from meshlb.mesh.meta import Load, Moves, NodeMeta, encode_meta
 from meshlb.mesh.placement import Candidate
+from meshlb.mesh.residency_watch import gossiped
 from meshlb.sched.stats import SchedulerStats
 from meshlb.tokens import RateAverage
 
@@ -52,6 +54,9 @@ class LocalStatus:
     scheduler: SchedulerView
     catalog: ModelList
     generation_rate: RateAverage
+    # What the local Ollama has loaded (issue 11; None: not gossiped) and --memory-gb.
+    residency: LocalResidency | None = None
+    memory_gb: float | None = None
 
     def meta(self, moves: Moves | None = None) -> NodeMeta:
         """This node's metadata right now; `moves` as counted so far (none yet: zeros)."""
@@ -73,6 +78,7 @@ class LocalStatus:
             ),
             boot=self.boot,
             moves=moves if moves is not None else Moves(),
+            **(gossiped(self.residency, self.memory_gb) if self.residency is not None else {}),
         )
 
     def candidate(self) -> Candidate:

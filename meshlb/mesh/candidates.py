@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from meshlb.mesh.meta import Load, NodeMeta
 from meshlb.mesh.placement import Candidate
+from meshlb.mesh.residency_placement import residency_of
 from meshlb.model_names import canonical_model
 
 
@@ -34,6 +35,7 @@ def candidate(node_id: str, meta: NodeMeta, is_local: bool) -> Candidate:
         rpm_headroom=headroom(load.rpm_limit, load.rpm_used),
         tpm_headroom=headroom(load.tpm_limit, load.tpm_used),
         is_local=is_local,
+        residency=residency_of(meta),
     )
 
 

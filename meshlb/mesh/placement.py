@@ -27,6 +27,7 @@ from meshlb.mesh.residency import (
     DEFAULT_MODEL_GB,
     Residency,
     cold_start_s,
+    load_s,
     model_size_gb,
     sole_copies,
     with_assumed_rate,
@@ -144,13 +145,24 @@ def _wait_s(ahead: int, slots: int, service_s: float) -> float:
     return 0.0 if ahead < slots else (ahead - slots + 1) / slots * service_s
 
 
-def must_load(c: Candidate, model: str) -> bool:
-    """The host gossips residency and does not have `model` loaded."""
-    return c.residency is not None and not c.residency.has(model)
+def must_load(c: Candidate, task: TaskNeeds, timed: bool = False) -> bool:
+    """Running `task` there means a load that may take time: the host gossips
+    residency, does not have the model loaded, and its loads are not known to be
+    instant (timed so, or borrowed from hosts timed so). `timed`: only a load known
+    to take time counts (this host keeps its own work until a load was timed)."""
+    res = c.residency
+    size_gb = task.size_gb if task.size_gb is not None else DEFAULT_MODEL_GB
+    if res is None or res.has(task.model):
+        return False
+    return (res.load_gbps is None and not timed) or load_s(res, size_gb) > 0
+
+
+def loaded_count(c: Candidate) -> int:
+    return len(c.residency.loaded) if c.residency is not None else 0
 
 
 def rendezvous(model: str, node_id: str) -> bytes:
-    """A per-(model, host) rank every node computes alike (highest random weight)."""
+    """A per-(model, host) rank every node computes alike (lowest first)."""
     return hashlib.blake2b(f"{model}\x00{node_id}".encode(), digest_size=8).digest()
 
 
@@ -193,12 +205,12 @@ def place(task: TaskNeeds, candidates: Sequence[Candidate], rng: random.Random) 
     local_eta = etas.get(local.node_id) if local is not None else None
     if task.hops >= MAX_HOPS:  # forwarded already: run here or nowhere, never a 2nd hop
         return RunHere(local_eta) if local_eta is not None else NoHost()
-    if local is not None and local_eta is not None and must_load(local, task.model):
+    if local is not None and local_eta is not None and must_load(local, task, timed=True):
         return _place_load(task, candidates, etas, local_eta, rng)
     remotes = sorted((eta, node_id) for node_id, eta in etas.items() if node_id != local_id(local))
     if not remotes:
         return RunHere(local_eta) if local_eta is not None else NoHost()
-    if local_eta is None and must_load_all(candidates, task.model, remotes):
+    if local_eta is None and must_load_all(candidates, task, remotes):
         return _place_load(task, candidates, etas, None, rng)
     near = remotes[0][0] + max(MIN_GAIN_S, remotes[0][0] * NEAR_BEST_FRACTION)
     best_few = [r for r in remotes[:BEST_FEW] if r[0] <= near]
@@ -216,11 +228,11 @@ def local_id(local: Candidate | None) -> str | None:
 
 
 def must_load_all(
-    candidates: Sequence[Candidate], model: str, remotes: Sequence[tuple[float, str]]
+    candidates: Sequence[Candidate], task: TaskNeeds, remotes: Sequence[tuple[float, str]]
 ) -> bool:
-    """No remote among the best has `model` loaded: wherever it goes, a load starts."""
+    """No remote among the best has the model loaded: wherever it goes, a load starts."""
     by_id = {c.node_id: c for c in candidates}
-    return all(must_load(by_id[node_id], model) for _, node_id in remotes[:BEST_FEW])
+    return all(must_load(by_id[node_id], task) for _, node_id in remotes[:BEST_FEW])
 
 
 def _place_load(
@@ -232,20 +244,22 @@ def _place_load(
 ) -> Decision:
     """This host would have to load the model (or cannot run it): no preference for
     here, since a load costs far more than a hop. A host that has it loaded and is near
-    the best wins (power of two choices among those); else the near-best host ranked
-    first by `rendezvous`, so nodes that do not yet know of each other's loads (gossip
-    is up to an interval old) start the same model's load on the same host."""
+    the best wins (power of two choices among those); else, among the near-best, the
+    host with the fewest models loaded (memory may be unknown: an emptier host evicts
+    less), ties ranked by `rendezvous`, so nodes that do not yet know of each other's
+    loads (gossip is up to an interval old) start the same model's load on one host."""
     by_id = {c.node_id: c for c in candidates}
     ranked = sorted((eta, node_id) for node_id, eta in etas.items())
     best = ranked[0][0]
-    warm = [e for e in ranked if not must_load(by_id[e[1]], task.model)]
+    warm = [e for e in ranked if not must_load(by_id[e[1]], task)]
     if warm and warm[0][0] <= best + max(MIN_GAIN_S, best * NEAR_BEST_FRACTION):
         near = warm[0][0] + max(MIN_GAIN_S, warm[0][0] * NEAR_BEST_FRACTION)
         few = [e for e in warm[:BEST_FEW] if e[0] <= near]
         eta, node_id = min(rng.sample(few, k=min(2, len(few))))
     else:
         near = best + max(MIN_GAIN_S, best * COLD_NEAR_FRACTION)
-        eta, node_id = max(
-            (e for e in ranked if e[0] <= near), key=lambda e: rendezvous(task.model, e[1])
+        eta, node_id = min(
+            (e for e in ranked if e[0] <= near),
+            key=lambda e: (loaded_count(by_id[e[1]]), rendezvous(task.model, e[1])),
         )
     return RunHere(eta) if by_id[node_id].is_local else SendTo(node_id, eta, local_eta)

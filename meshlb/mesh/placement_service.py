@@ -24,21 +24,24 @@ again with the failed peer excluded.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import Enum
-from typing import Protocol
+from typing import Any, Protocol
 
+from meshlb.mesh.affinity import ConversationMap
 from meshlb.mesh.candidates import RecentlySent
 from meshlb.mesh.placement import (
     MAX_HOPS,
     Candidate,
     Decision,
+    NoHost,
     RunHere,
     SendTo,
     TaskNeeds,
     place,
 )
+from meshlb.mesh.residency_placement import SentModels, task_needs, with_sent
 from meshlb.model_names import canonical_model
 
 
@@ -61,6 +64,7 @@ class Placement:
 
     decision: Decision
     reason: Reason
+    needs: TaskNeeds | None = None  # what was priced (the model's size among it)
 
     @property
     def peer(self) -> str | None:
@@ -110,6 +114,10 @@ class PlacementService:
         self._members = members
         self._rng = rng
         self._sent = sent if sent is not None else RecentlySent()
+        # Residency (issue 11): models sent to each peer since its last update count as
+        # loaded there; conversation prefix -> the host that served it (affinity).
+        self._sent_models = SentModels()
+        self.conversations = ConversationMap()
 
     def local_candidate(self) -> Candidate:
         return self._members.local_candidate()
@@ -123,7 +131,9 @@ class PlacementService:
             if member.state != "alive" or c.node_id == self.node_id:
                 continue
             extra = self._sent.pending(c.node_id, member.incarnation)
-            out.append(replace(c, queued=c.queued + extra) if extra else c)
+            models = self._sent_models.pending(c.node_id, member.incarnation)
+            res = with_sent(c.residency, models)
+            out.append(replace(c, queued=c.queued + extra, residency=res) if extra or models else c)
         return out
 
     def place(
@@ -133,6 +143,8 @@ class PlacementService:
         *,
         hops: int = 0,
         exclude: frozenset[str] = frozenset(),
+        payload: Mapping[str, Any] | None = None,
+        known_gb: float | None = None,
     ) -> Placement:
         """Where a task of `model` (any spelling) with `est_tokens` runs, and why.
 
@@ -144,8 +156,15 @@ class PlacementService:
         pool = [self.local_candidate(), *self.peer_candidates()]
         able = {c.node_id for c in pool if wanted in c.models}
         usable = [c for c in pool if c.node_id not in exclude and (c.is_local or c.node_id in able)]
-        decision = self._strategy(TaskNeeds(wanted, est_tokens, hops), usable, self._rng)
-        return Placement(decision, self._reason(decision, hops, able - exclude, able & exclude))
+        needs, turn = task_needs(
+            TaskNeeds(wanted, est_tokens, hops), usable, payload, self.conversations, known_gb
+        )
+        decision = self._strategy(needs, usable, self._rng)
+        if turn is not None and not isinstance(decision, NoHost):  # where this turn runs
+            host = decision.node_id if isinstance(decision, SendTo) else self.node_id
+            self.conversations.put(turn.key, host)
+        reason = self._reason(decision, hops, able - exclude, able & exclude)
+        return Placement(decision, reason, needs)
 
     def _reason(
         self, decision: Decision, hops: int, usable: set[str], left_out: set[str]
@@ -160,9 +179,12 @@ class PlacementService:
             return Reason.NO_SECOND_HOP
         return Reason.EXCLUDED if left_out else Reason.NOWHERE
 
-    def sent(self, node_id: str) -> None:
-        """One task went to `node_id`: count it there until its next metadata update."""
+    def sent(self, node_id: str, needs: TaskNeeds | None = None) -> None:
+        """One task went to `node_id`: count it there until its next metadata update
+        (and, given what was priced, its model as loaded there)."""
         incarnation = next(
             (m.incarnation for m in self._members.peers() if m.candidate.node_id == node_id), 0
         )
         self._sent.note(node_id, incarnation)
+        if needs is not None:
+            self._sent_models.note(node_id, incarnation, needs.model, needs.size_gb or 0.0)

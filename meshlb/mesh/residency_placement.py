@@ -28,14 +28,16 @@ from meshlb.mesh.residency import Residency, Resident, model_size_gb
 from meshlb.model_names import canonical_model
 
 
-def residency_of(meta: NodeMeta, now: float) -> Residency | None:
-    """A host's gossiped residency at wall-clock `now` (None: it gossips none)."""
+def residency_of(meta: NodeMeta, now: float | None = None) -> Residency | None:
+    """A host's gossiped residency (None: it gossips none). With wall-clock `now`,
+    idle models past their expiry are dropped; without, the host's next announce
+    drops them (it re-reads `/api/ps` every few seconds)."""
     if meta.resident is None or not meta.ollama_up:
         return None
     loaded = tuple(
         replace(r, model=canonical_model(r.model))
         for r in meta.resident
-        if r.active > 0 or r.expires_at >= now
+        if now is None or r.active > 0 or r.expires_at >= now
     )
     return Residency(loaded, meta.memory_gb, meta.load_gbps)
 

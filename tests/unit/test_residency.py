@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import pytest
 
@@ -24,6 +25,7 @@ from meshlb.mesh.placement import (
     expected_completion_s,
     place,
 )
+from meshlb.mesh.placement_service import MemberLoad, PlacementService
 from meshlb.mesh.residency import (
     BUSY_EVICT_FACTOR,
     IDLE_EVICT_FRACTION,
@@ -315,3 +317,57 @@ def test_memory_is_learned_only_once_an_eviction_shows_it_is_full() -> None:
     expired.apply([LoadedModel(A, 2_000_000_000, 990.0)])
     expired.apply([LoadedModel(B, 2_000_000_000, 1300.0)])  # A was past its expiry
     assert expired.learned_memory_gb() is None
+
+
+def test_a_host_that_timed_no_load_keeps_its_own_work_though_a_peer_has_it_loaded() -> None:
+    """Its loads may be instant (nothing says otherwise): the local-first rule holds, as
+    for any host whose load costs nothing; only a timed load sends work elsewhere."""
+    untimed = [host("here", local=True, gbps=None), host("p", (Resident(A, 4.0),), gbps=None)]
+    d = place(TaskNeeds(A, 100, size_gb=4.0), untimed, random.Random(1))
+    assert isinstance(d, RunHere)
+    instant = [host("here", local=True, gbps=None), host("p", (Resident(A, 4.0),), gbps=5000.0)]
+    assert isinstance(place(TaskNeeds(A, 100, size_gb=4.0), instant, random.Random(1)), RunHere)
+    timed = [host("here", local=True, gbps=None), host("p", (Resident(A, 4.0),), gbps=2.0)]
+    d = place(TaskNeeds(A, 100, size_gb=4.0), timed, random.Random(1))
+    assert isinstance(d, SendTo) and d.node_id == "p"  # "here" borrows p's 2 GB/s
+
+
+def test_cold_loads_go_to_the_emptier_of_near_equal_hosts() -> None:
+    busy = host("busy", (Resident(B, 1.0), Resident(C, 1.0)), memory_gb=None)
+    empty = host("empty", memory_gb=None)
+    for seed in range(5):
+        d = place(TaskNeeds(A, 100, size_gb=1.0), [busy, empty], random.Random(seed))
+        assert isinstance(d, SendTo) and d.node_id == "empty"
+
+
+class Board:
+    """A mesh for the placement service: this node and peers, as gossip shows them."""
+
+    def __init__(self, local: Candidate, peers: list[Candidate]) -> None:
+        self.local, self.others = local, peers
+
+    def local_candidate(self) -> Candidate:
+        return self.local
+
+    def peers(self) -> list[MemberLoad]:
+        return [MemberLoad(c, "alive", 7) for c in self.others]
+
+
+def test_the_service_counts_a_sent_model_as_loaded_there_and_remembers_conversations() -> None:
+    warm = (Resident(B, 2.0),)
+    here = replace(host("here", warm, local=True), models=frozenset({B}))  # A only on peers
+    board = Board(here, [host("p", warm), host("q", warm)])
+    svc = PlacementService("here", board, random.Random(1))
+    first = svc.place(A, 100, known_gb=2.0)  # A is loaded nowhere: a load starts somewhere
+    assert isinstance(first.decision, SendTo) and first.needs is not None
+    svc.sent(first.decision.node_id, first.needs)
+    seen = {c.node_id: c.residency for c in svc.peer_candidates()}
+    sent_to = seen[first.decision.node_id]  # until gossip says so: A is loading there
+    assert sent_to is not None and sent_to.resident(A) == Resident(A, 2.0, 1)
+    assert all(r is not None and not r.has(A) for n, r in seen.items() if n != first.peer)
+    chat = [{"role": "user", "content": "hi " * 200}]
+    turn1 = svc.place(B, 100, payload={"model": B, "messages": chat})
+    follow = [*chat, {"role": "assistant", "content": "hello"}, {"role": "user", "content": "?"}]
+    turn2 = svc.place(B, 100, payload={"model": B, "messages": follow})
+    assert turn2.needs is not None and turn2.needs.prefer == (turn1.peer or "here")
+    assert turn2.needs.prefer_saving_s > 0
