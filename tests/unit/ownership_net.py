@@ -11,14 +11,16 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from meshlb.mesh import ownership_msgs as m
 from meshlb.mesh.ownership import Ownership, Role
+from meshlb.mesh.replication import TaskCopy
 from meshlb.mesh.stealing import Waiting
 from meshlb.tasks.model import TaskRecord
 
 IDS = ("a", "b", "c", "d", "e")
+T = TypeVar("T")
 
 
 def rec(task_id: str = "t-1", model: str = "m", est: int = 100, prio: int = 5) -> TaskRecord:
@@ -87,19 +89,25 @@ class Net:
             self.feed(other, m.PeerDown(node))
         self.run()
 
-    def cmds(self, kind: type[Any], node: str | None = None) -> list[Any]:
+    def cmds(self, kind: type[T], node: str | None = None) -> list[T]:
         """Commands of `kind` (a local command, or a message type: its `Send`s' messages)."""
-        out = []
+        out: list[T] = []
         for n, c in self.log:
             item = c.msg if isinstance(c, m.Send) and kind is not m.Send else c
             if isinstance(item, kind) and (node is None or n == node):
                 out.append(item)
         return out
 
-    def sent(self, kind: type[Any], node: str | None = None) -> list[m.Send]:
-        """The `Send` commands carrying a message of `kind`."""
-        return [c for n, c in self.log if isinstance(c, m.Send) and isinstance(c.msg, kind)
-                and (node is None or n == node)]  # fmt: skip
+    def sent(self, kind: type[T], node: str | None = None) -> list[tuple[str, T]]:
+        """(destination, message) of the messages of `kind` sent."""
+        return [(c.to, c.msg) for n, c in self.log if isinstance(c, m.Send)
+                and isinstance(c.msg, kind) and (node is None or n == node)]  # fmt: skip
+
+    def copy(self, node: str, task_id: str = "t-1") -> TaskCopy:
+        """`node`'s copy of the task, which it must hold."""
+        c = self.cores[node].get(task_id)
+        assert c is not None, f"{node} holds no copy of {task_id}"
+        return c
 
     def holders(self, task_id: str) -> dict[str, Role]:
         return {n: r for n, c in self.cores.items() if (r := c.role(task_id)) is not None}

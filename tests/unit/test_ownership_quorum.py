@@ -15,7 +15,7 @@ def test_result_is_recorded_only_after_a_replica_acked_it() -> None:
     accept(net)
     net.start_and_finish("a", "t-1")
     assert [c for c in net.cmds(m.RecordFinal) if c.decided_here] == []
-    assert net.cores[replica].get("t-1").final  # type: ignore[union-attr]
+    assert net.copy(replica, "t-1").final
     net.drop = lambda src, dst, ev: False
     net.tick(1.5)  # the owner re-sends; the replica acks again
     assert len([c for c in net.cmds(m.RecordFinal, "a") if c.decided_here]) == 1
@@ -91,7 +91,7 @@ def test_held_result_is_decided_after_the_quorum_is_back_for_a_while() -> None:
 def test_peer_chosen_hands_a_taken_over_task_to_a_peer() -> None:
     net = Net()
     accept(net)
-    heir = net.cores["a"].get("t-1").replicas[0]  # type: ignore[union-attr]
+    heir = net.copy("a", "t-1").replicas[0]
     net.kill("a")
     target = next(n for n in IDS if n not in ("a", heir))
     net.feed(heir, m.PeerChosen("t-1", target))
@@ -118,7 +118,7 @@ def test_result_held_in_a_minority_is_proposed_when_the_new_owner_is_back() -> N
     net.feed("a", m.PeerSuspected(other))
     assert not net.cores["a"].in_quorum()
     net.feed("a", m.TaskFinished("t-1", "succeeded", 2.0, result="from a"))
-    assert net.cores["a"].get("t-1") is not None and not net.cores["a"].get("t-1").final
+    assert not net.copy("a", "t-1").final
     # Healed: `other` is back in a's view, the heir (`replica`) not yet; its newer copy
     # (it took the task over at epoch 2) arrives first.
     net.feed("a", m.PeerUp(other))
@@ -129,7 +129,7 @@ def test_result_held_in_a_minority_is_proposed_when_the_new_owner_is_back() -> N
     net.log.clear()
     assert not any(p.copy.final for p in proposals)  # the heir is unreachable: held
     net.feed("a", m.PeerUp(replica))
-    finals = [s.msg for s in net.sent(m.Replicate, "a") if s.to == replica and s.msg.copy.final]
+    finals = [msg for to, msg in net.sent(m.Replicate, "a") if to == replica and msg.copy.final]
     assert len(finals) == 1 and finals[0].copy.record.result == "from a"
     assert finals[0].copy.record.node == "a"  # who ran it, not the heir's re-queued copy
     assert net.cores["a"].get("t-1") is None  # proposed, then forgotten

@@ -63,7 +63,7 @@ def test_timer_commands_say_which_timer() -> None:
     net.tick(2.5)  # the offer expires
     [run] = net.cmds(m.RunLocally, "a")
     assert run.reason == "taken back" and run.cause == "timer: offer of t-1 expired"
-    assert all(s.cause == "timer: offer of t-1 expired" for s in net.sent(m.Replicate, "a"))
+    assert all(msg.cause == "timer: offer of t-1 expired" for _, msg in net.sent(m.Replicate, "a"))
 
 
 def test_a_message_the_driver_completes_is_refused_by_the_core() -> None:

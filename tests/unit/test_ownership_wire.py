@@ -94,7 +94,8 @@ def test_every_message_round_trips_to_itself_from_the_envelopes_sender() -> None
 
 def test_every_message_type_has_a_wire_form_and_a_unique_tag() -> None:
     assert sorted(w.TAGS) == sorted(cls.TAG for cls in m.MESSAGES)
-    for cls in m.MESSAGES:
+    classes: list[type] = list(m.MESSAGES)
+    for cls in classes:
         assert w._model(cls).model_fields  # or raises: a field without a wire key
     assert {type(c.msg) for c in [*NON_STEAL, STEAL]} == set(m.MESSAGES)
 
