@@ -5,26 +5,25 @@ VRAM, load time, keep_alive, LRU eviction of idle runners, parallel slots with a
 prompt-prefix cache). meshlb's policy is the SHIPPED code: every host's metadata is
 built as a node builds it, encoded and decoded as gossip carries it (`encode_meta` /
 `decode_meta`, refreshed once per announce interval), turned into candidates by
-`meshlb.mesh.candidates.candidate`, given residency by
-`meshlb.mesh.residency_placement.priced`, sized and given its conversation host by
-`task_needs`, and chosen by `meshlb.mesh.placement.place`; the entry node's
-`RecentlySent` and `SentModels` count what it sent since a peer's last update.
+`meshlb.mesh.candidates.candidate` (residency included), and placed by each entry
+node's own `meshlb.mesh.placement_service.PlacementService` (what it sent since a
+peer's last update, its conversation map, `placement.place`); the serving node places
+a forwarded turn again with hops=1, as a node does, so it records the turn too.
 """
 
 from __future__ import annotations
 
 import heapq
 import random
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from meshlb.backend.sim_memory import Ask, MemoryConfig, ModelMemory
-from meshlb.mesh.affinity import ConversationMap
-from meshlb.mesh.candidates import RecentlySent, candidate
+from meshlb.mesh.candidates import candidate
 from meshlb.mesh.meta import Load, NodeMeta, decode_meta, encode_meta
-from meshlb.mesh.placement import Candidate, RunHere, SendTo, TaskNeeds, place
+from meshlb.mesh.placement import Candidate, RunHere, SendTo
+from meshlb.mesh.placement_service import MemberLoad, PlacementService
 from meshlb.mesh.residency import Residency, Resident
-from meshlb.mesh.residency_placement import SentModels, priced, task_needs
 
 GB = 1_000_000_000
 HOST_GB = (8, 8, 12, 16, 24, 24)
@@ -89,13 +88,22 @@ class Host:
         return len(self.waiting) + len(self.running)
 
 
-@dataclass
-class Entry:
-    """What one entry node remembers between requests."""
+class Members:
+    """One entry node's view of the fleet (the placement service's `MeshMembers`):
+    itself with its live numbers, the others as last gossiped."""
 
-    sent: RecentlySent = field(default_factory=RecentlySent)
-    sent_models: SentModels = field(default_factory=SentModels)
-    conversations: ConversationMap = field(default_factory=ConversationMap)
+    def __init__(self, fleet: Fleet, idx: int) -> None:
+        self.fleet, self.idx = fleet, idx
+
+    def local_candidate(self) -> Candidate:
+        return candidate(str(self.idx), self.fleet.meta(self.fleet.hosts[self.idx]), True)
+
+    def peers(self) -> list[MemberLoad]:
+        return [
+            MemberLoad(candidate(str(h.idx), meta_of(h.meta), False), "alive", h.incarnation)
+            for h in self.fleet.hosts
+            if h.idx != self.idx
+        ]
 
 
 class Fleet:
@@ -110,12 +118,15 @@ class Fleet:
             for i, gb in enumerate(HOST_GB)
         ]
         self.sizes = dict(MODELS)
-        self.entries = [Entry() for _ in self.hosts]
+        self.services = [
+            PlacementService(str(h.idx), Members(self, h.idx), self.rng) for h in self.hosts
+        ]
         self.events: list[tuple[float, int, str, Any]] = []
         self.seq = 0
         self.rr = 0
         self.done: list[Req] = []
         self.placements: list[tuple[int, int, str]] = []  # (rid, host, "here"/"sent")
+        self.now = 0.0
         self.convs: dict[int, Conversation] = {}
         for h in self.hosts:
             self.announce(h, 0.0)
@@ -211,16 +222,15 @@ class Fleet:
 
     # ---- what nodes gossip ----
 
-    def residency(self, h: Host, now: float) -> Residency:
+    def meta(self, h: Host) -> NodeMeta:
+        """What host `h`'s node says of itself now (gossip carries it once a second)."""
+        now = self.now
         loaded = tuple(
             Resident(x.model, x.size / GB, h.active.get(x.model, 0), x.expires_at)
             for x in h.mem.loaded(now)
         )
-        return Residency(loaded, h.memory_gb, LOAD_GBPS if h.measured else None)
-
-    def announce(self, h: Host, now: float) -> None:
-        res = self.residency(h, now)
-        meta = NodeMeta(
+        res = Residency(loaded, h.memory_gb, LOAD_GBPS if h.measured else None)
+        return NodeMeta(
             f"10.0.0.{h.idx}:11435",
             tuple(m for m, _ in MODELS),
             Load(len(h.waiting), len(h.running), SLOTS * 3, tokens_per_s=h.tps),
@@ -228,7 +238,10 @@ class Fleet:
             memory_gb=res.memory_gb,
             load_gbps=res.load_gbps,
         )
-        data = encode_meta(meta)
+
+    def announce(self, h: Host, now: float) -> None:
+        self.now = now
+        data = encode_meta(self.meta(h))
         if data != h.meta:
             h.meta = data
             h.incarnation += 1
@@ -248,47 +261,29 @@ class Fleet:
             return min(pool, key=lambda h: (h.outstanding(), self.rng.random())).idx
         return self.place_meshlb(r, now)
 
-    def candidates(self, entry: int, now: float) -> list[Candidate]:
-        metas = {str(h.idx): meta_of(h.meta) for h in self.hosts}
-        sent = self.entries[entry].sent
-        out = []
-        for h in self.hosts:
-            c = candidate(str(h.idx), metas[str(h.idx)], h.idx == entry)
-            extra = sent.pending(str(h.idx), h.incarnation)
-            out.append(replace(c, queued=c.queued + extra) if extra else c)
-        fresh = self.hosts[entry]  # the entry node knows its own load now, not as gossiped
-        out = [
-            replace(c, queued=len(fresh.waiting), running=len(fresh.running)) if c.is_local else c
-            for c in out
-        ]
-        incarnations = {str(h.idx): h.incarnation for h in self.hosts}
-        local = self.residency(fresh, now)
-        return priced(out, metas, incarnations, self.entries[entry].sent_models, local, now)
-
     def place_meshlb(self, r: Req, now: float) -> int:
-        cands = self.candidates(r.entry, now)
-        entry = self.entries[r.entry]
+        self.now = now
+        svc = self.services[r.entry]
         payload = {"model": r.model, "messages": r.messages} if r.messages else None
-        convs = entry.conversations if self.affinity else None
         est = r.out_tokens + len(r.prompt) // CHARS_PER_TOKEN // int(PROMPT_FACTOR)
         # the size on disk, as the entry node's catalog has it from /api/tags
         known_gb = self.sizes[r.model]
-        needs, turn = task_needs(TaskNeeds(r.model, est), cands, payload, convs, known_gb)
-        d = place(needs, cands, self.rng)
+        placed = svc.place(r.model, est, payload=self.chat(payload), known_gb=known_gb)
+        d = placed.decision
         if isinstance(d, SendTo):
             to = int(d.node_id)
-            inc = self.hosts[to].incarnation
-            entry.sent.note(d.node_id, inc)
-            entry.sent_models.note(d.node_id, inc, r.model, needs.size_gb or 0.0)
+            svc.sent(d.node_id, placed.needs)
+            # the serving node places the forwarded request again (hops=1), as a node does
+            self.services[to].place(r.model, est, hops=1, payload=self.chat(payload))
         else:
             assert isinstance(d, RunHere), d
             to = r.entry
-        if turn is not None and convs is not None:
-            convs.put(turn.key, str(to))
-            if to != r.entry:  # the serving node records what it ran, too
-                self.entries[to].conversations.put(turn.key, str(to))
         self.placements.append((r.rid, to, "sent" if to != r.entry else "here"))
         return to
+
+    def chat(self, payload: dict[str, Any] | None) -> dict[str, Any] | None:
+        """The request as placement sees it: without its messages when affinity is off."""
+        return payload if self.affinity else None
 
 
 def memory_config(gb: int) -> MemoryConfig:

@@ -1,11 +1,10 @@
-"""Residency as placement's input: candidates priced with what each host has loaded,
-a task's model size and conversation host, and which requests are unloads (pure).
+"""Residency as placement's input: what each host has loaded, a task's model size and
+conversation host, and which requests are unloads (pure).
 
-- `priced`: candidates with each host's gossiped residency (loaded models past their
-  expiry with no request in hand dropped: Ollama has unloaded them, or is about to),
-  with what this node sent each peer since its last update counted as loaded there (a
-  burst of one cold model must not start a load on every host before gossip says where
-  it went), and with this node's own residency as it knows it now, not as gossiped.
+- `residency_of`: a host's residency as its metadata gossips it (`candidate` reads it).
+- `SentModels` / `with_sent`: what this node sent each peer since its last update
+  counts as loaded there (a burst of one cold model must not start a load on every
+  host before gossip says where it went).
 - `task_needs`: the model's size (what a host has loaded, else the local catalog's
   size on disk) and, for a chat that extends an earlier one, the host that served it
   and the prompt evaluation its cache saves there (`meshlb.mesh.affinity`).
@@ -28,17 +27,12 @@ from meshlb.mesh.residency import Residency, Resident, model_size_gb
 from meshlb.model_names import canonical_model
 
 
-def residency_of(meta: NodeMeta, now: float | None = None) -> Residency | None:
-    """A host's gossiped residency (None: it gossips none). With wall-clock `now`,
-    idle models past their expiry are dropped; without, the host's next announce
-    drops them (it re-reads `/api/ps` every few seconds)."""
+def residency_of(meta: NodeMeta) -> Residency | None:
+    """A host's gossiped residency (None: it gossips none, or its Ollama is down). The
+    host itself leaves out models past their expiry (`residency_watch.gossiped`)."""
     if meta.resident is None or not meta.ollama_up:
         return None
-    loaded = tuple(
-        replace(r, model=canonical_model(r.model))
-        for r in meta.resident
-        if now is None or r.active > 0 or r.expires_at >= now
-    )
+    loaded = tuple(replace(r, model=canonical_model(r.model)) for r in meta.resident)
     return Residency(loaded, meta.memory_gb, meta.load_gbps)
 
 
@@ -72,27 +66,6 @@ def with_sent(res: Residency | None, sent: Sequence[Resident]) -> Residency | No
         r = loaded.get(s.model) or replace(s, active=0)
         loaded[s.model] = replace(r, active=r.active + s.active)
     return replace(res, loaded=tuple(loaded.values()))
-
-
-def priced(
-    candidates: Sequence[Candidate],
-    metas: Mapping[str, NodeMeta],
-    incarnations: Mapping[str, int],
-    sent: SentModels,
-    local: Residency | None,
-    now: float,
-) -> list[Candidate]:
-    """`candidates` with residency filled in (see the module doc)."""
-    out = []
-    for c in candidates:
-        meta = metas.get(c.node_id)
-        if c.is_local and local is not None and c.models:
-            res: Residency | None = local
-        else:
-            res = residency_of(meta, now) if meta is not None else None
-            res = with_sent(res, sent.pending(c.node_id, incarnations.get(c.node_id, 0)))
-        out.append(replace(c, residency=res))
-    return out
 
 
 def is_empty_prompt(payload: Mapping[str, Any] | None) -> bool:

@@ -39,6 +39,7 @@ from meshlb.mesh.residency import (
     with_assumed_rate,
 )
 from meshlb.mesh.residency_placement import SentModels, is_unload, residency_of, with_sent
+from meshlb.mesh.residency_watch import gossiped
 
 A, B, C = "a:latest", "b:latest", "c:latest"
 
@@ -225,20 +226,21 @@ def test_meta_round_trip_with_residency_fits_and_loaded_models_survive_a_cut() -
     assert unknown is not None and unknown.resident is None and unknown.memory_gb is None
 
 
-def test_gossiped_residency_expires_unless_busy_and_sent_work_counts_as_loaded() -> None:
-    meta = NodeMeta(
-        "h:1", (A, B), resident=(Resident(A, 2.0, 0, 100.0), Resident(B, 2.0, 1, 100.0))
-    )
-    res = residency_of(meta, now=150.0)
-    assert res is not None and [r.model for r in res.loaded] == [B]
+def test_gossip_leaves_out_expired_idle_models_and_sent_work_counts_as_loaded() -> None:
+    res = reader()
+    res.apply([LoadedModel(A, 2_000_000_000, 990.0), LoadedModel(B, 2_000_000_000, 990.0)])
+    res.begin(B)  # past its expiry but busy: Ollama keeps it
+    meta = NodeMeta("h:1", (A, B), **gossiped(res, None, wall=lambda: 1000.0))
+    seen = residency_of(meta)
+    assert seen is not None and [r.model for r in seen.loaded] == [B]
     sent = SentModels()
     sent.note("p", 7, A, 6.0)
     sent.note("p", 7, A, 6.0)
-    seen = with_sent(res, sent.pending("p", 7))
-    assert seen is not None and seen.resident(A) == Resident(A, 6.0, 2)
-    assert seen.used_gb() == 8.0  # what was sent takes its memory
+    with_a = with_sent(seen, sent.pending("p", 7))
+    assert with_a is not None and with_a.resident(A) == Resident(A, 6.0, 2)
+    assert with_a.used_gb() == 8.0  # what was sent takes its memory
     assert sent.pending("p", 8) == []  # a newer update supersedes it
-    assert residency_of(NodeMeta("h:1", (A,)), 0.0) is None
+    assert residency_of(NodeMeta("h:1", (A,))) is None
 
 
 @pytest.mark.parametrize(
