@@ -26,10 +26,11 @@ Wire shape: `{"v": 1, "s": sender, "b": boot, "i": [item, ...]}`, each item a ma
 from __future__ import annotations
 
 import dataclasses
+import functools
+import operator
 import types
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from functools import cache
 from typing import Annotated, Any, Literal, TypeGuard, Union, get_args, get_origin, get_type_hints
 
 import msgpack
@@ -85,7 +86,7 @@ class _Field:
     default: Any
 
 
-@cache
+@functools.cache
 def _fields(cls: type) -> tuple[_Field, ...]:
     """The wire fields of a dataclass, from its `wire` metadata."""
     hints = get_type_hints(cls)
@@ -122,7 +123,7 @@ def _value_encoder(hint: Any) -> Encoder | None:
     return None
 
 
-@cache
+@functools.cache
 def _encoder(cls: type) -> Encoder:
     """The encoder of a dataclass, built once from its fields: a map of short keys."""
     plan = [(f.key, f.name, _value_encoder(f.hint)) for f in _fields(cls)]
@@ -196,7 +197,7 @@ def _checked(hint: Any, meta: Mapping[str, Any]) -> Any:
     if hint is type(None):
         return None
     if origin in (Union, types.UnionType):
-        return Union[tuple(_checked(a, meta) for a in args)]  # noqa: UP007 (built at runtime)
+        return functools.reduce(operator.or_, (_checked(a, meta) for a in args))
     if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
         return tuple.__class_getitem__((_checked(args[0], meta), ...))
     if origin is tuple:
@@ -214,7 +215,7 @@ class _Wire(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
-@cache
+@functools.cache
 def _model(cls: type) -> type[BaseModel]:
     """A pydantic model of `cls`'s wire fields, named by their short keys."""
     fields: dict[str, Any] = {}
@@ -227,7 +228,7 @@ def _model(cls: type) -> type[BaseModel]:
 Builder = Callable[..., Any]
 
 
-@cache
+@functools.cache
 def _builder(cls: type) -> Builder:
     """Builds the dataclass `cls` from its checked wire model (nested ones too)."""
     plan: list[tuple[str, str, Builder | None, bool]] = []  # key, name, nested, many
