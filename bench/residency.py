@@ -223,6 +223,7 @@ def main() -> None:
         console.print({"smoke": results["smoke"]})
     results["wall_s"] = round(time.monotonic() - started, 1)
     out = Path(__file__).parent / "results" / f"residency{'.quick' if args.quick else ''}.json"
+    out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     console.print(f"wrote {out} ({results['wall_s']} s)")
 
