@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import random
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +26,7 @@ from meshlb.mesh.ownership_driver import OwnershipConfig, OwnershipDriver, Owner
 from meshlb.mesh.ownership_wire import Batch, decode_batch, encode_batch
 from meshlb.mesh.placement import Candidate
 from meshlb.mesh.placement_service import MemberLoad, PlacementService
+from meshlb.mesh.replication import choose_replicas
 from meshlb.mesh.stealing import Waiting
 from meshlb.tasks.model import TaskRecord
 
@@ -216,3 +218,32 @@ class WireNet:
 def holds(kind: type[Any]) -> Callable[[str, Batch], bool]:
     """A `WireNet.hold` that keeps back batches carrying an item of `kind`."""
     return lambda dst, batch: any(isinstance(i, kind) for i in batch.items)
+
+
+def task_replicated_on(owner: str, replica: str, live: set[str]) -> str:
+    """A task id whose replica (R=2), chosen by rendezvous on `owner`, is `replica`."""
+    for i in range(1000):
+        task_id = f"t-{i}"
+        if choose_replicas(task_id, owner, (), live, 1) == (replica,):
+            return task_id
+    raise AssertionError("no such task id")
+
+
+def mesh(*ids: str) -> WireNet:
+    net = WireNet()
+    for node_id in ids:
+        net.add(node_id)
+    net.introduce()
+    net.flush()
+    return net
+
+
+@asynccontextmanager
+async def running(net: WireNet, *ids: str) -> AsyncIterator[None]:
+    """The drivers' run() loops (timers, idle checks) and background delivery."""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(net.pump)
+        for node_id in ids:
+            nursery.start_soon(net.nodes[node_id].driver.run)
+        yield
+        nursery.cancel_scope.cancel()
