@@ -80,14 +80,17 @@ class ModelPorts:
 
 
 def mesh_hosts(peers: Sequence[Peer]) -> list[Host]:
-    """Members as target selection needs them. Gossip carries no model memory in this
-    version, so a count of hosts is chosen by fewest models, then least load."""
+    """Members as target selection needs them (free memory: the gossiped model memory
+    less what is loaded; unknown for a host that gossips none, and then a count of
+    hosts is chosen by fewest models, then least load)."""
     out = []
     for p in peers:
         meta = p.meta
         if meta is None:
             continue
         free = None
+        if meta.memory_gb is not None and meta.resident is not None:
+            free = max(0.0, meta.memory_gb - sum(r.size_gb for r in meta.resident))
         out.append(
             Host(
                 node_id=p.node_id,

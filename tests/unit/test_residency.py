@@ -373,3 +373,21 @@ def test_the_service_counts_a_sent_model_as_loaded_there_and_remembers_conversat
     turn2 = svc.place(B, 100, payload={"model": B, "messages": follow})
     assert turn2.needs is not None and turn2.needs.prefer == (turn1.peer or "here")
     assert turn2.needs.prefer_saving_s > 0
+
+
+def test_a_count_of_hosts_for_a_pull_is_chosen_by_the_gossiped_free_memory() -> None:
+    from meshlb.api.model_routes import mesh_hosts
+    from meshlb.mesh.model_ops import select_targets
+    from meshlb.mesh.view import Peer
+
+    def peer(node_id: str, memory_gb: float | None, loaded: tuple[Resident, ...]) -> Peer:
+        meta = NodeMeta("h:1", (B, C), resident=loaded, memory_gb=memory_gb)
+        return Peer(node_id, "g:1", "alive", 1, 0.0, meta)
+
+    full = peer("full", 24.0, (Resident(B, 20.0),))  # 4 GB free
+    roomy = peer("roomy", 16.0, (Resident(C, 2.0),))  # 14 GB free
+    hosts = mesh_hosts([full, roomy])
+    assert [h.free_memory_gb for h in hosts] == [4.0, 14.0]
+    assert select_targets("1", hosts, A) == ["roomy"]
+    unknown = mesh_hosts([peer("u", None, ())])
+    assert unknown[0].free_memory_gb is None
