@@ -265,7 +265,7 @@ class _Connection:
             return False
         if not exchange.done or self.gone:
             return False
-        if self.h11.their_state is not h11.DONE:
+        if self.h11.their_state is not h11.DONE and not self._rest_of_body_buffered():
             await self._drain_unread()
             return False
         if self.h11.our_state is not h11.DONE:
@@ -273,6 +273,17 @@ class _Connection:
         self.h11.start_next_cycle()
         self._pipelined = 0
         return True
+
+    def _rest_of_body_buffered(self) -> bool:
+        """Whether the request's unread rest (often only its end: a GET the app never
+        called `receive` for) is already buffered, so the connection stays usable."""
+        try:
+            while self.h11.their_state is h11.SEND_BODY:
+                if self.h11.next_event() is h11.NEED_DATA:
+                    return False
+        except h11.RemoteProtocolError:
+            return False
+        return self.h11.their_state is h11.DONE
 
     async def _server_error(self, exchange: _Exchange) -> None:
         if exchange.started or self.gone:

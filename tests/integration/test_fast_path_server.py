@@ -25,7 +25,8 @@ pytestmark = pytest.mark.integration
 
 class App:
     """/echo answers the body; /slow waits for `release`; /disconnect records the
-    message that follows the body; /early answers 413 without reading the body."""
+    message that follows the body; /early answers 413 without reading the body;
+    /get answers without calling `receive` at all (as Starlette's GET handlers do)."""
 
     def __init__(self) -> None:
         self.release = trio.Event()
@@ -35,7 +36,7 @@ class App:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope["path"]
         body = b""
-        if path != "/early":
+        if path not in ("/early", "/get"):
             while True:
                 message = await receive()
                 body += message.get("body", b"")
@@ -90,6 +91,22 @@ async def test_pipelined_requests_are_answered_in_order_on_one_connection() -> N
         assert answer.count(b"HTTP/1.1 200") == 2
         assert answer.index(b"/echo:one") < answer.index(b"/echo:two")
         assert b"content-length: 9" in answer.lower()
+        shutdown.set()
+
+
+async def test_requests_whose_body_the_app_never_read_keep_the_connection() -> None:
+    """A GET has no body, and the app need not `receive` it: the connection must stay
+    open for the next request (a pooled client reuses it; closing it after the answer
+    made the client's next request fail with "Server disconnected")."""
+    async with trio.open_nursery() as nursery:
+        port, shutdown = await start(nursery, App())
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        await stream.send_all(b"GET /get HTTP/1.1\r\nHost: x\r\n\r\n")
+        first = await stream.receive_some(65536)
+        assert first.startswith(b"HTTP/1.1 200")
+        await stream.send_all(b"GET /get HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        second = await read_until_closed(stream)
+        assert second.startswith(b"HTTP/1.1 200"), second
         shutdown.set()
 
 
