@@ -153,35 +153,37 @@ class MeshSim:
         everyone = {nd.node_id for nd in self.nodes}
         with trio.fail_after(CONVERGE_LIMIT_S):
             # no event says "everyone knows everyone": look every 50 ms
-            while not all(nd.alive and nd.tasks.mesh.core.live == everyone for nd in self.nodes):  # noqa: ASYNC110
+            while not all(self._knows(nd, everyone) for nd in self.nodes):  # noqa: ASYNC110
                 await trio.sleep(0.05)
         self.t0 = math.ceil(trio.current_time())
         await trio.sleep_until(self.t0)
 
+    def _knows(self, nd: SimNode, everyone: set[str]) -> bool:
+        core = self.core(nd.idx)
+        return core is not None and core.live == everyone
+
     def _start(self, nd: SimNode, seeds: list[tuple[str, int]]) -> None:
-        nd.boot(seeds)
+        process = nd.boot(seeds)
         scope = self._scopes[nd.idx] = trio.CancelScope()
 
-        async def process() -> None:
+        async def life() -> None:
             with scope:
-                await nd.run()
+                await process.run()
                 await trio.sleep_forever()
 
-        self._spawn(process)
+        self._spawn(life)
 
     # ------------------------------------------------------------------ faults
 
     def crash(self, idx: int) -> None:
-        nd = self.nodes[idx]
-        if not nd.alive:
+        nd, core = self.nodes[idx], self.core(idx)
+        if core is None:
             return
-        owned = frozenset(c.task_id for c in nd.tasks.mesh.core.owned())
-        self.crashes.append((self.now, nd.node_id, owned))
-        nd.alive = False
+        self.crashes.append((self.now, nd.node_id, frozenset(c.task_id for c in core.owned())))
+        nd.crash()
         self._scopes[idx].cancel()
         self.net.model.crash(nd.addr)
         self.net.forget(nd.addr)
-        nd.runs.clear()
 
     def restart(self, idx: int) -> None:
         nd = self.nodes[idx]
@@ -199,8 +201,8 @@ class MeshSim:
 
     def core(self, idx: int) -> Ownership | None:
         """Node idx's ownership core, or None while it is down."""
-        nd = self.nodes[idx]
-        return nd.tasks.mesh.core if nd.alive else None
+        process = self.nodes[idx].process
+        return process.tasks.mesh.core if process is not None and process.started else None
 
     # ------------------------------------------------------------------ workload
 
@@ -224,26 +226,23 @@ class MeshSim:
             self.ledger.rejected += 1
             return
         entry = task.entry if task.entry in live else self.rng.choice(live)
-        nd = self.nodes[entry]
-        placed = nd.placement.place(task.model, task.tokens)
+        process = self.nodes[entry].process
+        assert process is not None
+        placed = process.placement.place(task.model, task.tokens)
         if isinstance(placed.decision, NoHost):
             self.ledger.rejected += 1
             return
         to = placed.peer
         if to is not None:
-            nd.placement.sent(to)
-
-        async def post() -> None:
-            self.ledger.accept(self.now, task)  # the core knows it before submit awaits
-            await nd.submit(task.task_id, task.model, task.tokens, task.priority, to)
-
-        nd.nursery.start_soon(post)
+            process.placement.sent(to)
+        process.submit(task.task_id, task.model, task.tokens, task.priority, to,
+                       lambda: self.ledger.accept(self.now, task))  # fmt: skip
 
     def _load_of(self, node_id: str) -> int:
-        nd = self._by_id[node_id]
-        if not nd.alive:
+        process = self._by_id[node_id].process
+        if process is None:
             return 1 << 30
-        sched = nd.scheduler.core
+        sched = process.scheduler.core
         return sched.queued + sched.running
 
     # ------------------------------------------------------------------ hooks (sim_node.Hooks)
@@ -265,10 +264,11 @@ class MeshSim:
     def holders(self) -> dict[str, list[str]]:
         """Task id -> run ids of the final copies held by live nodes."""
         out: dict[str, list[str]] = {}
-        for nd in self.nodes:
-            if not nd.alive:
+        for idx in range(len(self.nodes)):
+            core = self.core(idx)
+            if core is None:
                 continue
-            for c in nd.tasks.mesh.core.copies():
+            for c in core.copies():
                 if c.final and c.run_id is not None:
                     out.setdefault(c.task_id, []).append(c.run_id)
         return out

@@ -60,21 +60,22 @@ class SimBackend:
     """Ollama stand-in: a generation of n tokens takes n / tokens_per_s virtual seconds.
     The scheduler gives it at most `slots` at once, as it would a real Ollama."""
 
-    def __init__(self, node: SimNode) -> None:
-        self.node = node
+    def __init__(self, host: SimNode) -> None:
+        self.host = host
 
     async def post_json(self, path: str, payload: dict[str, Any], /) -> tuple[int, bytes]:
-        node, task_id = self.node, payload["sim_task"]
+        host, task_id = self.host, payload["sim_task"]
         tokens = max(1, int(payload["options"]["num_predict"]))
-        node.runs[task_id] = node.clock()
-        node.hooks.started(task_id)
+        service_s = tokens / host.spec.tokens_per_s
+        host.runs[task_id] = host.clock()
+        host.hooks.started(task_id)
         try:
-            await trio.sleep(tokens / node.spec.tokens_per_s)
+            await trio.sleep(service_s)
         finally:
-            node.runs.pop(task_id, None)  # a crash may have cleared them
-        node.hooks.completed(task_id)
-        body = {"node": node.node_id, "eval_count": tokens, "done": True,
-                "eval_duration": int(tokens / node.spec.tokens_per_s * 1e9)}  # fmt: skip
+            host.runs.pop(task_id, None)  # a crash may have cleared them
+        host.hooks.completed(task_id)
+        body = {"node": host.node_id, "eval_count": tokens, "done": True,
+                "eval_duration": int(service_s * 1e9)}  # fmt: skip
         return 200, json.dumps(body).encode()
 
 
@@ -88,7 +89,8 @@ class Hooks(Protocol):
 
 
 class SimNode:
-    """One node's parts; `boot()` builds a fresh process, `run()` runs it."""
+    """One host: what survives a restart (its address, speed, models, the runs in
+    progress on its Ollama) and its current process (`None` while it is down)."""
 
     def __init__(
         self, idx: int, spec: NodeSpec, net: TrioNetwork, hooks: Hooks, *,
@@ -106,58 +108,79 @@ class SimNode:
         self.validate = validate  # the ownership core's validate() after every step
         self.boots = 0
         self.runs: dict[str, float] = {}  # task id -> when its run here started
-        self.alive = False
-        self._next_ids: deque[str] = deque()
-        self.rng = random.Random(seed)
+        self.process: SimProcess | None = None
 
-    # ---- one process --------------------------------------------------------------
+    @property
+    def alive(self) -> bool:
+        """A process is up and started (it answers the network)."""
+        return self.process is not None and self.process.started
 
-    def boot(self, seeds: list[Addr]) -> None:
+    def boot(self, seeds: list[Addr]) -> SimProcess:
         """A new process: empty queue, empty core, a new boot id."""
         self.boots += 1
-        self.boot_id = f"boot-{self.boots}"
-        seed = self.seed * 1_000_003 + self.idx * 7919 + self.boots * 104729
+        self.runs.clear()
+        self.process = SimProcess(self, self.boots, seeds)
+        return self.process
+
+    def crash(self) -> None:
+        self.process = None
+        self.runs.clear()
+
+
+class SimProcess:
+    """One life of a node, its parts built once in dependency order, as a node
+    builds them: scheduler, placement, mailer, task service (and through it the
+    ownership driver), gossip."""
+
+    def __init__(self, host: SimNode, boot: int, seeds: list[Addr]) -> None:
+        self.host, self.node_id = host, host.node_id
+        self.boot_id = f"boot-{boot}"
+        seed = host.seed * 1_000_003 + host.idx * 7919 + boot * 104729
         self.rng = random.Random(seed)
-        self.scheduler = LocalScheduler(Limits(max_concurrency=self.spec.slots,
+        self.scheduler = LocalScheduler(Limits(max_concurrency=host.spec.slots,
                                                max_queue=100_000))  # fmt: skip
-        self.placement = PlacementService(self.node_id, self, self.rng, strategy=self.strategy)
-        self.mailer = PeerMailer(self.node_id, self.boot_id, self.net.requests_from(self.addr))
+        self.placement = PlacementService(self.node_id, self, self.rng, strategy=host.strategy)
+        self.mailer = PeerMailer(self.node_id, self.boot_id, host.net.requests_from(host.addr))
+        self._next_ids: deque[str] = deque()
         self.tasks = TaskService(
-            self.node_id, self.scheduler, SimBackend(self), None, 3600.0, 1,
-            mesh=self._ownership, wall_clock=self.clock, new_id=self._next_ids.popleft,
+            self.node_id, self.scheduler, SimBackend(host), None, 3600.0, 1,
+            mesh=self._ownership, wall_clock=host.clock, new_id=self._next_ids.popleft,
         )  # fmt: skip
+        self._announced = self._meta()
         self.gossip = GossipDriver(
-            self.gossip_config, self.node_id, self.addr, self.addr, seeds, self._meta(),
-            None, quiet, transport=self.net.gossip_transport(self.addr),
+            host.gossip_config, self.node_id, host.addr, host.addr, seeds, self._announced,
+            None, quiet, transport=host.net.gossip_transport(host.addr),
             rng=random.Random(seed + 1), boot_epoch_us=int(trio.current_time() * 1e6),
         )  # fmt: skip
-        self.runs.clear()
-        self._announced = self._meta()
+        self.started = False
+        self._nursery: trio.Nursery | None = None
 
     def _ownership(self, executor: Executor) -> OwnershipDriver:
+        host = self.host
         config = OwnershipConfig(
-            self.node_id, self.replication, idle_check_s=IDLE_CHECK_S if self.steal else None,
-            check_invariants=self.validate,
+            self.node_id, host.replication, idle_check_s=IDLE_CHECK_S if host.steal else None,
+            check_invariants=host.validate,
         )  # fmt: skip
         ports = OwnershipPorts(
-            executor, self.placement, self.mailer, EventLog(self.node_id, self.clock),
-            observe=lambda at, cmd: self.hooks.command(self.node_id, at, cmd),
+            executor, self.placement, self.mailer, EventLog(self.node_id, host.clock),
+            observe=lambda at, cmd: host.hooks.command(self.node_id, at, cmd),
         )  # fmt: skip
         return OwnershipDriver(config, ports)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """The node until cancelled (a crash is a cancellation: nothing runs after)."""
+        """The process until cancelled (a crash is a cancellation: nothing runs after)."""
+        host = self.host
         async with trio.open_nursery() as nursery:
-            self.nursery = nursery
+            self._nursery = nursery
             nursery.start_soon(self.scheduler.run)
             await nursery.start(self.mailer.run)
             await nursery.start(self.tasks.run)
             events = self.gossip.subscribe()
             await nursery.start(self.gossip.run)
-            self.net.serve_requests(self.node_id, self.addr, self._receive)
+            host.net.serve_requests(self.node_id, host.addr, self._receive)
             nursery.start_soon(self._follow_gossip, events)
             nursery.start_soon(self._announce)
-            self.alive = True
+            self.started = True
             task_status.started()
 
     async def _receive(self, body: bytes) -> bytes:
@@ -167,38 +190,44 @@ class SimNode:
 
     async def _follow_gossip(self, events: trio.MemoryReceiveChannel[GossipEvent]) -> None:
         async for ev in events:
-            self.hooks.gossip(self.idx, ev)
+            self.host.hooks.gossip(self.host.idx, ev)
             self.tasks.mesh.on_gossip(ev)
 
     def _meta(self) -> bytes:
-        sched = self.scheduler.core
-        load = Load(sched.queued, sched.running, self.spec.slots,
-                    tokens_per_s=self.spec.tokens_per_s)  # fmt: skip
-        meta = NodeMeta(self.node_id, tuple(sorted(self.spec.models)), load, boot=self.boot_id)
+        spec, sched = self.host.spec, self.scheduler.core
+        load = Load(sched.queued, sched.running, spec.slots, tokens_per_s=spec.tokens_per_s)
+        meta = NodeMeta(self.node_id, tuple(sorted(spec.models)), load, boot=self.boot_id)
         return encode_meta(meta)
 
     async def _announce(self) -> None:
         while True:
-            await trio.sleep(self.announce_s)
+            await trio.sleep(self.host.announce_s)
             meta = self._meta()
             if meta != self._announced:
                 self._announced = meta
                 self.gossip.update_meta(meta)
 
-    async def submit(self, task_id: str, model: str, tokens: int, priority: int,
-                     forward_to: str | None) -> None:  # fmt: skip
-        """A client's POST /v1/tasks to this node (placement already decided)."""
+    def submit(self, task_id: str, model: str, tokens: int, priority: int,
+               forward_to: str | None, accepted: Callable[[], None]) -> None:  # fmt: skip
+        """A client's POST /v1/tasks to this node (placement already decided);
+        `accepted` is called just as the core learns of the task."""
         request = {"sim_task": task_id, "options": {"num_predict": tokens}}
         spec = TaskSpec("generate", model, request, priority, None, None)
-        self._next_ids.append(task_id)  # the id submit draws, before its first await
-        await self.tasks.submit(spec, forward_to)
+
+        async def post() -> None:
+            accepted()
+            self._next_ids.append(task_id)  # the id submit draws, before its first await
+            await self.tasks.submit(spec, forward_to)
+
+        assert self._nursery is not None, "submit only to a started process"
+        self._nursery.start_soon(post)
 
     # ---- the mesh as this node's placement service reads it (MeshMembers) ------
 
     def local_candidate(self) -> Candidate:
-        sched = self.scheduler.core
-        return Candidate(self.node_id, self.models, sched.queued, sched.running,
-                         self.spec.slots, self.spec.tokens_per_s, is_local=True)  # fmt: skip
+        spec, sched = self.host.spec, self.scheduler.core
+        return Candidate(self.node_id, self.host.models, sched.queued, sched.running,
+                         spec.slots, spec.tokens_per_s, is_local=True)  # fmt: skip
 
     def peers(self) -> list[MemberLoad]:
         out = []
