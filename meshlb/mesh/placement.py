@@ -8,7 +8,11 @@ run here when this host has the model and is about as good as the best; otherwis
 the task to the better of two random picks among the best few that are near the best
 (power of two choices), so that many nodes acting on the same stale gossip do not all
 herd onto one host, and a random pick never lands on a host that must load the model
-when another has it loaded. A task that has already been forwarded runs where it
+when another has it loaded. A host that would have to load the model (a load timed to
+take time) gets no such preference for itself: a hop costs far less than a load; where
+a load must start, the emptier of the near-best hosts is chosen, ties by a rank every
+node computes alike (`rendezvous`), so nodes behind stale gossip start one model's
+load on one host. A task that has already been forwarded runs where it
 lands, or nowhere when the model is not there: never a second hop (no ping-pong).
 
 This is the pricing only: which members are candidates at all (alive, with the model,
