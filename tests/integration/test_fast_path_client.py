@@ -77,7 +77,8 @@ async def test_connection_reused_when_the_answer_was_read_to_the_end() -> None:
             assert await r.aread() == b"/echo:%d" % i
             await r.aclose()
         r = await pool.request(origin, "POST", "/stream", [], b"")
-        assert [c async for c in r.aiter_raw()] == [b"ab", b"cd", b"ef"]
+        # complete chunks that arrived together come back as one piece
+        assert [c async for c in r.aiter_raw()] == [b"abcdef"]
         await r.aclose()
         assert server.connections == 1 and pool.opened == 1
         assert pool.idle_count(origin) == 1
