@@ -17,9 +17,6 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from meshlb.backend.sim_engine import (
-    ChatRenderer,
-    GenerateRenderer,
-    Metrics,
     ModelSpec,
     complete,
     context_ids,
@@ -46,6 +43,11 @@ from meshlb.backend.sim_prompt import (
     render_chat,
     render_generate,
     truncate,
+)
+from meshlb.backend.sim_render import (
+    ChatRenderer,
+    GenerateRenderer,
+    Metrics,
 )
 from meshlb.backend.sim_runtime import EmbedJob, GenJob, LoadJob, SimState, admit
 

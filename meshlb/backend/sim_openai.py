@@ -17,10 +17,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from meshlb.backend.sim_engine import (
-    Metrics,
     ModelSpec,
-    OpenAIChatRenderer,
-    OpenAICompletionRenderer,
     complete,
     count_tokens,
     embed_vector,
@@ -42,6 +39,11 @@ from meshlb.backend.sim_prompt import (
     render_chat,
     render_generate,
     truncate,
+)
+from meshlb.backend.sim_render import (
+    Metrics,
+    OpenAIChatRenderer,
+    OpenAICompletionRenderer,
 )
 from meshlb.backend.sim_runtime import EmbedJob, GenJob, SimState, admit
 

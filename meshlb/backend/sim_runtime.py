@@ -31,15 +31,17 @@ from meshlb.backend.sim_catalog import default_size
 from meshlb.backend.sim_config import SimOllamaConfig
 from meshlb.backend.sim_engine import (
     Completion,
-    Metrics,
     ModelSpec,
-    Renderer,
     canonical_name,
     describe_model,
 )
 from meshlb.backend.sim_memory import Ask, Grant, ModelMemory
 from meshlb.backend.sim_parse import JSON_UTF8, ApiError
 from meshlb.backend.sim_prompt import DEFAULT_NUM_CTX, evaluated_tokens
+from meshlb.backend.sim_render import (
+    Metrics,
+    Renderer,
+)
 
 __all__ = ["JSON_UTF8", "ApiError", "SimState", "SimulatedDeath", "admit"]
 

@@ -14,12 +14,7 @@ from meshlb.backend.sim_config import SimOllamaConfig, parse_models
 from meshlb.backend.sim_engine import (
     MAX_NATURAL_TOKENS,
     MIN_NATURAL_TOKENS,
-    ChatRenderer,
     Completion,
-    GenerateRenderer,
-    Metrics,
-    OpenAIChatRenderer,
-    OpenAICompletionRenderer,
     canonical_name,
     chat_prompt_tokens,
     complete,
@@ -30,6 +25,13 @@ from meshlb.backend.sim_engine import (
     openai_error_body,
     rfc3339,
     truncate_dims,
+)
+from meshlb.backend.sim_render import (
+    ChatRenderer,
+    GenerateRenderer,
+    Metrics,
+    OpenAIChatRenderer,
+    OpenAICompletionRenderer,
 )
 
 METRICS = Metrics(
