@@ -123,9 +123,6 @@ def one_run(targets: dict[str, tuple[str, int | None]], quick: bool) -> dict[str
     """Every scenario against every target in turn: {target: {metric: value}}."""
     dur = 1.0 if quick else 5.0
     out: dict[str, dict[str, float]] = {name: {} for name in targets}
-    for name, (_, pid) in targets.items():
-        if pid:
-            out[name]["rss_idle_mib"] = rss_mib(pid)
     loops = [("chat_c1", "/api/chat", TINY_CHAT, 1), ("chat_c16", "/api/chat", TINY_CHAT, 16),
              ("embed_c16", "/api/embed", EMBED, 16)]  # fmt: skip
     for key, path, body, conc in loops:
@@ -182,9 +179,13 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         for name, src in sources.items():
             p = stack.enter_context(node_of(src, backend.url, f"bench-{name}"))
             targets[name] = (p.url, p.popen.pid)
+        # Idle means before any load: a later run starts with the heap the earlier grew.
+        idle = {name: rss_mib(pid) for name, (_, pid) in targets.items() if pid}
         for _ in range(args.runs):
             runs.append(one_run(targets, args.quick))
     result = merge_median(runs)
+    for name, mib in idle.items():
+        result[name]["rss_idle_mib"] = mib
     with contextlib.ExitStack() as stack:
         sim = stack.enter_context(sim_ollama(tokens_per_second=1e6, parallel=512))
         targets = {"direct": (sim.url, None)}

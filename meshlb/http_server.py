@@ -1,19 +1,16 @@
 """Serve an ASGI app over HTTP/1.1 inside the caller's `trio.run`: h11 on Trio streams,
 one task per connection.
 
-Why not hypercorn: measured on the relay paths it was the floor (issue 13, one core,
-wrk, a tiny JSON answer): hypercorn with a bare ASGI callable answered 1 650 req/s at
-c=1 and 2 040 at c=16 (~0.5 ms of CPU a request, the whole budget of a proxied
-request), h11 on Trio 5 840 and 7 670. Hypercorn's cost is its layering (protocol and
-stream objects, event dataclasses, a task group and queues per request); the protocol
-work itself is h11's, which this server uses too, so framing, header validation and
-limits are the same.
+Why not hypercorn: it was the floor on the relay paths (issue 13, one core, wrk, a
+tiny JSON answer): with a bare ASGI callable it answered 1 650 req/s at c=1 and 2 040
+at c=16 (~0.5 ms of CPU a request, a proxied request's whole budget), h11 on Trio
+5 840 and 7 670. Its cost is its layering (protocol and stream objects, a task group
+and queues per request); the protocol work is h11's, used here too.
 
 What a connection gets:
 - the idle timer runs from the connection's start (or its last answer) until a
-  request's headers are complete, and is not reset by bytes that arrive: it is both
-  the keep-alive time and the header timeout (5 s closes a slowloris connection; a
-  pooled client just reconnects);
+  request's headers are complete, not reset by bytes that arrive: keep-alive time and
+  header timeout in one (5 s closes a slowloris; a pooled client just reconnects);
 - a malformed request is answered with h11's status hint (400, 431 ...) and closed;
 - `receive()` gives the body as it arrives (100 Continue first if the client waits
   for it), then blocks until the client hangs up and returns `http.disconnect`: the
@@ -52,8 +49,7 @@ GRACEFUL_S = 5.0
 DRAIN_AFTER_UNREAD_S = 1.0
 MAX_HEADER_BYTES = 64 * 1024
 READ_BYTES = 65536
-# Bytes of a pipelined next request buffered while the current one runs.
-MAX_PIPELINED_BYTES = 65536
+MAX_PIPELINED_BYTES = 65536  # of a next request, buffered while the current one runs
 ASGI = {"version": "3.0", "spec_version": "2.3"}
 _SERVER_ERROR = b'{"error": "meshlb hit an internal error; it was logged on the node"}'
 
