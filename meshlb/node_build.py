@@ -38,12 +38,14 @@ from meshlb.mesh.announce import LocalStatus, local_moves
 from meshlb.mesh.mailer import HttpTransport, PeerMailer
 from meshlb.mesh.meta import NodeMeta, encode_meta
 from meshlb.mesh.node_view import GossipMembers, MeshPeers
+from meshlb.mesh.ownership import Ownership
 from meshlb.mesh.ownership_driver import Executor, OwnershipConfig, OwnershipDriver, OwnershipPorts
 from meshlb.mesh.placement_service import PlacementService
 from meshlb.sched.driver import LocalScheduler
 from meshlb.sched.limits import Limits
 from meshlb.tasks.journal import Journal
 from meshlb.tasks.service import TaskService
+from meshlb.tasks.store import TaskStore
 from meshlb.telemetry import RequestStats, Series
 from meshlb.tokens import RateAverage
 
@@ -62,29 +64,33 @@ def peer_client() -> httpx.AsyncClient:
 
 class OwnershipFacts:
     """What the API and the drain read of the ownership protocol, in one place: the
-    task routes (who is live, who holds a task), `/metrics` and `/v1/queue`."""
+    task routes (who is live, who holds a task), `/metrics` and `/v1/queue`. Built from
+    the parts it reads (the core, its driver, the store of finished tasks), so no
+    reader reaches through the task service to them."""
 
-    def __init__(self, tasks: TaskService) -> None:
-        self._tasks = tasks
+    def __init__(self, core: Ownership, driver: OwnershipDriver, store: TaskStore) -> None:
+        self._core = core
+        self._driver = driver
+        self._store = store
 
     def is_live(self, node_id: str) -> bool:
-        return node_id in self._tasks.mesh.core.live
+        return node_id in self._core.live
 
     def holders(self, task_id: str) -> object:
-        return self._tasks.mesh.core.holders(task_id)
+        return self._core.holders(task_id)
 
     def in_quorum(self) -> bool:
-        return self._tasks.mesh.core.in_quorum()
+        return self._core.in_quorum()
 
     def stats(self) -> dict[str, int]:
-        return self._tasks.mesh.stats()
+        return self._driver.stats()
 
     def owns_any(self) -> bool:
-        return bool(self._tasks.mesh.core.owned())
+        return bool(self._core.owned())
 
     def task_states(self) -> list[str]:
-        owned = [c.record.state for c in self._tasks.mesh.core.owned()]
-        kept = [r.state for r in self._tasks.store.recent(None, 1 << 30) if r.final]
+        owned = [c.record.state for c in self._core.owned()]
+        kept = [r.state for r in self._store.recent(None, 1 << 30) if r.final]
         return [s for s in owned if s in ("queued", "running")] + kept
 
 
@@ -241,7 +247,7 @@ def build_node(settings: NodeSettings) -> Node:
         placement=placement,
         mailer=mailer,
         tasks=tasks,
-        facts=OwnershipFacts(tasks),
+        facts=OwnershipFacts(tasks.mesh.core, tasks.mesh, tasks.store),
         mesh=MeshPeers(members, own_meta, settings.gossip, started_at_wall),
         readiness=Readiness(drain, gossip, catalog, backend.base_url),
         started_at_wall=started_at_wall,
