@@ -13,8 +13,9 @@ What a connection gets:
   header timeout in one (5 s closes a slowloris; a pooled client just reconnects);
 - a malformed request is answered with h11's status hint (400, 431 ...) and closed;
 - `receive()` gives the body as it arrives (100 Continue first if the client waits
-  for it), then blocks until the client hangs up and returns `http.disconnect`: the
-  relay cancels its upstream request on that;
+  for it), then blocks until the client hangs up and returns `http.disconnect`;
+  `scope["extensions"]["meshlb.disconnect"]` takes a cancel scope to cancel on that
+  hang-up instead (the relays: no task per request, see `meshlb.http_reader`);
 - a response without Content-Length is chunked; one that fits in one message is sent
   with its length in one write; sends after the client left are dropped (the
   disconnect reaches the app through `receive`);
@@ -41,6 +42,8 @@ import trio
 from hypercorn.config import Config
 from starlette.types import ASGIApp, Message
 
+from meshlb.http_reader import DISCONNECT_EXTENSION, ClientReader
+
 log = structlog.get_logger()
 GONE = (trio.BusyResourceError, trio.BrokenResourceError, trio.ClosedResourceError)
 
@@ -49,7 +52,6 @@ GRACEFUL_S = 5.0
 DRAIN_AFTER_UNREAD_S = 1.0
 MAX_HEADER_BYTES = 64 * 1024
 READ_BYTES = 65536
-MAX_PIPELINED_BYTES = 65536  # of a next request, buffered while the current one runs
 ASGI = {"version": "3.0", "spec_version": "2.3"}
 _SERVER_ERROR = b'{"error": "meshlb hit an internal error; it was logged on the node"}'
 
@@ -85,7 +87,8 @@ class _Exchange:
     async def receive(self) -> Message:
         conn = self.conn
         if self.body_done:
-            await conn.wait_hang_up()
+            conn.reader.watch()
+            await conn.reader.hung_up.wait()
             return {"type": "http.disconnect"}
         if conn.h11.client_is_waiting_for_100_continue:
             await conn.write(conn.h11.send(h11.InformationalResponse(status_code=100, headers=[])))
@@ -94,7 +97,7 @@ class _Exchange:
             try:
                 event = await conn.next_event(read=not parts)
             except h11.RemoteProtocolError:  # closed mid-body, or bad chunk framing
-                conn.gone = True
+                conn.reader.hang_up()
                 return {"type": "http.disconnect"}
             if isinstance(event, h11.Data):
                 parts.append(bytes(event.data))
@@ -139,14 +142,13 @@ class _Exchange:
 class _Connection:
     """One client connection: requests one after another on an h11 state machine."""
 
-    def __init__(self, server: _Server, stream: trio.SocketStream) -> None:
+    def __init__(self, server: _Server, stream: trio.SocketStream, spawn: trio.Nursery) -> None:
         self.server = server
         self.stream = stream
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
+        self.reader = ClientReader(stream, self.h11, spawn)
         self.date = server.date
-        self.gone = False  # the client hung up (or the socket broke)
         self.idle: trio.CancelScope | None = None  # set while waiting for a request
-        self._pipelined = 0
         try:
             peer = stream.socket.getpeername()
             self.client: tuple[str, int] | None = (str(peer[0]), int(peer[1]))
@@ -155,26 +157,17 @@ class _Connection:
         except OSError:
             self.client = self.local = None
 
+    @property
+    def gone(self) -> bool:
+        return self.reader.gone
+
     async def write(self, data: bytes) -> None:
-        if self.gone:
+        if self.reader.gone:
             return
         try:
             await self.stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            self.gone = True
-
-    async def _read(self) -> None:
-        """Feed h11 one read; an empty read (or a broken socket) is a hang-up."""
-        if self.gone:
-            self.h11.receive_data(b"")
-            return
-        try:
-            data = await self.stream.receive_some(READ_BYTES)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            data = b""
-        if not data:
-            self.gone = True
-        self.h11.receive_data(data)
+            self.reader.hang_up()
 
     async def next_event(self, read: bool = True) -> Any:
         """The next h11 event; NEED_DATA only when `read` is False."""
@@ -182,16 +175,7 @@ class _Connection:
             event = self.h11.next_event()
             if event is not h11.NEED_DATA or not read:
                 return event
-            await self._read()
-
-    async def wait_hang_up(self) -> None:
-        """Return when the client closes; a pipelined next request is kept for later."""
-        while not self.gone:
-            if self._pipelined >= MAX_PIPELINED_BYTES:
-                await trio.sleep_forever()  # enough buffered: the socket is not read
-            before = len(self.h11.trailing_data[0])
-            await self._read()
-            self._pipelined += len(self.h11.trailing_data[0]) - before
+            await self.reader.read()
 
     async def serve(self) -> None:
         try:
@@ -204,6 +188,7 @@ class _Connection:
         except h11.RemoteProtocolError as e:
             await self._refuse(e.error_status_hint)
         finally:
+            self.reader.close()
             self.stream.socket.close()
 
     async def _next_request(self) -> h11.Request | None:
@@ -229,6 +214,7 @@ class _Connection:
         await self.write(out)
 
     def _scope(self, request: h11.Request) -> dict[str, Any]:
+        """The ASGI scope; its `meshlb.disconnect` extension takes a cancel scope."""
         raw_path, _, query = bytes(request.target).partition(b"?")
         return {
             "type": "http",
@@ -243,7 +229,7 @@ class _Connection:
             "headers": list(request.headers),
             "client": self.client,
             "server": self.local,
-            "extensions": {},
+            "extensions": {DISCONNECT_EXTENSION: self.reader.cancel_on_hang_up},
         }
 
     async def _answer(self, request: h11.Request) -> bool:
@@ -267,7 +253,7 @@ class _Connection:
         if self.h11.our_state is not h11.DONE:
             return False  # Connection: close, or HTTP/1.0
         self.h11.start_next_cycle()
-        self._pipelined = 0
+        self.reader.next_cycle()
         return True
 
     def _rest_of_body_buffered(self) -> bool:
@@ -295,6 +281,7 @@ class _Connection:
         with trio.move_on_after(DRAIN_AFTER_UNREAD_S):
             try:
                 await self.stream.send_eof()
+                await self.reader.take_back()
                 while await self.stream.receive_some(READ_BYTES):
                     pass
             except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -316,8 +303,8 @@ class _Server:
         self.connections: set[_Connection] = set()
         self.idle_closed = trio.Event()
 
-    async def handle(self, stream: trio.SocketStream) -> None:
-        conn = _Connection(self, stream)
+    async def handle(self, stream: trio.SocketStream, spawn: trio.Nursery) -> None:
+        conn = _Connection(self, stream, spawn)
         self.connections.add(conn)
         try:
             await conn.serve()
@@ -373,7 +360,7 @@ async def _accept_loop(
             log.warning("accept failed", error=str(e))
             await trio.sleep(0.1)
             continue
-        connections.start_soon(server.handle, stream)
+        connections.start_soon(server.handle, stream, connections)
 
 
 class HangUpRacesAreNotErrors(logging.Filter):

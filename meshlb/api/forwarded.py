@@ -19,6 +19,7 @@ import trio
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from meshlb.api.errors import ApiError, error_response, stream_error_chunk
+from meshlb.api.hang_up import cancelled_on_hang_up
 from meshlb.backend.ollama import describe_http_error
 from meshlb.http_client import UpstreamError
 from meshlb.mesh.forward import PASSED_HEADERS
@@ -45,10 +46,6 @@ def reason_of(error: UpstreamError | httpx.HTTPError) -> str:
     return describe_http_error(error)
 
 
-class _ClientGone(Exception):
-    """The client hung up while the peer had not answered yet."""
-
-
 class ForwardedResponse:
     """ASGI response streaming an already-opened peer response to the client.
 
@@ -69,25 +66,19 @@ class ForwardedResponse:
         self._chunks = upstream.aiter_raw()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            first, failure = await self._first_chunk(receive)
-        except _ClientGone:
-            with trio.CancelScope(shield=True):
-                await self.upstream.aclose()
-            return
-        if failure is not None and self.retry is not None:
-            await self.upstream.aclose()
-            log.info("peer failed before its first byte, placing again", peer=self.peer)
-            await (await self._retry_app())(scope, receive, send)
-            return
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._watch_disconnect, receive, nursery.cancel_scope)
+        retry = False
+        async with cancelled_on_hang_up(scope, receive):
             try:
-                await self._relay(send, first, failure)
+                first, failure = await self._first_chunk()
+                retry = failure is not None and self.retry is not None
+                if not retry:
+                    await self._relay(send, first, failure)
             finally:
-                nursery.cancel_scope.cancel()
                 with trio.CancelScope(shield=True):
                     await self.upstream.aclose()
+        if retry:
+            log.info("peer failed before its first byte, placing again", peer=self.peer)
+            await (await self._retry_app())(scope, receive, send)
 
     async def _retry_app(self) -> ASGIApp:
         assert self.retry is not None
@@ -96,26 +87,13 @@ class ForwardedResponse:
         except ApiError as e:
             return error_response(e.status, e.message, e.headers, self.path)
 
-    async def _first_chunk(self, receive: Receive) -> tuple[bytes, str | None]:
-        """Wait for the peer's first body chunk (it may queue the request first) while
-        watching the client; (chunk, None), or (b"", reason) if the peer failed."""
-        result: tuple[bytes, str | None] = (b"", None)
-        with trio.CancelScope() as waiting:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._watch_disconnect, receive, waiting)
-                try:
-                    result = (await anext(self._chunks, b""), None)
-                except BROKEN as e:
-                    result = (b"", reason_of(e))
-                nursery.cancel_scope.cancel()
-        if waiting.cancelled_caught:
-            raise _ClientGone
-        return result
-
-    async def _watch_disconnect(self, receive: Receive, scope: trio.CancelScope) -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
-        scope.cancel()
+    async def _first_chunk(self) -> tuple[bytes, str | None]:
+        """The peer's first body chunk (it may queue the request first): (chunk, None),
+        or (b"", reason) if the peer failed."""
+        try:
+            return await anext(self._chunks, b""), None
+        except BROKEN as e:
+            return b"", reason_of(e)
 
     async def _relay(self, send: Send, first: bytes, failure: str | None) -> None:
         up = self.upstream

@@ -1,13 +1,12 @@
 """Run one Ollama-API task locally and relay Ollama's answer to the client byte by byte.
 
 Why a custom ASGI response: the task waits for its turn, then streams, and the
-client may leave at any moment. One `__call__` watches for `http.disconnect` the
-whole time (the server reports it on `receive`, it does not cancel the app), so a client
-that leaves while queued takes its task out of the queue, and one that leaves
-mid-stream cancels the upstream request. The slot is given back exactly once.
-A deadline (X-Meshlb-Timeout-S) covers queue and run: past it the client gets 504,
-or an error object if the answer had begun. A disconnect reported after a
-complete answer is the normal end of a request, not a hang-up, and is not counted.
+client may leave at any moment. The whole `__call__` runs in a scope the client's
+hang-up cancels (`meshlb.api.hang_up`), so a client that leaves while queued takes its
+task out of the queue, and one that leaves mid-stream cancels the upstream request.
+The slot is given back exactly once. A deadline (X-Meshlb-Timeout-S) covers queue
+and run: past it the client gets 504, or an error object if the answer had begun. A
+hang-up after a complete answer is the normal end of a request, and is not counted.
 """
 
 from __future__ import annotations
@@ -21,6 +20,7 @@ import trio
 from starlette.types import Message, Receive, Scope, Send
 
 from meshlb.api.errors import error_object, stream_error_chunk
+from meshlb.api.hang_up import cancelled_on_hang_up
 from meshlb.api.ports import NodeCounters
 from meshlb.backend.ollama import BackendError, OllamaBackend
 from meshlb.http_client import UpstreamError, UpstreamResponse
@@ -84,31 +84,22 @@ class RelayResponse:
                 self._answered = True
             await send(message)
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._watch_disconnect, receive, nursery.cancel_scope)
-            try:
+        try:
+            async with cancelled_on_hang_up(scope, receive) as hung_up:
                 with trio.move_on_at(self.task.deadline_at) as deadline:
                     await self._run(tracked)
                 if deadline.cancelled_caught:
                     await self._timed_out(tracked)
-            finally:
-                nursery.cancel_scope.cancel()
-                self._timer.done(self._tail)
-                if self._holding_slot:
-                    self.ctx.generation_rate.observe(generation_rate_from_tail(self._tail))
-                    self.ctx.scheduler.finish(self.task.task_id, tokens_from_tail(self._tail))
-                    self._holding_slot = False
-
-    async def _watch_disconnect(self, receive: Receive, scope: trio.CancelScope) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                if self._answered:
-                    return  # the normal end of a request, not a hang-up
+            # A hang-up after a complete answer is the normal end of a request.
+            if hung_up.cancelled_caught and not self._answered:
                 log.info("client disconnected, task cancelled", task=self.task.task_id)
                 self.ctx.counters.client_disconnects += 1
-                scope.cancel()
-                return
+        finally:
+            self._timer.done(self._tail)
+            if self._holding_slot:
+                self.ctx.generation_rate.observe(generation_rate_from_tail(self._tail))
+                self.ctx.scheduler.finish(self.task.task_id, tokens_from_tail(self._tail))
+                self._holding_slot = False
 
     async def _open_upstream(self) -> tuple[UpstreamResponse, float]:
         """Start the request at Ollama once the scheduler allows it; requeue while it is busy."""

@@ -44,6 +44,9 @@ class App:
                     break
         if path == "/slow":
             await self.release.wait()
+        if path == "/watch":
+            await self.watched(scope, send, body)
+            return
         if path == "/disconnect":
             await send({"type": "http.response.start", "status": 200, "headers": []})
             await send({"type": "http.response.body", "body": b"begun", "more_body": True})
@@ -53,6 +56,19 @@ class App:
         status = 413 if path == "/early" else 200
         await send({"type": "http.response.start", "status": status, "headers": []})
         await send({"type": "http.response.body", "body": path.encode() + b":" + body})
+
+    async def watched(self, scope: Scope, send: Send, body: bytes) -> None:
+        """Answer inside a cancel scope registered with the `meshlb.disconnect`
+        extension (as the relays do); b"hold" begins the answer and never ends it."""
+        with trio.CancelScope() as cancel:
+            scope["extensions"]["meshlb.disconnect"](cancel)
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            if body == b"hold":
+                await send({"type": "http.response.body", "body": b"begun", "more_body": True})
+                await trio.sleep_forever()
+            await send({"type": "http.response.body", "body": b"/watch:" + body})
+        self.after_body.append("cancelled" if cancel.cancelled_caught else "answered")
+        self.seen_disconnect.set()
 
 
 async def start(nursery: trio.Nursery, app: App) -> tuple[int, trio.Event]:
@@ -121,6 +137,40 @@ async def test_a_hang_up_after_the_body_reaches_the_app_as_disconnect() -> None:
         with trio.fail_after(2):
             await app.seen_disconnect.wait()
         assert app.after_body == ["http.disconnect"]
+        shutdown.set()
+
+
+async def test_a_hang_up_cancels_the_scope_registered_with_the_extension() -> None:
+    app = App()
+    async with trio.open_nursery() as nursery:
+        port, shutdown = await start(nursery, app)
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        await stream.send_all(post("/watch", b"hold"))
+        assert b"begun" in await stream.receive_some(65536)
+        await stream.aclose()
+        with trio.fail_after(2):
+            await app.seen_disconnect.wait()
+        assert app.after_body == ["cancelled"]
+        shutdown.set()
+
+
+async def test_watched_requests_keep_the_connection_one_after_another_and_pipelined() -> None:
+    """The hang-up watcher reads the socket while an answer runs: the next request,
+    whether it arrives later or together with the first, is still answered in order."""
+    app = App()
+    async with trio.open_nursery() as nursery:
+        port, shutdown = await start(nursery, app)
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        for n in range(3):
+            await stream.send_all(post("/watch", b"n%d" % n))
+            with trio.fail_after(2):
+                assert (await stream.receive_some(65536)).endswith(b"/watch:n%d" % n)
+        last = post("/watch", b"p2", b"Connection: close\r\n")
+        await stream.send_all(post("/watch", b"p1") + last)
+        answer = await read_until_closed(stream)
+        assert answer.count(b"HTTP/1.1 200") == 2
+        assert answer.index(b"/watch:p1") < answer.index(b"/watch:p2")
+        assert app.after_body == ["answered"] * 5
         shutdown.set()
 
 
