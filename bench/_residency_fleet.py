@@ -57,6 +57,7 @@ class Req:
     host: int = -1
     done: float = 0.0
     evaluated: int = 0
+    cached: int = 0  # leading prompt characters the slot it got held already
 
 
 @dataclass
@@ -109,9 +110,12 @@ class Members:
 class Fleet:
     """The fleet in virtual time, placing each arrival by one policy."""
 
-    def __init__(self, policy: str, seed: int, affinity: bool = True) -> None:
+    def __init__(
+        self, policy: str, seed: int, affinity: bool = True, think_s: tuple[float, float] = (5, 20)
+    ) -> None:
         self.policy = policy
         self.affinity = affinity
+        self.think_s = think_s  # a conversation's pause between a reply and its next turn
         self.rng = random.Random(seed)
         self.hosts = [
             Host(i, ModelMemory(memory_config(gb)), HOST_TPS[i], float(gb))
@@ -191,7 +195,7 @@ class Fleet:
                 continue
             r = h.waiting.pop(rid)
             h.running[rid] = r
-            cached = min(g.cached_chars, len(r.prompt))
+            cached = r.cached = min(g.cached_chars, len(r.prompt))
             r.evaluated = max(1, (len(r.prompt) - cached) // CHARS_PER_TOKEN)
             service = r.evaluated / (h.tps * PROMPT_FACTOR) + r.out_tokens / h.tps
             self.push(g.started_at + service, "finish", (h.idx, rid))
@@ -218,7 +222,7 @@ class Fleet:
             c = self.convs[r.conv]
             c.messages = [*c.messages, {"role": "assistant", "content": reply}]
             if c.turns_left > 0:
-                self.push(now + self.rng.uniform(5, 20), "turn", r.conv)
+                self.push(now + self.rng.uniform(*self.think_s), "turn", r.conv)
 
     # ---- what nodes gossip ----
 

@@ -75,11 +75,12 @@ def workload_a(seed: int, n: int) -> list[Req]:
 
 
 def workload_b(
-    seed: int, convs: int, background: int
+    seed: int, convs: int, background: int, faster: float = 1.0
 ) -> tuple[list[Req], list[tuple[float, Conversation]]]:
+    """`faster`: conversations start this many times as fast (same ones, same turns)."""
     rng = random.Random(seed + 1)
     weights = zipf_weights(len(MODELS))
-    span = convs * 1.5
+    span = convs * 1.5 / faster
     starts = []
     for i in range(convs):
         model = rng.choices(MODELS, weights)[0][0]
@@ -107,6 +108,30 @@ def summarize(fleet: Fleet) -> dict[str, Any]:
         "conv_p99_s": round(percentile(sorted(r.done - r.at for r in conv) or [0.0], 0.99), 2),
         "loads_by_host": [h.mem.loads for h in fleet.hosts],
         "forwarded": sum(1 for _, _, how in fleet.placements if how == "sent"),
+        **turn_facts(conv),
+    }
+
+
+def turn_facts(conv: list[Req]) -> dict[str, Any]:
+    """Why a conversation's prompt tokens are what they are: of the later turns, the
+    share that ran on the previous turn's host, and the share whose slot held the
+    previous prompt (a hit: over half the prompt cached); how many hosts ran the most
+    used model's turns."""
+    prev: dict[int, int] = {}
+    later = same = hits = 0
+    by_model: dict[str, set[int]] = {}
+    for r in sorted(conv, key=lambda r: (r.conv, -r.rid)):  # rid counts turns down
+        by_model.setdefault(r.model, set()).add(r.host)
+        if r.conv in prev:
+            later += 1
+            same += prev[r.conv] == r.host
+            hits += r.cached * 2 > len(r.prompt)
+        prev[r.conv] = r.host
+    hot = max(by_model, key=lambda m: sum(1 for r in conv if r.model == m), default="")
+    return {
+        "later_same_host_pct": round(100 * same / later, 1) if later else 0.0,
+        "slot_hit_pct": round(100 * hits / later, 1) if later else 0.0,
+        "hot_model_hosts": len(by_model.get(hot, ())),
     }
 
 
@@ -116,6 +141,18 @@ def run_seed(seed: int, n: int, convs: int, background: int) -> dict[str, Any]:
         fleet = Fleet(policy, seed)
         fleet.run(workload_a(seed, n), [])
         a[policy] = summarize(fleet)
+    b = {key: multi_turn(seed, convs, background, faster) for key, faster in MULTI_TURN}
+    return {"seed": seed, "single": a, **b, "goals": goals(a, b)}
+
+
+# B at its own pace (each model on about one host: affinity is moot), and the same
+# conversations starting SPREAD_FACTOR times as fast, which spreads the hot model over
+# several hosts (where a turn goes is then a real choice).
+SPREAD_FACTOR = 4.0
+MULTI_TURN = (("multi_turn", 1.0), ("multi_turn_spread", SPREAD_FACTOR))
+
+
+def multi_turn(seed: int, convs: int, background: int, faster: float) -> dict[str, Any]:
     b: dict[str, Any] = {}
     for name, policy, aff in (
         ("meshlb", "meshlb", True),
@@ -124,15 +161,16 @@ def run_seed(seed: int, n: int, convs: int, background: int) -> dict[str, Any]:
         ("residency_first", "residency_first", True),
     ):
         fleet = Fleet(policy, seed, affinity=aff)
-        reqs, starts = workload_b(seed, convs, background)
+        reqs, starts = workload_b(seed, convs, background, faster)
         fleet.run(reqs, starts)
         b[name] = summarize(fleet)
-    return {"seed": seed, "single": a, "multi_turn": b, "goals": goals(a, b)}
+    return b
 
 
 def goals(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     m, lc, rf = a["meshlb"], a["least_conn"], a["residency_first"]
-    mb, na = b["meshlb"], b["meshlb_no_affinity"]
+    mb, na = b["multi_turn"]["meshlb"], b["multi_turn"]["meshlb_no_affinity"]
+    ms, ns = b["multi_turn_spread"]["meshlb"], b["multi_turn_spread"]["meshlb_no_affinity"]
 
     def ratio(x: float, y: float) -> float:
         return round(x / y, 2) if y else float("inf")
@@ -146,6 +184,10 @@ def goals(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
             1 - mb["conv_prompt_tokens"] / na["conv_prompt_tokens"], 3
         ),
         "conv_p99_vs_no_affinity": ratio(mb["conv_p99_s"], na["conv_p99_s"]),
+        "spread_conv_prompt_tokens_saved": round(
+            1 - ms["conv_prompt_tokens"] / ns["conv_prompt_tokens"], 3
+        ),
+        "spread_conv_p99_vs_no_affinity": ratio(ms["conv_p99_s"], ns["conv_p99_s"]),
     }
     g["met"] = {
         "loads >= 5x fewer than least-connections": g["loads_vs_least_conn"] >= 5,
@@ -156,19 +198,28 @@ def goals(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
             g["conv_prompt_tokens_saved"] >= 0.4
         ),
         "multi-turn p99 within 10% of without affinity": g["conv_p99_vs_no_affinity"] <= 1.1,
+        f"spread ({SPREAD_FACTOR:g}x as fast): prompt tokens >= 40% fewer": (
+            g["spread_conv_prompt_tokens_saved"] >= 0.4
+        ),
+        f"spread ({SPREAD_FACTOR:g}x as fast): p99 within 10%": (
+            g["spread_conv_p99_vs_no_affinity"] <= 1.1
+        ),
     }
     return g
 
 
 def show(console: Console, run: dict[str, Any], n: int, convs: int) -> None:
     cols = ("loads_per_1000", "gpu_s_loading", "p50_s", "p99_s", "makespan_s", "prompt_tokens")
+    conv_cols = ("conv_p99_s", "later_same_host_pct", "slot_hit_pct", "hot_model_hosts")
+    b = f"seed {run['seed']} B: {convs} conversations x 4 turns"
     for key, title in (
         ("single", f"seed {run['seed']} A: {n} requests, Zipf 1.1, bursts"),
-        ("multi_turn", f"seed {run['seed']} B: {convs} conversations x 4 turns"),
+        ("multi_turn", b),
+        ("multi_turn_spread", f"{b}, starting {SPREAD_FACTOR:g}x as fast"),
     ):
         t = Table(title=title)
         t.add_column("policy")
-        extra_cols = ("loads", "conv_p99_s") if key == "multi_turn" else ("loads",)
+        extra_cols = ("loads", *conv_cols) if key != "single" else ("loads",)
         for c in (*cols, *extra_cols):
             t.add_column(c, justify="right")
         for policy, row in run[key].items():
@@ -210,7 +261,7 @@ def main() -> None:
     ap.add_argument("--no-smoke", action="store_true", help="--quick without the real processes")
     args = ap.parse_args()
     n, convs = (600, 40) if args.quick else (3000, 200)
-    console = Console()
+    console = Console(width=200)
     started = time.monotonic()
     seeds = [int(s) for s in args.seeds.split(",")]
     runs = [run_seed(seed, n, convs, args.background) for seed in seeds]

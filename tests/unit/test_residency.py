@@ -15,7 +15,6 @@ from meshlb.backend.catalog import (
     parse_ps,
 )
 from meshlb.backend.ollama import OllamaBackend
-from meshlb.mesh.affinity import ConversationMap, chat_turn, saving_s
 from meshlb.mesh.meta import MAX_META_BYTES, NodeMeta, decode_meta, encode_meta
 from meshlb.mesh.placement import (
     Candidate,
@@ -181,35 +180,30 @@ def test_nodes_that_must_start_a_load_pick_the_same_host() -> None:
     assert len(picks) == 1
 
 
-def test_conversation_host_wins_unless_its_wait_exceeds_the_saving() -> None:
-    both = (Resident(A, 4.0),)
-    hosts = [host("here", both, local=True), host("conv", both, running=4)]
-    near = place(TaskNeeds(A, 100, prefer="conv", prefer_saving_s=5.0), hosts, random.Random(1))
-    assert isinstance(near, SendTo) and near.node_id == "conv"
-    busy = [host("here", both, local=True), host("conv", both, queued=40, running=4)]
-    far = place(TaskNeeds(A, 100, prefer="conv", prefer_saving_s=5.0), busy, random.Random(1))
-    assert isinstance(far, RunHere)
+W = (Resident(A, 4.0),)  # A loaded; the task: A, 100 tokens = 2 s, 0.5 s a queued one
+HERE, NO_A = host("here", W, local=True), replace(host("here", local=True), models=frozenset())
+# (case, hosts, saving of the conversation's host "conv", expected node)
+AFFINITY = [
+    ("a 5 s saving beats an idle host here", [HERE, host("conv", W, running=4)], 5.0, "conv"),
+    ("a queue longer than the saving", [HERE, host("conv", W, queued=40, running=4)], 5, "here"),
+    ("a small saving beats the margin that keeps work here",
+     [HERE, host("conv", W), host("p", W)], 0.3, "conv"),
+    ("a small saving beats the coin of the two random picks",
+     [NO_A, host("conv", W), host("p", W), host("q", W)], 0.3, "conv"),
+    ("extra wait 1.0 s > saving 0.9 s", [HERE, host("conv", W, running=5)], 0.9, "here"),
+    ("extra wait 1.0 s < saving 1.1 s", [HERE, host("conv", W, running=5)], 1.1, "conv"),
+    ("its host gone: placed as any request", [HERE, host("p", W)], 5.0, "here"),
+]  # fmt: skip
 
 
-def test_chat_turn_keys_chain_turns() -> None:
-    t1 = [{"role": "user", "content": "hi"}]
-    t2 = [*t1, {"role": "assistant", "content": "hello"}, {"role": "user", "content": "more"}]
-    first, second = chat_turn(A, {"messages": t1}), chat_turn(A, {"messages": t2})
-    assert first is not None and first.previous is None
-    assert second is not None and second.previous == first.key and second.previous_chars > 0
-    other = chat_turn(B, {"messages": t2})
-    assert other is not None and other.previous != first.key  # per model
-    assert chat_turn(A, {"prompt": "x"}) is None
-    assert saving_s(4000, 50.0) == pytest.approx(1.0) and saving_s(4000, 0.0) == 0.0
-
-
-def test_conversation_map_is_bounded_least_recent_out() -> None:
-    m = ConversationMap(capacity=2)
-    m.put("k1", "a")
-    m.put("k2", "b")
-    assert m.get("k1") == "a"  # k1 is now the most recent
-    m.put("k3", "c")
-    assert (m.get("k1"), m.get("k2"), m.get("k3"), len(m)) == ("a", None, "c", 2)
+@pytest.mark.parametrize(("case", "hosts", "saving", "expected"), AFFINITY)
+def test_conversation_host_wins_unless_its_extra_wait_exceeds_the_saving(
+    case: str, hosts: list[Candidate], saving: float, expected: str
+) -> None:
+    task = TaskNeeds(A, 100, size_gb=4.0, prefer="conv", prefer_saving_s=saving)
+    for seed in range(20):
+        d = place(task, hosts, random.Random(seed))
+        assert (d.node_id if isinstance(d, SendTo) else "here") == expected, case
 
 
 def test_meta_round_trip_with_residency_fits_and_loaded_models_survive_a_cut() -> None:
