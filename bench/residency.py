@@ -10,7 +10,14 @@ requests over 6 models of 1.5-14 GB with Zipf popularity (s = 1.1), in bursts (3
 mean rate for 20 s of every 60 s), each entering at a random node. Workload B: 200
 conversations x 4 turns (each client talks to one node; 5-20 s between turns), Zipf
 over the same models; meshlb with and without conversation affinity (`--background N`
-adds N single requests over the same span, reported, not part of the goals).
+adds N single requests over the same span, reported, not part of the goals). At that
+pace each model runs on about one host, so every later turn returns to its host with
+or without affinity; B is run again with the same conversations starting 4x as fast
+(over 75 s instead of 300 s), which spreads the hot model over 3-4 hosts, where a turn's
+host is a real choice. Per-turn facts explain the prompt tokens: the share of later
+turns on the previous turn's host, the share whose slot still held the previous prompt
+(Ollama's runner has 4 slots per model and gives a request the free slot sharing the
+longest prefix, so each new prompt overwrites one conversation's cache).
 
 Policies: meshlb; round-robin; least-connections (fewest requests in hand, live);
 residency-first (a host that has the model loaded, per /api/ps as gossiped once a

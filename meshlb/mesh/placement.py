@@ -3,13 +3,12 @@
 The rule: estimate each candidate's completion time from its gossiped load (queue
 ahead, free slots, measured tokens/s, rpm/tpm headroom) and residency (a load, and
 what it evicts, when the model is not loaded there: `meshlb.mesh.residency`); a
-conversation's earlier host is credited with the prompt evaluation its cache saves,
-and taken whenever it is then the soonest (`conversation_host`); otherwise run here
-when this host has the model and is about as good as the best; otherwise send the task
-to the better of two random picks among the best few that are near the best (power of
-two choices), so that many nodes acting on the same stale gossip do not all herd onto
-one host, and a random pick never lands on a host that must load the model when
-another has it loaded. A host that would have to load the model (a load timed to
+conversation's earlier host is credited with the prompt evaluation its cache saves;
+run here when this host has the model and is about as good as the best; otherwise send
+the task to the better of two random picks among the best few that are near the best
+(power of two choices), so that many nodes acting on the same stale gossip do not all
+herd onto one host, and a random pick never lands on a host that must load the model
+when another has it loaded. A host that would have to load the model (a load timed to
 take time) gets no such preference for itself: a hop costs far less than a load; where
 a load must start, the emptier of the near-best hosts is chosen, ties by a rank every
 node computes alike (`rendezvous`), so nodes behind stale gossip start one model's
@@ -210,10 +209,6 @@ def place(task: TaskNeeds, candidates: Sequence[Candidate], rng: random.Random) 
     local_eta = etas.get(local.node_id) if local is not None else None
     if task.hops >= MAX_HOPS:  # forwarded already: run here or nowhere, never a 2nd hop
         return RunHere(local_eta) if local_eta is not None else NoHost()
-    if (conv := conversation_host(task, etas)) is not None:
-        if conv == local_id(local):
-            return RunHere(etas[conv])
-        return SendTo(conv, etas[conv], local_eta)
     if local is not None and local_eta is not None and must_load(local, task, timed=True):
         return _place_load(task, candidates, etas, local_eta, rng)
     remotes = sorted((eta, node_id) for node_id, eta in etas.items() if node_id != local_id(local))
@@ -230,19 +225,6 @@ def place(task: TaskNeeds, candidates: Sequence[Candidate], rng: random.Random) 
     if eta < local_eta * (1 - MIN_GAIN_FRACTION) and local_eta - eta >= MIN_GAIN_S:
         return SendTo(node_id, eta, local_eta)
     return RunHere(local_eta)
-
-
-def conversation_host(task: TaskNeeds, etas: dict[str, float]) -> str | None:
-    """The conversation's earlier host when it is the soonest of all with its cache
-    saving credited (ties included): taken outright, with neither the coin of the two
-    random picks (it would drop the best host a third of the time) nor the margin that
-    keeps work here. Both are there against herding on stale gossip; a conversation
-    names one host of its own, so there is no herd. Otherwise None: that host's extra
-    wait exceeds the saving, and placement proceeds as for any request."""
-    eta = etas.get(task.prefer) if task.prefer is not None else None
-    if eta is None or any(other < eta for other in etas.values()):
-        return None
-    return task.prefer
 
 
 def local_id(local: Candidate | None) -> str | None:
