@@ -112,6 +112,8 @@ class ClientReader:
             data = b""
         if not data:
             self.hang_up()
+        elif self.gone:  # a write failed meanwhile: h11 may be closed, the rest is moot
+            return 0
         self.h11.receive_data(data)
         return len(data)
 
