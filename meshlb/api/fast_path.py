@@ -27,7 +27,7 @@ from typing import Any
 import structlog
 import trio
 from starlette.requests import ClientDisconnect, Request
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from meshlb.api.body import (
     OLLAMA_TASK_ROUTES,
@@ -42,6 +42,7 @@ from meshlb.api.body import (
 )
 from meshlb.api.errors import ApiError, error_response, handle_unexpected, retry_after
 from meshlb.api.forwarded import ForwardedResponse
+from meshlb.api.metrics import run_counted
 from meshlb.api.ollama_routes import InferencePorts, place_in_mesh
 from meshlb.api.relay import LocalTask, RelayResponse
 from meshlb.api.work_errors import refused_to_error
@@ -112,18 +113,11 @@ class FastPath:
         if route is None:
             await self.fallback(scope, receive, send)
             return
-        status = 0
 
-        async def counted(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
+        async def answer(scope: Scope, receive: Receive, send: Send) -> None:
+            await self._answer(route, scope, receive, send)
 
-        try:
-            await self._answer(route, scope, receive, counted)
-        finally:
-            self._counts[(route.path, str(status) if status else "none")] += 1
+        await run_counted(answer, scope, receive, send, self._counts, lambda: route.path)
 
     async def _answer(self, route: Route, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["method"] != "POST":

@@ -69,6 +69,30 @@ class MetricsPorts:
     counters: NodeCounters
 
 
+async def run_counted(
+    app: ASGIApp,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    counts: Counter[tuple[str, str]],
+    route_of: Callable[[], str],
+) -> None:
+    """Run `app` and count `(route, status sent)` in `counts` when it ends, even by an
+    error ("none" when no answer began). Shared by Starlette's routes and the fast path."""
+    status = 0
+
+    async def watch(message: Message) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+        await send(message)
+
+    try:
+        await app(scope, receive, watch)
+    finally:
+        counts[(route_of(), str(status) if status else "none")] += 1
+
+
 def count_requests(requests: RequestStats, app: ASGIApp) -> ASGIApp:
     """ASGI wrapper: `meshlb_requests_total{route,status}` for every HTTP request.
 
@@ -80,20 +104,11 @@ def count_requests(requests: RequestStats, app: ASGIApp) -> ASGIApp:
         if scope["type"] != "http":
             await app(scope, receive, send)
             return
-        status = 0
 
-        async def watch(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
+        def route_of() -> str:
+            return getattr(scope.get("route"), "path", None) or UNMATCHED_ROUTE
 
-        try:
-            await app(scope, receive, watch)
-        finally:
-            route = scope.get("route")
-            path = getattr(route, "path", None) or UNMATCHED_ROUTE
-            counts[(path, str(status) if status else "none")] += 1
+        await run_counted(app, scope, receive, send, counts, route_of)
 
     return counted
 
