@@ -199,17 +199,21 @@ def model_routes(ctx: ModelPorts) -> list[Route]:
         name = model_field(payload, "model", "name")
         return fan_out(request, "/api/create", body, payload, name)
 
+    async def on_holders(model: str, method: str, path: str, body: bytes, what: str) -> list[str]:
+        """Run the request on every host that has `model`: the hosts it succeeded on;
+        502 naming the hosts that failed, 404 when no host has the model."""
+        hosts = await holders(ctx, model)
+        done, _, failed = split_results(await each_host(reach, method, path, hosts, body))
+        if failed:
+            raise ApiError(502, failure_sentence(what, failed, set(done)))
+        if not done:
+            raise ApiError(404, f"model '{model}' not found")
+        return done
+
     async def delete(request: Request) -> Response:
         body, payload = await read_payload(ctx, request)
         name = model_field(payload, "model", "name")
-        hosts = await holders(ctx, name)
-        done, _, failed = split_results(
-            await each_host(reach, "DELETE", "/api/delete", hosts, body)
-        )
-        if failed:
-            raise ApiError(502, failure_sentence(f"delete of '{name}'", failed, set(done)))
-        if not done:
-            raise ApiError(404, f"model '{name}' not found")
+        done = await on_holders(name, "DELETE", "/api/delete", body, f"delete of '{name}'")
         await await_mesh_view(ctx, name, done, present=False)
         return done_response(done)
 
@@ -217,12 +221,7 @@ def model_routes(ctx: ModelPorts) -> list[Route]:
         body, payload = await read_payload(ctx, request)
         source = model_field(payload, "source")
         destination = model_field(payload, "destination")
-        hosts = await holders(ctx, source)
-        done, _, failed = split_results(await each_host(reach, "POST", "/api/copy", hosts, body))
-        if failed:
-            raise ApiError(502, failure_sentence(f"copy of '{source}'", failed, set(done)))
-        if not done:
-            raise ApiError(404, f"model '{source}' not found")
+        done = await on_holders(source, "POST", "/api/copy", body, f"copy of '{source}'")
         await await_mesh_view(ctx, destination, done, present=True)
         return done_response(done)
 
