@@ -17,7 +17,7 @@ from meshlb.advertise import resolve_advertise
 from meshlb.api.app import build_app
 from meshlb.config import NodeSettings
 from meshlb.http_server import serve_app
-from meshlb.mesh.announce import announce_loop
+from meshlb.mesh.announce import ANNOUNCE_INTERVAL_S, announce_loop
 from meshlb.mesh.meta import encode_meta
 from meshlb.node_api import api_parts
 from meshlb.node_build import Node, build_node
@@ -140,7 +140,13 @@ async def run_node(
             nursery.start_soon(sample_forever, node.series, node.requests, node.scheduler.stats)
             membership_events = node.gossip.subscribe()
             await nursery.start(node.gossip.run)
-            nursery.start_soon(announce_loop, node.own_meta, node.gossip)
+            nursery.start_soon(
+                announce_loop,
+                node.own_meta,
+                node.gossip,
+                ANNOUNCE_INTERVAL_S,
+                node.catalog.residency.changed,
+            )
             nursery.start_soon(node.tasks.mesh.follow_gossip, membership_events)
             await nursery.start(serve_app, build_app(api_parts(node)), host, port, shutdown)
             nursery.start_soon(join_then_recover, node)

@@ -6,11 +6,16 @@ at most once per `min_miss_refresh_s`, when a request names a model it does not 
 (so a model pulled a second ago works without waiting for the timer).
 
 `LocalResidency` does the same for `/api/ps` (which models are loaded, their size and
-expiry): read on a timer and, at most every `min_interval_s`, after an answer (a
-request may have loaded or evicted a model). It reads only what real Ollama reports:
-`/api/ps` entries and the `load_duration` of answers (its load rate is measured from
-cold loads: the loaded size over load_duration; a model that appeared and answered
-with load_duration ~0 shows a host that loads instantly).
+expiry): read on a timer and right after an answer (a request may have loaded or
+evicted a model), at most every `min_interval_s`. When what it read changes what the
+mesh should know (the loaded models, the load rate) it kicks `changed`, so the node
+gossips it at once instead of at its next announce round: until peers know where a
+model went, each of them may start loading it somewhere else.
+
+It reads only what real Ollama reports: `/api/ps` entries and the `load_duration` of
+answers (its load rate is measured from cold loads: the loaded size over the longest
+load_duration since the last read; a model that appeared and answered with
+load_duration ~0 shows a host that loads instantly).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import structlog
 import trio
 
 from meshlb.backend.ollama import BackendError, OllamaBackend
+from meshlb.drivers.wakeup import Wakeup
 from meshlb.mesh.residency import INSTANT_GBPS
 from meshlb.model_names import canonical_model
 
@@ -176,9 +182,11 @@ class LocalResidency:
         self.load_gbps: float | None = None
         self.active: Counter[str] = Counter()
         self.evicted_seen = False
-        self._timed: dict[str, float] = {}  # load_duration of answers since the last read
-        self._dirty = False
-        self._last_read_at = -math.inf
+        # The longest load_duration per model of the answers since the last read: a
+        # warm answer right after the cold one must not hide the load it follows.
+        self._timed: dict[str, float] = {}
+        self._answered = Wakeup()
+        self.changed = Wakeup()  # kicked when the loaded models or the load rate change
 
     def begin(self, model: str) -> None:
         self.active[canonical_model(model)] += 1
@@ -190,10 +198,10 @@ class LocalResidency:
         self.active[name] -= 1
         if self.active[name] <= 0:
             del self.active[name]
-        self._dirty = True
         took_s = load_duration_s(tail) if tail else None
-        if took_s is not None:
-            self._timed[name] = took_s  # its size comes with the next /api/ps read
+        if took_s is not None:  # its size comes with the next /api/ps read
+            self._timed[name] = max(took_s, self._timed.get(name, 0.0))
+        self._answered.kick()
 
     def observe_load(self, size_bytes: int, took_s: float) -> None:
         rate = size_bytes / GB / took_s
@@ -204,6 +212,7 @@ class LocalResidency:
         appeared was evicted for it: memory is full at the most seen loaded at once,
         which is then the learned memory (until then none is assumed)."""
         wall = self._wall() if now is None else now
+        before = (set(self.loaded), self.load_gbps)
         new = {m.name: m for m in models}
         appeared = set(new) - set(self.loaded)
         gone = [m for n, m in self.loaded.items() if n not in new]
@@ -220,6 +229,8 @@ class LocalResidency:
         self._timed.clear()
         self.max_seen_bytes = max(self.max_seen_bytes, sum(m.size_bytes for m in models))
         self.loaded, self.known = new, True
+        if (set(new), self.load_gbps) != before:
+            self.changed.kick()
 
     def learned_memory_gb(self) -> float | None:
         """The most seen loaded at once, once an eviction showed memory is that full."""
@@ -229,8 +240,6 @@ class LocalResidency:
 
     async def read(self) -> None:
         """Re-read `/api/ps`; on failure keep what was known."""
-        self._last_read_at = trio.current_time()
-        self._dirty = False
         try:
             doc = await self._backend.get_json("/api/ps")
         except BackendError:
@@ -238,9 +247,12 @@ class LocalResidency:
         self.apply(parse_ps(doc))
 
     async def run(self) -> None:
-        """Forever: read after answers (at most every min_interval_s) and on the timer."""
+        """Forever: read on the timer and after answers (at most every min_interval_s;
+        an answer that ends meanwhile is read at the end of that pause)."""
         while True:
-            since = trio.current_time() - self._last_read_at
-            if self._dirty or since >= self._refresh_s:
-                await self.read()
+            self._answered.rearm()
+            await self.read()
             await trio.sleep(self._min_interval_s)
+            await self._answered.sleep_until(
+                trio.current_time() + self._refresh_s - self._min_interval_s
+            )

@@ -27,6 +27,11 @@ class Wakeup:
     def kick(self) -> None:
         self._event.set()
 
+    @property
+    def kicked(self) -> bool:
+        """A kick came since the last `rearm` (the next sleep returns at once)."""
+        return self._event.is_set()
+
     def nudge(self, deadline: float | None) -> None:
         """Kick only if `deadline` is earlier than the one slept until: a core whose
         next deadline did not move needs no extra step (half the wake-ups of a busy

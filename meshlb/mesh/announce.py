@@ -3,6 +3,9 @@
 The local metadata (HTTP address, models, load) is rebuilt once per interval and
 handed to gossip only when its bytes changed: each update bumps this node's
 incarnation and is piggybacked to every member, so unchanged numbers cost nothing.
+A kick (the local Ollama loaded or evicted a model) rebuilds it at once: peers place
+by residency, and a round's delay is a window for each of them to load the model
+somewhere else.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import structlog
 import trio
 
 from meshlb.backend.catalog import LocalResidency
+from meshlb.drivers.wakeup import Wakeup
 from meshlb.mesh.candidates import candidate
 from meshlb.mesh.meta import Load, Moves, NodeMeta, encode_meta
 from meshlb.mesh.placement import Candidate
@@ -94,14 +98,20 @@ def local_moves(forwarded_requests: int, driver_moves: tuple[int, int, int, int]
 
 
 async def announce_loop(
-    meta: Callable[[], NodeMeta], sink: MetaSink, interval_s: float = ANNOUNCE_INTERVAL_S
+    meta: Callable[[], NodeMeta],
+    sink: MetaSink,
+    interval_s: float = ANNOUNCE_INTERVAL_S,
+    kicks: Wakeup | None = None,
 ) -> None:
-    """Forever: push changed metadata to gossip at most once per interval.
+    """Forever: push changed metadata to gossip once per interval, or at once when
+    `kicks` is kicked.
 
     A round that fails (a figure that cannot be encoded) is logged and skipped: the
     announcer must never take the node down with it."""
+    wakeup = kicks if kicks is not None else Wakeup()
     last = b""
     while True:
+        wakeup.rearm()
         try:
             data = encode_meta(meta())
         except Exception as e:  # one bad round must not kill the node
@@ -110,4 +120,4 @@ async def announce_loop(
             if data != last:
                 sink.update_meta(data)
                 last = data
-        await trio.sleep(interval_s)
+        await wakeup.sleep_until(trio.current_time() + interval_s)

@@ -295,6 +295,35 @@ def test_local_residency_times_loads_from_answers_and_the_next_ps_read() -> None
     assert res.load_gbps == pytest.approx(2.0)
 
 
+def test_a_warm_answer_before_the_next_read_does_not_hide_the_cold_load() -> None:
+    """Two answers end before /api/ps is read again: the first loaded the model (1 s),
+    the second found it loaded (~0 s). The host loads slowly, not instantly: taking the
+    last answer's figure marked it instant, and its loads then looked free (the flake
+    of tests/integration/test_residency.py: one host reloaded a model 5 times)."""
+    res = reader()
+    res.apply([])
+    res.end(A, b'"load_duration":1000000000}')
+    res.end(A, b'"load_duration":300000}')
+    res.apply([LoadedModel(A, 2_000_000_000, 1300.0)])
+    assert res.load_gbps == pytest.approx(2.0)
+
+
+def test_what_the_mesh_must_know_kicks_an_announce_and_nothing_else_does() -> None:
+    res = reader()
+    res.apply([])
+    res.changed.rearm()
+    res.apply([])
+    assert not res.changed.kicked  # nothing new
+    res.apply([LoadedModel(A, 2_000_000_000, 1300.0)])
+    assert res.changed.kicked  # a model appeared
+    res.changed.rearm()
+    res.apply([LoadedModel(A, 2_000_000_000, 1310.0)])
+    assert not res.changed.kicked  # only its expiry moved
+    res.end(A, b'"load_duration":1000000000}')
+    res.apply([LoadedModel(A, 2_000_000_000, 1310.0)])
+    assert res.changed.kicked  # the load rate was learned
+
+
 def test_a_model_loaded_for_an_answer_in_no_time_marks_the_host_instant() -> None:
     res = reader()
     res.apply([])
