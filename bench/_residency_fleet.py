@@ -62,10 +62,15 @@ class Req:
 
 @dataclass
 class Conversation:
+    """One client's chat. Its own `rng` draws its messages, reply lengths and pauses,
+    so every policy sees the same conversations: placement draws from the fleet's rng,
+    and a shared one would let one placement change every later turn's text."""
+
     cid: int
     model: str
     entry: int
     turns_left: int
+    rng: random.Random
     messages: list[dict[str, str]] = field(default_factory=list)
 
 
@@ -78,6 +83,7 @@ class Host:
     waiting: dict[int, Req] = field(default_factory=dict)
     running: dict[int, Req] = field(default_factory=dict)
     active: dict[str, int] = field(default_factory=dict)
+    served: dict[str, int] = field(default_factory=dict)  # requests started per model
     loading: set[str] = field(default_factory=set)
     load_s: float = 0.0
     measured: bool = False
@@ -169,11 +175,11 @@ class Fleet:
 
     def next_turn(self, cid: int, now: float) -> None:
         c = self.convs[cid]
-        user = f"{cid:05d}/{c.turns_left}|" + "u" * self.rng.randint(200, 800)
+        user = f"{cid:05d}/{c.turns_left}|" + "u" * c.rng.randint(200, 800)
         c.messages = [*c.messages, {"role": "user", "content": user}]
         prompt = "".join(m["content"] for m in c.messages)
         rid = 10_000_000 + cid * 10 + c.turns_left
-        out = self.rng.randint(50, 200)
+        out = c.rng.randint(50, 200)
         req = Req(rid, now, c.model, prompt, out, c.entry, list(c.messages), cid)
         c.turns_left -= 1
         self.arrive(req, now)
@@ -184,6 +190,7 @@ class Fleet:
         h = self.hosts[r.host]
         h.waiting[r.rid] = r
         h.active[r.model] = h.active.get(r.model, 0) + 1
+        h.served[r.model] = h.served.get(r.model, 0) + 1
         h.mem.submit(Ask(r.rid, r.model, int(self.sizes[r.model] * GB), prompt=r.prompt), now)
         self.after(h, now)
 
@@ -222,7 +229,7 @@ class Fleet:
             c = self.convs[r.conv]
             c.messages = [*c.messages, {"role": "assistant", "content": reply}]
             if c.turns_left > 0:
-                self.push(now + self.rng.uniform(*self.think_s), "turn", r.conv)
+                self.push(now + c.rng.uniform(*self.think_s), "turn", r.conv)
 
     # ---- what nodes gossip ----
 
@@ -230,7 +237,13 @@ class Fleet:
         """What host `h`'s node says of itself now (gossip carries it once a second)."""
         now = self.now
         loaded = tuple(
-            Resident(x.model, x.size / GB, h.active.get(x.model, 0), x.expires_at)
+            Resident(
+                x.model,
+                x.size / GB,
+                h.active.get(x.model, 0),
+                x.expires_at,
+                h.served.get(x.model, 0),
+            )
             for x in h.mem.loaded(now)
         )
         res = Residency(loaded, h.memory_gb, LOAD_GBPS if h.measured else None)

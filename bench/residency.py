@@ -8,9 +8,11 @@ Fleet: 6 hosts with 8, 8, 12, 16, 24, 24 GB (faster the bigger), 4 slots per mod
 loads at 1 GB/s + 0.5 s, keep_alive 5 min, at most 3 models each. Workload A: 3 000
 requests over 6 models of 1.5-14 GB with Zipf popularity (s = 1.1), in bursts (3x the
 mean rate for 20 s of every 60 s), each entering at a random node. Workload B: 200
-conversations x 4 turns (each client talks to one node; 5-20 s between turns), Zipf
-over the same models; meshlb with and without conversation affinity (`--background N`
-adds N single requests over the same span, reported, not part of the goals). At that
+conversations x 4 turns (each client talks to one node; 5-20 s between turns; each
+conversation draws its texts and pauses from its own seeded rng, so every policy runs
+the very same conversations), Zipf over the same models; meshlb with and without
+conversation affinity (`--background N` adds N single requests over the same span,
+reported, not part of the goals). At that
 pace each model runs on about one host, so every later turn returns to its host with
 or without affinity; B is run again with the same conversations starting 4x as fast
 (over 75 s instead of 300 s), which spreads the hot model over 3-4 hosts, where a turn's
@@ -91,7 +93,8 @@ def workload_b(
     starts = []
     for i in range(convs):
         model = rng.choices(MODELS, weights)[0][0]
-        starts.append((rng.uniform(0, span), Conversation(i, model, rng.randrange(6), 4)))
+        at, entry = rng.uniform(0, span), rng.randrange(6)
+        starts.append((at, Conversation(i, model, entry, 4, random.Random(seed * 1_000_003 + i))))
     bg = single_requests(rng, background, rate=background / (span + 60), first_id=5_000_000)
     return (bg if background else []), starts
 

@@ -181,6 +181,7 @@ class LocalResidency:
         self.max_seen_bytes = 0
         self.load_gbps: float | None = None
         self.active: Counter[str] = Counter()
+        self.served: Counter[str] = Counter()  # requests started per model, ever
         self.evicted_seen = False
         # The longest load_duration per model of the answers since the last read: a
         # warm answer right after the cold one must not hide the load it follows.
@@ -189,7 +190,9 @@ class LocalResidency:
         self.changed = Wakeup()  # kicked when the loaded models or the load rate change
 
     def begin(self, model: str) -> None:
-        self.active[canonical_model(model)] += 1
+        name = canonical_model(model)
+        self.active[name] += 1
+        self.served[name] += 1
 
     def end(self, model: str, tail: bytes = b"") -> None:
         """An answer for `model` ended: count it out, learn the load rate from its

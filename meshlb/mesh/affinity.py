@@ -10,6 +10,16 @@ the cache saves (placement still sends it elsewhere when that host's extra wait
 exceeds the saving). The map is per node and not gossiped: the node a client talks to
 records where it placed each turn, and the serving node records what it ran (the
 forwarded request carries the messages, so it hashes them itself).
+
+The saving is credited only as likely as the prefix is still there. A runner has a
+few slots (OLLAMA_NUM_PARALLEL) and gives each request the free slot whose last
+prompt shares the longest prefix with it (`findLongestCacheSlot`, Ollama's default),
+so a prompt of another conversation overwrites a slot: after n other requests for the
+model on that host the turn's slot survives with about `SLOT_SURVIVAL`^n. Crediting
+the full saving regardless (the first version) pulled turns to a busy host whose
+cache had long turned over: more wait, no tokens saved. Each host gossips how many
+requests per loaded model it has started (`Resident.served`); the map keeps that
+count as of the turn, and the difference is n.
 Pure: no I/O, no clock.
 """
 
@@ -28,6 +38,12 @@ CHARS_PER_TOKEN = 4.0
 # Prompt evaluation runs this many times faster than generation (GPUs batch prompts;
 # 10-50x is typical; the simulator's default is 20x).
 PROMPT_EVAL_FACTOR = 20.0
+# The chance a turn's slot survives one more request for the model on its host. With
+# 4 slots, a uniformly chosen victim would give 0.75; Ollama's rule reuses the first
+# free slot for every miss, which is worse: the simulator (which follows it) kept a
+# turn's prefix 96/69/34/24/10 % of the time after 0/1/2/3/4 other requests
+# (bench/residency.py, seed 11), about 0.6 per request.
+SLOT_SURVIVAL = 0.6
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +83,13 @@ def chat_turn(model: str, payload: Mapping[str, Any]) -> Turn | None:
     return Turn(key, previous, chars)
 
 
+def survival(served_then: int, served_now: int) -> float:
+    """The chance a turn's prefix is still in a slot on its host: `served_then` is the
+    host's count of started requests for the model when the turn was placed (the turn
+    itself is the next one), `served_now` the count now."""
+    return SLOT_SURVIVAL ** max(0, served_now - served_then - 1)
+
+
 def saving_s(previous_chars: int, tokens_per_s: float) -> float:
     """Seconds of prompt evaluation a cached prefix of `previous_chars` saves on a host
     generating at `tokens_per_s` (0 when the speed is unknown)."""
@@ -75,14 +98,22 @@ def saving_s(previous_chars: int, tokens_per_s: float) -> float:
     return previous_chars / CHARS_PER_TOKEN / (tokens_per_s * PROMPT_EVAL_FACTOR)
 
 
+@dataclass(frozen=True, slots=True)
+class Served:
+    """Where a turn ran, and that host's count of started requests for its model then."""
+
+    host: str
+    served: int = 0
+
+
 class ConversationMap:
-    """Bounded map: conversation key -> the host that served it (least recent out)."""
+    """Bounded map: conversation key -> where it was served (least recent out)."""
 
     def __init__(self, capacity: int = MAX_CONVERSATIONS) -> None:
         self._capacity = capacity
-        self._hosts: OrderedDict[str, str] = OrderedDict()
+        self._hosts: OrderedDict[str, Served] = OrderedDict()
 
-    def get(self, key: str | None) -> str | None:
+    def get(self, key: str | None) -> Served | None:
         if key is None:
             return None
         host = self._hosts.get(key)
@@ -90,7 +121,7 @@ class ConversationMap:
             self._hosts.move_to_end(key)
         return host
 
-    def put(self, key: str, host: str) -> None:
+    def put(self, key: str, host: Served) -> None:
         self._hosts[key] = host
         self._hosts.move_to_end(key)
         while len(self._hosts) > self._capacity:

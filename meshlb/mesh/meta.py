@@ -100,6 +100,9 @@ class _MetaWire(BaseModel):
     u: bool = True
     # [index into m, size in 0.1 GB, expires_at (unix s), requests here] per loaded model
     rs: list[tuple[int, int, int, int]] | None = None
+    # requests started per loaded model, in rs's order (its own field: a 5th element
+    # in rs would make an older peer reject the whole metadata)
+    sv: list[int] | None = None
     mg: int | None = Field(None, ge=0)  # memory, 0.1 GB
     lr: int | None = Field(None, ge=0)  # load rate, MB/s
 
@@ -145,6 +148,7 @@ def _pack(meta: NodeMeta, models: tuple[str, ...], truncated: bool) -> bytes:
     extra: dict[str, object] = {}
     if meta.resident is not None:
         extra["rs"] = _resident_wire(meta, models)
+        extra["sv"] = [_u(r.served) or 0 for r in meta.resident if r.model in models]
     if meta.memory_gb is not None:
         extra["mg"] = _dg(meta.memory_gb)
     if meta.load_gbps is not None:
@@ -206,9 +210,16 @@ def decode_meta(data: bytes) -> NodeMeta | None:
     lo = wire.lo
     resident = None
     if wire.rs is not None:
+        served = wire.sv if wire.sv is not None and len(wire.sv) == len(wire.rs) else None
         resident = tuple(
-            Resident(wire.m[i], size / 10, max(0, active), float(expires))
-            for i, size, expires, active in wire.rs
+            Resident(
+                wire.m[i],
+                size / 10,
+                max(0, active),
+                float(expires),
+                max(0, served[k]) if served is not None else 0,
+            )
+            for k, (i, size, expires, active) in enumerate(wire.rs)
             if 0 <= i < len(wire.m) and size >= 0
         )
     return NodeMeta(

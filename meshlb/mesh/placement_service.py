@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Any, Protocol
 
-from meshlb.mesh.affinity import ConversationMap
+from meshlb.mesh.affinity import ConversationMap, Served
 from meshlb.mesh.candidates import RecentlySent
 from meshlb.mesh.placement import (
     MAX_HOPS,
@@ -41,7 +41,7 @@ from meshlb.mesh.placement import (
     TaskNeeds,
     place,
 )
-from meshlb.mesh.residency_placement import SentModels, task_needs, with_sent
+from meshlb.mesh.residency_placement import SentModels, served_on, task_needs, with_sent
 from meshlb.model_names import canonical_model
 
 
@@ -162,7 +162,8 @@ class PlacementService:
         decision = self._strategy(needs, usable, self._rng)
         if turn is not None and not isinstance(decision, NoHost):  # where this turn runs
             host = decision.node_id if isinstance(decision, SendTo) else self.node_id
-            self.conversations.put(turn.key, host)
+            runs_on = served_on(next((c for c in usable if c.node_id == host), None), wanted)
+            self.conversations.put(turn.key, runs_on or Served(host))
         reason = self._reason(decision, hops, able - exclude, able & exclude)
         return Placement(decision, reason, needs)
 

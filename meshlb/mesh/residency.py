@@ -51,12 +51,15 @@ OFFLOAD_SLOWDOWN = 5.0
 
 @dataclass(frozen=True, slots=True)
 class Resident:
-    """One model loaded on a host; `active` = its requests there, queued or running."""
+    """One model loaded on a host; `active` = its requests there, queued or running;
+    `served` = requests for it that host's node has started so far (a counter: how
+    often its runner's prompt-cache slots turned over, for conversation affinity)."""
 
     model: str
     size_gb: float
     active: int = 0
     expires_at: float = math.inf  # wall clock; orders idle victims (soonest first)
+    served: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from meshlb.mesh.affinity import ConversationMap, Turn, chat_turn, saving_s
+from meshlb.mesh.affinity import ConversationMap, Served, Turn, chat_turn, saving_s, survival
 from meshlb.mesh.meta import NodeMeta
 from meshlb.mesh.placement import Candidate, TaskNeeds
 from meshlb.mesh.residency import Residency, Resident, model_size_gb
@@ -58,13 +58,13 @@ class SentModels:
 
 def with_sent(res: Residency | None, sent: Sequence[Resident]) -> Residency | None:
     """`res` with the models sent there since its last update counted as loaded (in
-    their memory) and busy."""
+    their memory), busy and started."""
     if res is None or not sent:
         return res
     loaded = {r.model: r for r in res.loaded}
     for s in sent:
         r = loaded.get(s.model) or replace(s, active=0)
-        loaded[s.model] = replace(r, active=r.active + s.active)
+        loaded[s.model] = replace(r, active=r.active + s.active, served=r.served + s.active)
     return replace(res, loaded=tuple(loaded.values()))
 
 
@@ -100,11 +100,31 @@ def task_needs(
     record where it ran). `conversations` None: affinity off."""
     size = model_size_gb([c.residency for c in candidates], task.model, known_gb)
     turn = chat_turn(task.model, payload) if payload is not None else None
-    prefer = conversations.get(turn.previous) if turn and conversations is not None else None
+    seen = conversations.get(turn.previous) if turn and conversations is not None else None
     saving = 0.0
-    if prefer is not None and turn is not None:
-        host = next((c for c in candidates if c.node_id == prefer), None)
+    if seen is not None and turn is not None:
+        host = next((c for c in candidates if c.node_id == seen.host), None)
         rates = sorted(c.tokens_per_s for c in candidates if c.tokens_per_s > 0)
         rate = host.tokens_per_s if host is not None and host.tokens_per_s > 0 else 0.0
         saving = saving_s(turn.previous_chars, rate or (rates[len(rates) // 2] if rates else 0))
+        saving *= cached_chance(host, task.model, seen)
+    prefer = seen.host if seen is not None else None
     return replace(task, size_gb=size, prefer=prefer, prefer_saving_s=saving), turn
+
+
+def cached_chance(host: Candidate | None, model: str, seen: Served) -> float:
+    """How likely the turn's prefix is still cached on its host: 0 when the host no
+    longer has the model loaded; 1 when it gossips no residency (nothing to go by);
+    else by the requests it started for the model since (`affinity.survival`)."""
+    if host is None or host.residency is None:
+        return 1.0
+    resident = host.residency.resident(model)
+    return 0.0 if resident is None else survival(seen.served, resident.served)
+
+
+def served_on(host: Candidate | None, model: str) -> Served | None:
+    """Where a turn is going and that host's started-request count for its model."""
+    if host is None:
+        return None
+    resident = host.residency.resident(model) if host.residency is not None else None
+    return Served(host.node_id, resident.served if resident is not None else 0)

@@ -3,8 +3,9 @@ and unloads sent to the hosts that hold the model.
 
 - `gossiped`: the residency fields of this node's metadata (loaded models with their
   size, expiry rounded down to `EXPIRY_STEP_S` so a stream of requests that keeps
-  pushing a model's keep_alive does not change the bytes every second, and the
-  requests in hand for each; the model memory; the measured load rate).
+  pushing a model's keep_alive does not change the bytes every second, the requests
+  in hand for each and how many were started; the model memory; the measured load
+  rate).
 - `WatchedAnswer`: around the relay of a request run on the local Ollama, counts the
   request in hand for its model while it runs (peers price what evicting it costs)
   and hands the end of the answer to `LocalResidency.end`, which times the load from
@@ -50,6 +51,7 @@ def gossiped(
             m.expires_at // EXPIRY_STEP_S * EXPIRY_STEP_S
             if math.isfinite(m.expires_at)
             else m.expires_at,
+            res.served.get(m.name, 0),
         )
         for m in res.loaded.values()
         if res.active.get(m.name, 0) > 0 or m.expires_at >= now

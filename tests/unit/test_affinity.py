@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import pytest
 
-from meshlb.mesh.affinity import ConversationMap, chat_turn, saving_s
+from meshlb.mesh.affinity import (
+    SLOT_SURVIVAL,
+    ConversationMap,
+    Served,
+    chat_turn,
+    saving_s,
+    survival,
+)
 
 A, B = "a:latest", "b:latest"
 
@@ -24,8 +31,24 @@ def test_chat_turn_keys_chain_turns() -> None:
 
 def test_conversation_map_is_bounded_least_recent_out() -> None:
     m = ConversationMap(capacity=2)
-    m.put("k1", "a")
-    m.put("k2", "b")
-    assert m.get("k1") == "a"  # k1 is now the most recent
-    m.put("k3", "c")
-    assert (m.get("k1"), m.get("k2"), m.get("k3"), len(m)) == ("a", None, "c", 2)
+    a, b, c = Served("a"), Served("b", 3), Served("c")
+    m.put("k1", a)
+    m.put("k2", b)
+    assert m.get("k1") == a  # k1 is now the most recent
+    m.put("k3", c)
+    assert (m.get("k1"), m.get("k2"), m.get("k3"), len(m)) == (a, None, c, 2)
+
+
+@pytest.mark.parametrize(
+    ("then", "now", "chance"),
+    [
+        (10, 11, 1.0),  # only the turn itself started since: its slot is intact
+        (10, 12, SLOT_SURVIVAL),  # one other request
+        (10, 14, SLOT_SURVIVAL**3),
+        (10, 10, 1.0),  # gossip has not shown the turn start yet
+    ],
+)
+def test_a_prefix_survives_each_other_request_on_its_host_with_a_fixed_chance(
+    then: int, now: int, chance: float
+) -> None:
+    assert survival(then, now) == pytest.approx(chance)

@@ -15,6 +15,7 @@ from meshlb.backend.catalog import (
     parse_ps,
 )
 from meshlb.backend.ollama import OllamaBackend
+from meshlb.mesh.affinity import SLOT_SURVIVAL
 from meshlb.mesh.meta import MAX_META_BYTES, NodeMeta, decode_meta, encode_meta
 from meshlb.mesh.placement import (
     Candidate,
@@ -228,11 +229,13 @@ def test_gossip_leaves_out_expired_idle_models_and_sent_work_counts_as_loaded() 
     meta = NodeMeta("h:1", (A, B), **gossiped(res, None, wall=lambda: 1000.0))
     seen = residency_of(meta)
     assert seen is not None and [r.model for r in seen.loaded] == [B]
+    wire = decode_meta(encode_meta(meta))  # started requests travel with each model
+    assert wire is not None and wire.resident is not None and wire.resident[0].served == 1
     sent = SentModels()
     sent.note("p", 7, A, 6.0)
     sent.note("p", 7, A, 6.0)
     with_a = with_sent(seen, sent.pending("p", 7))
-    assert with_a is not None and with_a.resident(A) == Resident(A, 6.0, 2)
+    assert with_a is not None and with_a.resident(A) == Resident(A, 6.0, 2, served=2)
     assert with_a.used_gb() == 8.0  # what was sent takes its memory
     assert sent.pending("p", 8) == []  # a newer update supersedes it
     assert residency_of(NodeMeta("h:1", (A,))) is None
@@ -389,7 +392,7 @@ def test_the_service_counts_a_sent_model_as_loaded_there_and_remembers_conversat
     svc.sent(first.decision.node_id, first.needs)
     seen = {c.node_id: c.residency for c in svc.peer_candidates()}
     sent_to = seen[first.decision.node_id]  # until gossip says so: A is loading there
-    assert sent_to is not None and sent_to.resident(A) == Resident(A, 2.0, 1)
+    assert sent_to is not None and sent_to.resident(A) == Resident(A, 2.0, 1, served=1)
     assert all(r is not None and not r.has(A) for n, r in seen.items() if n != first.peer)
     chat = [{"role": "user", "content": "hi " * 200}]
     turn1 = svc.place(B, 100, payload={"model": B, "messages": chat})
@@ -397,6 +400,34 @@ def test_the_service_counts_a_sent_model_as_loaded_there_and_remembers_conversat
     turn2 = svc.place(B, 100, payload={"model": B, "messages": follow})
     assert turn2.needs is not None and turn2.needs.prefer == (turn1.peer or "here")
     assert turn2.needs.prefer_saving_s > 0
+
+
+def test_a_conversations_host_is_credited_only_as_likely_as_its_cache_survived() -> None:
+    """The saving is discounted by the requests the host started for the model since
+    the turn (each overwrites a slot with some chance), and is nothing once the host
+    no longer has the model loaded."""
+    here = replace(host("here", local=True), models=frozenset({A}))  # B only on p
+
+    def on_p(served: int, loaded: bool = True) -> list[Candidate]:
+        return [host("p", (Resident(B, 2.0, 0, served=served),) if loaded else ())]
+
+    chat = [{"role": "user", "content": "hi " * 400}]
+    follow = [*chat, {"role": "assistant", "content": "hello"}, {"role": "user", "content": "?"}]
+    board = Board(here, on_p(5))
+    svc = PlacementService("here", board, random.Random(1))
+    first = svc.place(B, 100, payload={"model": B, "messages": chat})
+    assert first.peer == "p"
+
+    def credited(peers: list[Candidate]) -> float:
+        board.others = peers  # p's next gossip
+        placed = svc.place(B, 100, payload={"model": B, "messages": follow})
+        assert placed.needs is not None and placed.needs.prefer == "p"
+        return placed.needs.prefer_saving_s
+
+    full = credited(on_p(6))  # only the first turn started there since
+    assert full > 0
+    assert credited(on_p(9)) == pytest.approx(full * SLOT_SURVIVAL**3)
+    assert credited(on_p(9, loaded=False)) == 0.0
 
 
 def test_a_count_of_hosts_for_a_pull_is_chosen_by_the_gossiped_free_memory() -> None:
