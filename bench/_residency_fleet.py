@@ -37,6 +37,18 @@ MODELS = (  # by popularity rank (Zipf)
     ("m:5b", 5.0),
 )
 SLOTS = 4
+# The "static plan" oracle's layout: where each model lives, fixed in advance, so that
+# every copy fits at once (<= 3 models, within memory, on every host) and nothing is
+# ever evicted. It knows the workload's model mix, which no online policy does: it
+# bounds what spreading conversations over more prompt caches can save.
+STATIC_PLAN = {
+    "m:4.7b": (0, 1, 2, 4),
+    "m:2b": (0, 2),
+    "m:9b": (4, 5),
+    "m:1.5b": (1, 3),
+    "m:14b": (3, 5),
+    "m:5b": (2, 4),
+}
 LOAD_GBPS = 1.0
 LOAD_FIXED_S = 0.5
 PROMPT_FACTOR = 20.0  # prompt evaluation is this much faster than generation
@@ -138,6 +150,8 @@ class Fleet:
         self.placements: list[tuple[int, int, str]] = []  # (rid, host, "here"/"sent")
         self.now = 0.0
         self.convs: dict[int, Conversation] = {}
+        self.pinned: dict[int, int] = {}  # static plan: conversation -> its host
+        self.live: dict[tuple[int, str], int] = {}  # static plan: (host, model) -> open
         for h in self.hosts:
             self.announce(h, 0.0)
 
@@ -230,6 +244,8 @@ class Fleet:
             c.messages = [*c.messages, {"role": "assistant", "content": reply}]
             if c.turns_left > 0:
                 self.push(now + c.rng.uniform(*self.think_s), "turn", r.conv)
+            elif r.conv in self.pinned:
+                self.live[(h.idx, r.model)] -= 1
 
     # ---- what nodes gossip ----
 
@@ -276,7 +292,23 @@ class Fleet:
             warm = [h for h in hosts if r.model in gossiped_models(h.meta)]
             pool = warm or hosts
             return min(pool, key=lambda h: (h.outstanding(), self.rng.random())).idx
+        if self.policy == "static_plan":
+            return self.place_static(r)
         return self.place_meshlb(r, now)
+
+    def place_static(self, r: Req) -> int:
+        """The oracle: a conversation stays on the plan host that had the fewest open
+        conversations of its model when it began; a single request goes to the least
+        loaded plan host."""
+        if r.conv in self.pinned:
+            return self.pinned[r.conv]
+        hosts = STATIC_PLAN[r.model]
+        if r.conv < 0:
+            return min(hosts, key=lambda i: (self.hosts[i].outstanding(), i))
+        to = min(hosts, key=lambda i: (self.live.get((i, r.model), 0), -HOST_GB[i]))
+        self.pinned[r.conv] = to
+        self.live[(to, r.model)] = self.live.get((to, r.model), 0) + 1
+        return to
 
     def place_meshlb(self, r: Req, now: float) -> int:
         self.now = now
@@ -301,6 +333,15 @@ class Fleet:
     def chat(self, payload: dict[str, Any] | None) -> dict[str, Any] | None:
         """The request as placement sees it: without its messages when affinity is off."""
         return payload if self.affinity else None
+
+
+def plan_fits() -> bool:
+    """Every host can hold its share of `STATIC_PLAN` at once."""
+    sizes = dict(MODELS)
+    on = [[m for m, hosts in STATIC_PLAN.items() if i in hosts] for i in range(len(HOST_GB))]
+    return set(STATIC_PLAN) == set(sizes) and all(
+        len(ms) <= 3 and sum(sizes[m] for m in ms) <= gb for ms, gb in zip(on, HOST_GB, strict=True)
+    )
 
 
 def memory_config(gb: int) -> MemoryConfig:

@@ -24,7 +24,12 @@ longest prefix, so each new prompt overwrites one conversation's cache).
 Policies: meshlb; round-robin; least-connections (fewest requests in hand, live);
 residency-first (a host that has the model loaded, per /api/ps as gossiped once a
 second, least loaded first; else the least loaded host: what ollama-herd does). The
-baselines are given live connection counts, as a central proxy has them.
+baselines are given live connection counts, as a central proxy has them. B adds an
+oracle, `static_plan_oracle`, not a policy anyone could deploy: every model on fixed
+hosts chosen knowing the workload's mix (all fit at once, nothing is evicted), each
+conversation pinned to the plan host with the fewest open conversations of its model.
+It spreads conversations over more prompt caches than placement by load ever would,
+and bounds what that can save.
 
     python bench/residency.py                  # full run, seed 11 (~1 min)
     python bench/residency.py --seeds 11,12,13 # one table per seed, goals for each
@@ -45,7 +50,7 @@ from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench._residency_fleet import CHARS_PER_TOKEN, MODELS, Conversation, Fleet, Req
+from bench._residency_fleet import CHARS_PER_TOKEN, MODELS, Conversation, Fleet, Req, plan_fits
 from meshlb.sched.stats import percentile
 
 ZIPF_S = 1.1
@@ -163,12 +168,14 @@ MULTI_TURN = (("multi_turn", 1.0), ("multi_turn_spread", SPREAD_FACTOR))
 
 
 def multi_turn(seed: int, convs: int, background: int, faster: float) -> dict[str, Any]:
+    assert plan_fits(), "STATIC_PLAN must fit every host at once"
     b: dict[str, Any] = {}
     for name, policy, aff in (
         ("meshlb", "meshlb", True),
         ("meshlb_no_affinity", "meshlb", False),
         ("least_conn", "least_conn", True),
         ("residency_first", "residency_first", True),
+        ("static_plan_oracle", "static_plan", True),
     ):
         fleet = Fleet(policy, seed, affinity=aff)
         reqs, starts = workload_b(seed, convs, background, faster)
@@ -198,6 +205,16 @@ def goals(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
             1 - ms["conv_prompt_tokens"] / ns["conv_prompt_tokens"], 3
         ),
         "spread_conv_p99_vs_no_affinity": ratio(ms["conv_p99_s"], ns["conv_p99_s"]),
+        # not a goal: the bound an oracle that spreads conversations reaches (see above)
+        "oracle_conv_prompt_tokens_saved": round(
+            1
+            - b["multi_turn"]["static_plan_oracle"]["conv_prompt_tokens"]
+            / na["conv_prompt_tokens"],
+            3,
+        ),
+        "oracle_conv_p99_vs_no_affinity": ratio(
+            b["multi_turn"]["static_plan_oracle"]["conv_p99_s"], na["conv_p99_s"]
+        ),
     }
     g["met"] = {
         "loads >= 5x fewer than least-connections": g["loads_vs_least_conn"] >= 5,
