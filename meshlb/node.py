@@ -148,6 +148,7 @@ async def run_node(
                 node.catalog.residency.changed,
             )
             nursery.start_soon(node.tasks.mesh.follow_gossip, membership_events)
+            nursery.start_soon(node.peer_calls.follow_gossip, node.gossip.subscribe())
             await nursery.start(serve_app, build_app(api_parts(node)), host, port, shutdown)
             nursery.start_soon(join_then_recover, node)
             log.info("node listening", node=node.node_id, http=f"{host}:{port}")

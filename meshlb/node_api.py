@@ -56,6 +56,7 @@ def api_parts(node: Node) -> ApiParts:
         cluster_key=s.cluster_key,
         counters=node.counters,
         log=node.log,
+        calls=node.peer_calls,
     )
     metrics = MetricsPorts(
         node_id=n,

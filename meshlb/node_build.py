@@ -40,6 +40,7 @@ from meshlb.mesh.meta import NodeMeta, encode_meta
 from meshlb.mesh.node_view import GossipMembers, MeshPeers
 from meshlb.mesh.ownership import Ownership
 from meshlb.mesh.ownership_driver import Executor, OwnershipConfig, OwnershipDriver, OwnershipPorts
+from meshlb.mesh.peer_calls import PeerCalls
 from meshlb.mesh.placement_service import PlacementService
 from meshlb.sched.driver import LocalScheduler
 from meshlb.sched.limits import Limits
@@ -134,6 +135,7 @@ class Node:
     gossip: GossipDriver
     members: GossipMembers
     placement: PlacementService
+    peer_calls: PeerCalls  # forwarded requests in flight, ended when a peer dies
     mailer: PeerMailer
     tasks: TaskService
     facts: OwnershipFacts
@@ -245,6 +247,7 @@ def build_node(settings: NodeSettings) -> Node:
         gossip=gossip,
         members=members,
         placement=placement,
+        peer_calls=PeerCalls(),
         mailer=mailer,
         tasks=tasks,
         facts=OwnershipFacts(tasks.mesh.core, tasks.mesh, tasks.store),

@@ -175,9 +175,14 @@ class FastPath:
                 payload=payload,
             )
             if opened is not None:
-                upstream, peer = opened
+                peer = opened.peer
                 return ForwardedResponse(
-                    upstream, peer, lambda: respond(exclude | {peer}), route.path
+                    opened.upstream,
+                    peer,
+                    lambda: respond(exclude | {peer}),
+                    route.path,
+                    finished=opened.finished,
+                    calls=ctx.mesh.calls,
                 )
             task_id = new_task_id()
             try:

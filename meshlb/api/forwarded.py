@@ -1,8 +1,9 @@
 """Stream a peer's answer to the client: B -> A -> client, chunk by chunk.
 
 Before the first byte reaches the client the request can still go elsewhere: if the
-peer's connection fails before its first body chunk, we give up on it and the request
-is placed again (`retry`). Nothing is sent to the client until that first chunk is
+peer's connection fails before its first body chunk (or gossip declares the peer dead
+while we wait: `meshlb.mesh.peer_calls`), we give up on it and the request is placed
+again (`retry`). Nothing is sent to the client until that first chunk is
 here, so the client never sees the failed attempt. After the first byte, a failure
 ends the stream with an error object (Ollama's, or OpenAI's on its paths); a client
 never sees a silent truncation.
@@ -23,6 +24,7 @@ from meshlb.api.hang_up import cancelled_on_hang_up
 from meshlb.backend.ollama import describe_http_error
 from meshlb.http_client import UpstreamError
 from meshlb.mesh.forward import PASSED_HEADERS
+from meshlb.mesh.peer_calls import PeerCalls
 
 log = structlog.get_logger()
 # Inference hops come from `meshlb.http_client`; model management relays use httpx.
@@ -50,7 +52,9 @@ class ForwardedResponse:
     """ASGI response streaming an already-opened peer response to the client.
 
     `retry` places the request again (without this peer) if the peer fails before
-    its first body chunk; it returns the ASGI app that answers instead."""
+    its first body chunk; it returns the ASGI app that answers instead. `finished` is
+    called once the peer's part is over (placement stops counting it there); `calls`
+    ends the wait when gossip declares the peer dead."""
 
     def __init__(
         self,
@@ -58,11 +62,16 @@ class ForwardedResponse:
         peer: str = "",
         retry: Callable[[], Awaitable[ASGIApp]] | None = None,
         path: str = "",
+        *,
+        finished: Callable[[], None] | None = None,
+        calls: PeerCalls | None = None,
     ) -> None:
         self.upstream = upstream
         self.peer = peer
         self.retry = retry
         self.path = path
+        self.finished = finished
+        self.calls = calls if calls is not None else PeerCalls()
         self._chunks = upstream.aiter_raw()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -74,6 +83,8 @@ class ForwardedResponse:
                 if not retry:
                     await self._relay(send, first, failure)
             finally:
+                if self.finished is not None:
+                    self.finished()
                 with trio.CancelScope(shield=True):
                     await self.upstream.aclose()
         if retry:
@@ -91,9 +102,20 @@ class ForwardedResponse:
         """The peer's first body chunk (it may queue the request first): (chunk, None),
         or (b"", reason) if the peer failed."""
         try:
-            return await anext(self._chunks, b""), None
+            with self.calls.call(self.peer) as call:
+                return await anext(self._chunks, b""), None
         except BROKEN as e:
             return b"", reason_of(e)
+        assert call.cancelled_caught  # the with block returns unless cancelled
+        return b"", "was declared dead before its first byte"
+
+    async def _next_chunk(self) -> bytes | None:
+        """The peer's next chunk (None at the end). Only this wait is ended when the
+        peer is declared dead, never a send to the client, which would cut a chunk."""
+        with self.calls.call(self.peer) as call:
+            return await anext(self._chunks, None)
+        assert call.cancelled_caught
+        raise UpstreamError("was declared dead by gossip")
 
     async def _relay(self, send: Send, first: bytes, failure: str | None) -> None:
         up = self.upstream
@@ -104,7 +126,7 @@ class ForwardedResponse:
                 raise UpstreamError(failure)
             if first:
                 await send({"type": "http.response.body", "body": first, "more_body": True})
-            async for chunk in self._chunks:
+            while (chunk := await self._next_chunk()) is not None:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except BROKEN as e:
             reason = f"the node running this request failed mid-answer ({reason_of(e)})"

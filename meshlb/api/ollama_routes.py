@@ -10,6 +10,7 @@ they cost Ollama nothing (`/api/ps` and `/api/show` are `meshlb.api.mesh_docs`')
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +30,7 @@ from meshlb.backend.ollama import BackendError, OllamaBackend
 from meshlb.events import EventLog
 from meshlb.http_client import HttpPool, UpstreamResponse
 from meshlb.mesh.forward import PeerUnavailable, open_on_peer
+from meshlb.mesh.peer_calls import PeerCalls
 from meshlb.mesh.placement import NoHost, RunHere
 from meshlb.mesh.placement_service import PlacementService, Reason
 from meshlb.mesh.residency_placement import is_unload
@@ -52,6 +54,21 @@ class MeshPlacement:
     cluster_key: str | None  # signs the forwarded request
     counters: NodeCounters
     log: EventLog  # placement decisions, for the dashboard and /metrics
+    calls: PeerCalls  # calls to peers in flight, ended when a peer is declared dead
+
+
+def _nothing() -> None:
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class OnPeer:
+    """A request opened on a peer: its answer (still to read), the peer, and what to
+    tell placement once the answer has ended."""
+
+    upstream: UpstreamResponse
+    peer: str
+    finished: Callable[[], None] = _nothing
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,9 +110,9 @@ async def place_in_mesh(
     *,
     peers: HttpPool,
     payload: dict[str, Any] | None = None,
-) -> tuple[UpstreamResponse, str] | None:
-    """Open the request on a better peer and return (its response, its id), or None
-    to run it here. The placement service decides; a peer that cannot take the
+) -> OnPeer | None:
+    """Open the request on a better peer and return it (`OnPeer`), or None to run it
+    here. The placement service decides; a peer that cannot take the
     request is left out and the service asked again.
 
     Raises 404 when no member has the model, 503 when every one that has it is down or
@@ -104,7 +121,7 @@ async def place_in_mesh(
     await ctx.catalog.knows(model)
     if hops == 0 and not exclude and is_unload(payload):  # keep_alive 0: where it is loaded
         candidates = [ctx.placement.local_candidate(), *ctx.placement.peer_candidates()]
-        return await unload_everywhere(
+        unloaded = await unload_everywhere(
             peers,
             candidates,
             ctx.mesh.address_of,
@@ -113,6 +130,7 @@ async def place_in_mesh(
             ctx.cluster_key,
             remaining_s,
         )
+        return None if unloaded is None else OnPeer(*unloaded)
     failed = set(exclude)
     known_gb = ctx.catalog.size_gb(model)  # its size on disk, until a host has it loaded
     while True:
@@ -144,16 +162,19 @@ async def place_in_mesh(
             return None
         peer_url = "http://" + (ctx.mesh.address_of(decision.node_id) or "")
         try:
-            upstream = await open_on_peer(
-                peers,
-                peer_url,
-                path,
-                body,
-                priority,
-                hops,
-                ctx.cluster_key,
-                remaining_s,
-            )
+            with ctx.calls.call(decision.node_id) as call:
+                upstream = await open_on_peer(
+                    peers,
+                    peer_url,
+                    path,
+                    body,
+                    priority,
+                    hops,
+                    ctx.cluster_key,
+                    remaining_s,
+                )
+            if call.cancelled_caught:
+                raise PeerUnavailable(f"{peer_url} was declared dead before it answered")
         except PeerUnavailable as e:
             log.info(
                 "peer could not take the request, placing again",
@@ -163,7 +184,7 @@ async def place_in_mesh(
             failed.add(decision.node_id)
             continue
         ctx.counters.forwarded += 1
-        ctx.placement.sent(decision.node_id, placed.needs)
+        finished = ctx.placement.sent(decision.node_id, placed.needs)
         log.info(
             "request forwarded",
             peer=decision.node_id,
@@ -173,7 +194,7 @@ async def place_in_mesh(
             why=placed.reason.value,
         )
         ctx.log.forwarded(decision.node_id, model, decision.eta_s, decision.local_eta_s)
-        return upstream, decision.node_id
+        return OnPeer(upstream, decision.node_id, finished)
 
 
 def mesh_model_entries(ctx: CatalogPorts) -> list[dict[str, Any]]:

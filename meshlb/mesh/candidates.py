@@ -52,3 +52,10 @@ class RecentlySent:
     def pending(self, node_id: str, incarnation: int) -> int:
         seen, sent = self._sent.get(node_id, (incarnation, 0))
         return sent if seen == incarnation else 0
+
+    def done(self, node_id: str, incarnation: int) -> None:
+        """One task sent at `incarnation` ended: it is no longer queued there (the peer's
+        metadata of that incarnation never counted it; a newer one counts it no more)."""
+        seen, sent = self._sent.get(node_id, (incarnation, 0))
+        if seen == incarnation and sent > 0:
+            self._sent[node_id] = (seen, sent - 1)

@@ -180,12 +180,22 @@ class PlacementService:
             return Reason.NO_SECOND_HOP
         return Reason.EXCLUDED if left_out else Reason.NOWHERE
 
-    def sent(self, node_id: str, needs: TaskNeeds | None = None) -> None:
+    def sent(self, node_id: str, needs: TaskNeeds | None = None) -> Callable[[], None]:
         """One task went to `node_id`: count it there until its next metadata update
-        (and, given what was priced, its model as loaded there)."""
+        (and, given what was priced, its model as loaded there). Call what this returns
+        when its answer has ended, so a finished request does not look queued there
+        until the peer's next update (a late update made a peer look 5 requests deep
+        for seconds after they were all answered)."""
         incarnation = next(
             (m.incarnation for m in self._members.peers() if m.candidate.node_id == node_id), 0
         )
         self._sent.note(node_id, incarnation)
         if needs is not None:
             self._sent_models.note(node_id, incarnation, needs.model, needs.size_gb or 0.0)
+
+        def finished() -> None:
+            self._sent.done(node_id, incarnation)
+            if needs is not None:
+                self._sent_models.done(node_id, incarnation, needs.model)
+
+        return finished

@@ -50,6 +50,14 @@ class SentModels:
         models[model] = replace(was, active=was.active + 1)
         self._sent[node_id] = (incarnation, models)
 
+    def done(self, node_id: str, incarnation: int, model: str) -> None:
+        """A request sent at `incarnation` ended: the model stays loaded there (it ran),
+        but the request is no longer in hand."""
+        seen, models = self._sent.get(node_id, (incarnation, {}))
+        was = models.get(model)
+        if seen == incarnation and was is not None and was.active > 0:
+            models[model] = replace(was, active=was.active - 1)
+
     def pending(self, node_id: str, incarnation: int) -> list[Resident]:
         """Per model sent there since that update: its size and how many requests."""
         seen, models = self._sent.get(node_id, (incarnation, {}))

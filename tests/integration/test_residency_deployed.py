@@ -230,12 +230,6 @@ def run_scenario(sims: dict[str, Proc], nodes: dict[str, Proc]) -> None:
     print(f"deployed residency scenario took {time.monotonic() - started:.1f} s")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="a forwarded request to a host that vanishes from the network (no FIN, no RST) "
-    "hangs on the entry node even after gossip marks that host dead",
-)
 def test_requests_on_a_host_that_vanishes_end_once_it_is_dead() -> None:
     """A host that vanishes (power, cable: its link cut before its processes die, so no
     FIN or RST reaches anyone) while running a stream and a non-streamed request that

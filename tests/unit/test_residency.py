@@ -446,3 +446,31 @@ def test_a_count_of_hosts_for_a_pull_is_chosen_by_the_gossiped_free_memory() -> 
     assert select_targets("1", hosts, A) == ["roomy"]
     unknown = mesh_hosts([peer("u", None, ())])
     assert unknown[0].free_memory_gb is None
+
+
+def test_a_forwarded_request_that_ended_no_longer_counts_as_queued_there() -> None:
+    """Until the peer's next metadata update, what this node sent it counts as queued
+    there, but only while it runs: a late update had made a peer look 5 requests deep
+    after all 5 were answered, and placement sent a request to a host without the
+    model instead (tests/integration/test_residency_deployed.py)."""
+    warm = (Resident(B, 2.0),)
+    here = replace(host("here", warm, local=True), models=frozenset({B}))
+    board = Board(here, [host("p", (Resident(A, 2.0),))])
+    svc = PlacementService("here", board, random.Random(1))
+    placed = [svc.place(A, 100) for _ in range(3)]
+    assert all(p.peer == "p" for p in placed)
+    finishers = [svc.sent("p", p.needs) for p in placed]
+
+    def seen() -> tuple[int, int]:
+        (p,) = svc.peer_candidates()
+        assert p.residency is not None
+        resident = p.residency.resident(A)
+        assert resident is not None  # it ran there: still loaded
+        return p.queued, resident.active
+
+    assert seen() == (3, 3)
+    finishers[0]()
+    finishers[1]()
+    assert seen() == (1, 1)
+    finishers[2]()
+    assert seen() == (0, 0)
