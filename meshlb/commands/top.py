@@ -6,18 +6,23 @@ Two parts here and the view in `top_render`, testable without a terminal or a no
 - `top_render.render` turns a snapshot into rich renderables (snapshot and `now` in);
 - `run_top` refreshes a `rich.live.Live` every second, reading keys without blocking
   (cbreak mode on a TTY; without one it runs until Ctrl-C).
+
+The member reads run in daemon threads (`in_daemon_threads`), not a
+ThreadPoolExecutor: Python joins an executor's workers at exit, so a Ctrl-C while a
+member was slow to answer kept `top` on screen for seconds (a CI run saw more than 5).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import select
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TextIO
+from collections.abc import Callable, Sequence
+from typing import Any, TextIO, TypeVar
 
 import click
 import httpx
@@ -32,6 +37,23 @@ from meshlb.commands.client import (
 from meshlb.commands.top_render import REFRESH_S, Snapshot, render
 
 MEMBER_TIMEOUT_S = 0.8
+T = TypeVar("T")
+
+
+def in_daemon_threads(calls: Sequence[Callable[[], T]]) -> list[T]:
+    """Each call's result, the calls run at once in daemon threads (which the
+    interpreter does not wait for at exit)."""
+    results: dict[int, T] = {}
+
+    def run(i: int) -> None:
+        results[i] = calls[i]()
+
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(len(calls))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return [results[i] for i in range(len(calls))]
 
 
 def _get(client: httpx.Client, url: str, timeout_s: float, **params: str) -> Any:
@@ -40,9 +62,7 @@ def _get(client: httpx.Client, url: str, timeout_s: float, **params: str) -> Any
     return response.json()
 
 
-def fetch_snapshot(
-    client: httpx.Client, base: str, previous: Snapshot | None, pool: ThreadPoolExecutor
-) -> Snapshot:
+def fetch_snapshot(client: httpx.Client, base: str, previous: Snapshot | None) -> Snapshot:
     """One refresh: the cluster view, every live member's queue, the running tasks.
 
     A member whose own address does not answer from here keeps its gossiped figures
@@ -80,13 +100,17 @@ def fetch_snapshot(
             return None
         return [t for t in answer.get("tasks") or [] if isinstance(t, dict)]
 
-    tasks_future = pool.submit(running_tasks)
-    queues = {k: v for k, v in pool.map(member_queue, live) if v is not None}
+    running: list[list[dict[str, Any]] | None] = []
+    tasks_read = threading.Thread(target=lambda: running.append(running_tasks()), daemon=True)
+    tasks_read.start()
+    answers = in_daemon_threads([functools.partial(member_queue, m) for m in live])
+    queues = {k: v for k, v in answers if v is not None}
+    tasks_read.join()
     return Snapshot(
         fetched_at=now,
         cluster=cluster,
         queues=queues,
-        running=tasks_future.result(),
+        running=running[0],
         last_ok_at=now,
         reached=(previous.reached if previous else frozenset()) | queues.keys(),
     )
@@ -147,10 +171,10 @@ class Poller:
         self.thread = threading.Thread(target=self._run, name="meshlb-top-poll", daemon=True)
 
     def _run(self) -> None:
-        with httpx.Client() as client, ThreadPoolExecutor(max_workers=8) as pool:
+        with httpx.Client() as client:
             while not self.stop.is_set():
                 started = time.monotonic()
-                snap = fetch_snapshot(client, self.base, self.latest(), pool)
+                snap = fetch_snapshot(client, self.base, self.latest())
                 with self.lock:
                     self.snapshot = snap
                 self.stop.wait(max(0.05, REFRESH_S - (time.monotonic() - started)))
@@ -208,8 +232,8 @@ def top_command(node: str, once: bool) -> None:
     console = Console()
     if once:
         base = node.rstrip("/")
-        with httpx.Client() as client, ThreadPoolExecutor(max_workers=8) as pool:
-            snap = fetch_snapshot(client, base, None, pool)
+        with httpx.Client() as client:
+            snap = fetch_snapshot(client, base, None)
         console.print(render(snap, base, time.time(), console.width, live=False))
         if snap.error is not None:
             sys.exit(1)
