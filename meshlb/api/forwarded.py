@@ -110,8 +110,10 @@ class ForwardedResponse:
         return b"", "was declared dead before its first byte"
 
     async def _next_chunk(self) -> bytes | None:
-        """The peer's next chunk (None at the end). Only this wait is ended when the
-        peer is declared dead, never a send to the client, which would cut a chunk."""
+        """The peer's next chunk (None at the end). Only this wait ends when the peer is
+        declared dead: a send to the client cancelled half-written would corrupt its
+        stream (and shielding the sends would also shield them from the client's
+        hang-up and deadline)."""
         with self.calls.call(self.peer) as call:
             return await anext(self._chunks, None)
         assert call.cancelled_caught

@@ -14,8 +14,7 @@ it holds before it goes.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
+from types import TracebackType
 
 import structlog
 import trio
@@ -32,20 +31,11 @@ class PeerCalls:
     def __init__(self) -> None:
         self._open: dict[str, set[trio.CancelScope]] = {}
 
-    @contextlib.contextmanager
-    def call(self, peer: str) -> Iterator[trio.CancelScope]:
-        """Run the body as a call to `peer`: cancelled if the peer is declared dead
-        meanwhile (check `cancelled_caught` on the scope afterwards)."""
-        scope = trio.CancelScope()
-        calls = self._open.setdefault(peer, set())
-        calls.add(scope)
-        try:
-            with scope:
-                yield scope
-        finally:
-            calls.discard(scope)
-            if not calls:
-                self._open.pop(peer, None)
+    def call(self, peer: str) -> Call:
+        """`with calls.call(peer) as scope:` runs the body as a call to `peer`,
+        cancelled if the peer is declared dead meanwhile (then `scope.cancelled_caught`).
+        A class, not a generator: a forwarded stream enters one per chunk."""
+        return Call(self._open, peer)
 
     def peer_died(self, peer: str) -> int:
         """Cancel every call open to `peer`; how many there were."""
@@ -63,3 +53,30 @@ class PeerCalls:
         async for ev in events:
             if isinstance(ev, MemberDied):
                 self.peer_died(ev.node)
+
+
+class Call:
+    """One call's registration under its peer, for as long as its body runs."""
+
+    __slots__ = ("_open", "_peer", "_scope")
+
+    def __init__(self, open_calls: dict[str, set[trio.CancelScope]], peer: str) -> None:
+        self._open, self._peer = open_calls, peer
+        self._scope = trio.CancelScope()
+
+    def __enter__(self) -> trio.CancelScope:
+        self._open.setdefault(self._peer, set()).add(self._scope)
+        return self._scope.__enter__()
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        calls = self._open.get(self._peer)
+        if calls is not None:
+            calls.discard(self._scope)
+            if not calls:
+                del self._open[self._peer]
+        return self._scope.__exit__(kind, error, tb)
