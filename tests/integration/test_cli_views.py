@@ -283,6 +283,10 @@ def test_top_without_a_terminal_runs_until_ctrl_c_and_exits_0(mesh: tuple[Proc, 
         stderr=subprocess.PIPE,
         env=ENV_80,
         text=True,
+        # A suite started in the background by a non-interactive shell inherits SIGINT
+        # ignored, and Python then never turns Ctrl-C into KeyboardInterrupt: give
+        # top the disposition a terminal user's process has.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         time.sleep(2.5)
