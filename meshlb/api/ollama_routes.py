@@ -129,6 +129,7 @@ async def place_in_mesh(
             (path, body, priority),
             ctx.cluster_key,
             remaining_s,
+            ctx.calls,
         )
         return None if unloaded is None else OnPeer(*unloaded)
     failed = set(exclude)

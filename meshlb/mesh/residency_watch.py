@@ -26,8 +26,9 @@ import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from meshlb.backend.catalog import GB, LocalResidency
-from meshlb.http_client import HttpPool, UpstreamResponse
+from meshlb.http_client import HttpPool, UpstreamError, UpstreamResponse
 from meshlb.mesh.forward import PeerUnavailable, open_on_peer
+from meshlb.mesh.peer_calls import PeerCalls
 from meshlb.mesh.placement import Candidate
 from meshlb.mesh.residency import Resident
 
@@ -97,10 +98,12 @@ async def unload_everywhere(
     request: tuple[str, bytes, int],
     cluster_key: str | None,
     remaining_s: float = math.inf,
+    calls: PeerCalls | None = None,
 ) -> tuple[UpstreamResponse, str] | None:
     """Send the unload (`request`: path, body, priority) to every peer that has `model`
     loaded; None when it must run here too (or only), else the last peer's answer (the
-    others' are read and closed)."""
+    others' are read and closed). `calls`: a holder declared dead is given up on."""
+    calls = calls if calls is not None else PeerCalls()
     path, body, priority = request
     holders = [
         c.node_id
@@ -117,19 +120,32 @@ async def unload_everywhere(
     for node_id in holders:
         url = "http://" + (address_of(node_id) or "")
         try:
-            upstream = await open_on_peer(
-                pool, url, path, body, priority, 0, cluster_key, remaining_s
-            )
+            with calls.call(node_id) as call:
+                upstream = await open_on_peer(
+                    pool, url, path, body, priority, 0, cluster_key, remaining_s
+                )
+            if call.cancelled_caught:
+                raise PeerUnavailable(f"{url} was declared dead before it answered")
         except PeerUnavailable as e:
             log.info("peer could not unload the model", peer=node_id, model=model, reason=str(e))
             continue
         log.info("unload sent to the host that has the model", peer=node_id, model=model)
         if last is not None:
-            await last[0].aread()
-            await last[0].aclose()
+            await _drain(last, calls)
         last = upstream, node_id
     if here and last is not None:
-        await last[0].aread()
-        await last[0].aclose()
+        await _drain(last, calls)
         return None
     return last
+
+
+async def _drain(answer: tuple[UpstreamResponse, str], calls: PeerCalls) -> None:
+    """Read and close a holder's answer to the unload (given up if it is declared dead)."""
+    upstream, node_id = answer
+    try:
+        with calls.call(node_id):
+            await upstream.aread()
+    except UpstreamError as e:
+        log.info("peer failed while answering the unload", peer=node_id, reason=e.reason)
+    finally:
+        await upstream.aclose()
