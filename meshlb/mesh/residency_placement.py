@@ -47,12 +47,12 @@ class SentModels:
         seen, models = self._sent.get(node_id, (incarnation, {}))
         models = models if seen == incarnation else {}
         was = models.get(model, Resident(model, size_gb))
-        models[model] = replace(was, active=was.active + 1)
+        models[model] = replace(was, active=was.active + 1, served=was.served + 1)
         self._sent[node_id] = (incarnation, models)
 
     def done(self, node_id: str, incarnation: int, model: str) -> None:
-        """A request sent at `incarnation` ended: the model stays loaded there (it ran),
-        but the request is no longer in hand."""
+        """A request sent at `incarnation` ended: the model stays loaded there (it ran)
+        and it stays started, but it is no longer in hand."""
         seen, models = self._sent.get(node_id, (incarnation, {}))
         was = models.get(model)
         if seen == incarnation and was is not None and was.active > 0:
@@ -71,8 +71,8 @@ def with_sent(res: Residency | None, sent: Sequence[Resident]) -> Residency | No
         return res
     loaded = {r.model: r for r in res.loaded}
     for s in sent:
-        r = loaded.get(s.model) or replace(s, active=0)
-        loaded[s.model] = replace(r, active=r.active + s.active, served=r.served + s.active)
+        r = loaded.get(s.model) or replace(s, active=0, served=0)
+        loaded[s.model] = replace(r, active=r.active + s.active, served=r.served + s.served)
     return replace(res, loaded=tuple(loaded.values()))
 
 

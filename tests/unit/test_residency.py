@@ -461,16 +461,16 @@ def test_a_forwarded_request_that_ended_no_longer_counts_as_queued_there() -> No
     assert all(p.peer == "p" for p in placed)
     finishers = [svc.sent("p", p.needs) for p in placed]
 
-    def seen() -> tuple[int, int]:
+    def seen() -> tuple[int, int, int]:
         (p,) = svc.peer_candidates()
         assert p.residency is not None
         resident = p.residency.resident(A)
         assert resident is not None  # it ran there: still loaded
-        return p.queued, resident.active
+        return p.queued, resident.active, resident.served
 
-    assert seen() == (3, 3)
+    assert seen() == (3, 3, 3)
     finishers[0]()
     finishers[1]()
-    assert seen() == (1, 1)
+    assert seen() == (1, 1, 3)  # still started there: affinity's count does not go back
     finishers[2]()
-    assert seen() == (0, 0)
+    assert seen() == (0, 0, 3)
